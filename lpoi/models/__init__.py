@@ -1,0 +1,124 @@
+"""Resolve a model name and load it: ``tiny/<family>`` (built offline) or a hub id / local path.
+
+Hub names go through ``from_pretrained`` unchanged, so ``HF_HOME``, ``HF_HUB_OFFLINE`` and ``HF_TOKEN``
+apply as usual; weights load from safetensors and ``trust_remote_code`` stays off unless the caller
+asks for it explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["ModelNotFound", "load_causal_lm", "load_detector", "load_segmenter", "load_vlm", "resolve", "torch_dtype"]
+
+
+class ModelNotFound(RuntimeError):
+    """The weights for a model name are neither in a local folder nor in the hub cache (and cannot be fetched)."""
+
+
+def resolve(name: str, seed: int = 0) -> str:
+    """Local folder of ``tiny/<family>`` (building it on first use), or ``name`` itself for hub ids and paths."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"model name must be a non-empty string, got {name!r}")
+    if name.startswith("tiny/"):
+        from .tiny import tiny_path
+
+        return str(tiny_path(name.removeprefix("tiny/"), seed=seed))
+    return name
+
+
+def torch_dtype(name: str):
+    import torch
+
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if name not in table:
+        raise ValueError(f"unknown dtype {name!r}; use one of {sorted(table)}")
+    return table[name]
+
+
+def _from_pretrained(loader, name: str, what: str, **kw):
+    path = resolve(name)
+    try:
+        return loader.from_pretrained(path, **kw)
+    except (OSError, ValueError) as e:
+        if Path(path).exists():
+            raise
+        import huggingface_hub.constants as hub_constants
+
+        offline = hub_constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        hint = (
+            "HF_HUB_OFFLINE is set, so nothing is downloaded: fetch it first on a machine with internet "
+            f"(`huggingface-cli download {name}`) into HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}"
+            if offline
+            else "check the name, your network and HF_TOKEN for gated models, or pass a local folder"
+        )
+        raise ModelNotFound(f"cannot load {what} {name!r}: {type(e).__name__}: {e}\n  -> {hint}") from None
+
+
+def _quiet_transformers() -> None:
+    # The PIL image-processor fallback warns once per class when torchvision is absent; the outputs are
+    # the same, so keep stage logs readable.
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+
+
+def load_processor(name: str, **kw):
+    from transformers import AutoProcessor
+
+    _quiet_transformers()
+    return _from_pretrained(AutoProcessor, name, "processor", **kw)
+
+
+def load_vlm(name: str, dtype: str = "float32", device: str | None = None, trust_remote_code: bool = False,
+             attn_implementation: str | None = None):
+    """(model, processor) for any image-text-to-text model (Idefics2, LLaVA-1.5, ...), in eval mode."""
+    from transformers import AutoModelForImageTextToText
+
+    _quiet_transformers()
+    kw = {"dtype": torch_dtype(dtype), "trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kw["attn_implementation"] = attn_implementation
+    model = _from_pretrained(AutoModelForImageTextToText, name, "vision-language model", **kw)
+    processor = load_processor(name, trust_remote_code=trust_remote_code)
+    if device:
+        model.to(device)
+    return model.eval(), processor
+
+
+def load_causal_lm(name: str, dtype: str = "float32", device: str | None = None):
+    """(model, tokenizer) for a text-only causal LM (the offline judge)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    model = _from_pretrained(AutoModelForCausalLM, name, "causal LM", dtype=torch_dtype(dtype))
+    tok = _from_pretrained(AutoTokenizer, name, "tokenizer")
+    if device:
+        model.to(device)
+    return model.eval(), tok
+
+
+def load_detector(name: str, dtype: str = "float32", device: str | None = None):
+    """(model, processor) for Grounding DINO (``IDEA-Research/grounding-dino-tiny`` or ``tiny/grounding-dino``)."""
+    from transformers import AutoModelForZeroShotObjectDetection
+
+    _quiet_transformers()
+    model = _from_pretrained(AutoModelForZeroShotObjectDetection, name, "detector", dtype=torch_dtype(dtype))
+    processor = load_processor(name)
+    if device:
+        model.to(device)
+    return model.eval(), processor
+
+
+def load_segmenter(name: str, dtype: str = "float32", device: str | None = None):
+    """(model, processor) for SAM (``facebook/sam-vit-base``/``-huge`` or ``tiny/sam``)."""
+    from transformers import SamModel
+
+    _quiet_transformers()
+    model = _from_pretrained(SamModel, name, "segmenter", dtype=torch_dtype(dtype))
+    processor = load_processor(name)
+    if device:
+        model.to(device)
+    return model.eval(), processor

@@ -1,0 +1,303 @@
+"""Tiny real models, built offline from configs, for the embedded default and the tests.
+
+Each ``tiny/<family>`` name builds the *real* transformers class (Idefics2, LLaVA, Grounding DINO,
+SAM, Llama) at a tiny size with a fixed seed, a tokenizer trained locally with ``tokenizers`` on a
+built-in corpus (with the family's special tokens and chat template), and the family's processor.
+It is saved once with ``save_pretrained`` (safetensors) into a cache folder and from then on loaded
+with ``from_pretrained`` exactly like a hub checkpoint, so the code path the paper profiles use is the
+one the tests exercise. Same seed and same code -> identical weights (tested).
+
+The weights are random: whatever these models output is meaningless, and metrics computed from
+them only prove the pipeline runs end to end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+TINY_FAMILIES = ("idefics2", "llava", "grounding-dino", "sam", "llama")
+TINY_VERSION = "1"  # bump when a builder changes, so stale caches are rebuilt
+
+# Built-in corpus for the tokenizers: the words the sample data, the prompts and the benchmarks use
+# often, so that BPE merges whole words (and "Yes"/"No" are single tokens, see `yes_no_token_ids`).
+_CORPUS = """
+Yes No yes no Yes. No. Yes, No, Answer yes or no. Is there a in this image? Describe this image.
+The image shows a red car parked next to a tree. There is a dog sitting on the grass near a bench.
+A cat is sleeping on a sofa. A man is riding a bicycle on the street. Two people are standing near
+a bus. A woman holds an umbrella. The table has a cup, a bottle, a plate, a fork and a knife.
+A clock hangs on the wall above a chair. A boat floats on the water under a blue sky with clouds.
+A bird sits on a fence. A horse runs in a field. A child plays with a ball. A laptop and a phone are
+on the desk. A train passes by a building. A pizza, a sandwich, an apple, a banana and an orange.
+A traffic light, a stop sign, a fire hydrant and a parking meter. The kite flies high. A sheep, a cow,
+an elephant, a bear, a zebra and a giraffe. A backpack, a handbag, a tie and a suitcase. A frisbee,
+skis, a snowboard, a sports ball, a baseball bat, a skateboard, a surfboard, a tennis racket.
+A wine glass, a bowl, broccoli, a carrot, a hot dog, a donut, a cake. A couch, a potted plant, a bed,
+a dining table, a toilet, a tv, a mouse, a remote, a keyboard, a microwave, an oven, a toaster,
+a sink, a refrigerator, a book, a vase, scissors, a teddy bear, a hair drier, a toothbrush.
+square circle triangle star heart shape shapes colored blue green yellow purple orange white black
+gray brown pink small large big left right top bottom middle center corner background foreground
+What color is the object? How many objects are there? What is in the picture? Where is it?
+The answer is correct. The answer is incorrect. Please describe the image in detail.
+User Assistant USER ASSISTANT system Question Answer rating score
+"""
+
+_IDEFICS2_TEMPLATE = (
+    "{% for message in messages %}{{message['role'].capitalize()}}"
+    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)  # HuggingFaceM4/idefics2-8b's template
+_LLAVA_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}"
+    "{% endif %}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\n' }}{% endfor %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] + ' '}}{% endfor %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)  # llava-hf/llava-1.5-7b-hf's template
+_LLAMA_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] + ': ' + message['content'] + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+)
+
+
+def cache_root() -> Path:
+    """Where built tiny models live: ``$LPOI_CACHE`` or ``~/.cache/lpoi``."""
+    return Path(os.environ.get("LPOI_CACHE") or Path.home() / ".cache" / "lpoi") / "tiny"
+
+
+def tiny_path(family: str, seed: int = 0) -> Path:
+    """Build ``tiny/<family>`` once (atomically, safe under concurrent builders) and return its folder."""
+    if family not in TINY_FAMILIES:
+        raise ValueError(f"unknown tiny model 'tiny/{family}'; known: {', '.join('tiny/' + f for f in TINY_FAMILIES)}")
+    key = hashlib.sha256(f"{family}-{seed}-{TINY_VERSION}-{_source_digest()}".encode()).hexdigest()[:12]
+    dest = cache_root() / f"{family}-s{seed}-{key}"
+    if (dest / "lpoi_tiny.json").exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+    try:
+        _BUILDERS[family](tmp, seed)
+        (tmp / "lpoi_tiny.json").write_text(json.dumps({"family": family, "seed": seed, "version": TINY_VERSION}))
+        try:
+            os.replace(tmp, dest)
+        except OSError:  # another process finished first: theirs is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def _source_digest() -> str:
+    # The cache key follows this file, so editing a builder can never serve stale weights.
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:8]
+
+
+# ---------------------------------------------------------------------------------------------- tokenizers
+
+
+def _bpe_tokenizer(special: list[str], vocab_size: int = 1024, **named):
+    """Byte-level BPE trained on the built-in corpus; ``named`` maps bos/eos/unk/pad to special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=special,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([line for line in _CORPUS.splitlines() if line.strip()] * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **named)
+
+
+def _bert_wordpiece(words: list[str]):
+    """A BERT-uncased-shaped WordPiece vocab: Grounding DINO hard-codes the ids of [CLS]=101, [SEP]=102,
+    '.'=1012 and '?'=1029 (``SPECIAL_TOKENS`` in modeling_grounding_dino), so they sit at those ids."""
+    from transformers import BertTokenizerFast
+
+    vocab = [f"[unused{i}]" for i in range(1100)]
+    vocab[0], vocab[100], vocab[101], vocab[102], vocab[103] = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
+    vocab[1012], vocab[1029] = ".", "?"
+    fill = [c for c in "abcdefghijklmnopqrstuvwxyz0123456789,!'\"-:;()"]
+    fill += ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"]
+    fill += sorted(set(words))
+    slots = [i for i in range(104, 1100) if vocab[i].startswith("[unused")]
+    for i, tok in zip(slots, dict.fromkeys(t for t in fill if t not in vocab)):
+        vocab[i] = tok
+    t = BertTokenizerFast(vocab={tok: i for i, tok in enumerate(vocab)}, do_lower_case=True)
+    return t
+
+
+def _corpus_words() -> list[str]:
+    import re
+
+    return [w.lower() for w in re.findall(r"[A-Za-z]+", _CORPUS)]
+
+
+# ---------------------------------------------------------------------------------------------- builders
+
+
+def _seed(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+
+
+def _build_idefics2(dest: Path, seed: int) -> None:
+    from transformers import (
+        Idefics2Config,
+        Idefics2ForConditionalGeneration,
+        Idefics2ImageProcessor,
+        Idefics2Processor,
+    )
+
+    tok = _bpe_tokenizer(
+        ["<unk>", "<s>", "</s>", "<pad>", "<fake_token_around_image>", "<image>", "<end_of_utterance>"],
+        unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+    )
+    tok.add_special_tokens({"additional_special_tokens": ["<fake_token_around_image>", "<image>", "<end_of_utterance>"]})
+    n_latents = 4  # image tokens per image after the perceiver resampler
+    image_proc = Idefics2ImageProcessor(
+        do_image_splitting=False, size={"longest_edge": 32, "shortest_edge": 16}, do_pad=True
+    )
+    proc = Idefics2Processor(image_processor=image_proc, tokenizer=tok, image_seq_len=n_latents, chat_template=_IDEFICS2_TEMPLATE)
+    text = dict(
+        model_type="mistral", vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, sliding_window=None,
+    )
+    cfg = Idefics2Config(
+        text_config=text,
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        perceiver_config=dict(hidden_size=32, resampler_n_latents=n_latents, resampler_depth=1, resampler_n_heads=2,
+                              resampler_head_dim=8, num_key_value_heads=1),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        tie_word_embeddings=False,
+    )
+    _seed(seed)
+    model = Idefics2ForConditionalGeneration(cfg).eval()
+    _set_generation_defaults(model, tok, eos_extra=["<end_of_utterance>"])
+    model.save_pretrained(dest)
+    proc.save_pretrained(dest)
+
+
+def _build_llava(dest: Path, seed: int) -> None:
+    from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    tok = _bpe_tokenizer(["<unk>", "<s>", "</s>", "<pad>", "<image>"],
+                         unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    image_size, patch = 32, 8
+    image_proc = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    proc = LlavaProcessor(image_processor=image_proc, tokenizer=tok, patch_size=patch,
+                          vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                          chat_template=_LLAVA_TEMPLATE)
+    cfg = LlavaConfig(
+        vision_config=dict(model_type="clip_vision_model", hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                           num_attention_heads=2, image_size=image_size, patch_size=patch, projection_dim=16),
+        text_config=dict(model_type="llama", vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, pad_token_id=tok.pad_token_id,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        image_seq_length=(image_size // patch) ** 2,
+    )
+    _seed(seed)
+    model = LlavaForConditionalGeneration(cfg).eval()
+    _set_generation_defaults(model, tok)
+    model.save_pretrained(dest)
+    proc.save_pretrained(dest)
+
+
+def _build_llama(dest: Path, seed: int) -> None:
+    """A tiny causal LM: the offline judge of the embedded default."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = _bpe_tokenizer(["<unk>", "<s>", "</s>", "<pad>"], unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                         pad_token="<pad>")
+    tok.chat_template = _LLAMA_TEMPLATE
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    _seed(seed)
+    model = LlamaForCausalLM(cfg).eval()
+    _set_generation_defaults(model, tok)
+    model.save_pretrained(dest)
+    tok.save_pretrained(dest)
+
+
+def _build_grounding_dino(dest: Path, seed: int) -> None:
+    from transformers import (
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+    )
+
+    tok = _bert_wordpiece(_corpus_words())
+    image_proc = GroundingDinoImageProcessor(size={"shortest_edge": 64, "longest_edge": 96})
+    proc = GroundingDinoProcessor(image_processor=image_proc, tokenizer=tok)
+    cfg = GroundingDinoConfig(
+        backbone_config=dict(model_type="swin", image_size=64, patch_size=4, embed_dim=8, depths=[1, 1, 1, 1],
+                             num_heads=[1, 1, 2, 2], window_size=4, out_features=["stage2", "stage3", "stage4"]),
+        text_config=dict(model_type="bert", vocab_size=len(tok), hidden_size=16, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=32, max_position_embeddings=64),
+        d_model=32, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_n_points=2, decoder_n_points=2,
+        num_queries=16, max_text_len=64, num_feature_levels=4,
+    )
+    _seed(seed)
+    model = GroundingDinoForObjectDetection(cfg).eval()
+    model.save_pretrained(dest)
+    proc.save_pretrained(dest)
+
+
+def _build_sam(dest: Path, seed: int) -> None:
+    from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
+
+    size, patch = 64, 8
+    image_proc = SamImageProcessor(size={"longest_edge": size}, pad_size={"height": size, "width": size},
+                                   mask_size={"longest_edge": size // 4}, mask_pad_size={"height": size // 4, "width": size // 4})
+    proc = SamProcessor(image_processor=image_proc)
+    cfg = SamConfig(
+        vision_config=dict(hidden_size=16, output_channels=16, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=size, patch_size=patch, window_size=4, global_attn_indexes=[1],
+                           num_pos_feats=8, mlp_dim=32),
+        prompt_encoder_config=dict(hidden_size=16, image_size=size, patch_size=patch, mask_input_channels=4),
+        mask_decoder_config=dict(hidden_size=16, mlp_dim=32, num_hidden_layers=2, num_attention_heads=2,
+                                 iou_head_hidden_dim=16),
+    )
+    _seed(seed)
+    model = SamModel(cfg).eval()
+    model.save_pretrained(dest)
+    proc.save_pretrained(dest)
+
+
+def _set_generation_defaults(model, tok, eos_extra: list[str] = ()) -> None:
+    eos = [tok.eos_token_id] + [tok.convert_tokens_to_ids(t) for t in eos_extra]
+    gc = model.generation_config
+    gc.eos_token_id = eos if len(eos) > 1 else eos[0]
+    gc.pad_token_id = tok.pad_token_id
+    gc.bos_token_id = tok.bos_token_id
+    gc.do_sample = False
+
+
+_BUILDERS = {
+    "idefics2": _build_idefics2,
+    "llava": _build_llava,
+    "llama": _build_llama,
+    "grounding-dino": _build_grounding_dino,
+    "sam": _build_sam,
+}
