@@ -10,3 +10,9 @@ os.environ.setdefault("NLTK_DATA", str(SHARED / "nltk_data"))
 # Build each tiny model once per machine; tests that check building itself point LPOI_CACHE elsewhere.
 os.environ.setdefault("LPOI_CACHE", str(Path.home() / ".cache" / "lpoi"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Tiny models gain nothing from intra-op threads, and on a loaded 2-core box two threads per process
+# make small matmuls many times slower; one thread keeps timings stable and results deterministic.
+import torch  # noqa: E402
+
+torch.set_num_threads(1)

@@ -1,0 +1,288 @@
+"""List-generation throughput and memory: prepare -> detect -> segment -> verify -> lists.
+
+    python bench/listgen.py                 # embedded-default models (tiny/*), CPU: samples/s per stage,
+                                            # peak RSS at N and 4N samples, last line rss_ratio=X.XX
+    python bench/listgen.py --n 32
+    python bench/listgen.py --real-size     # GPU: real-size random-init Grounding-DINO-Tiny + SAM ViT-B
+
+Data: N synthetic samples like the embedded default — drawn scenes (coloured shapes on a background,
+unique per sample) with template answers naming the drawn objects ("The image shows a red ball. Next to
+it there is a green box and a blue kite."), written as an LPOI/mDPO pairs file + image folder in a temp dir.
+Every stage runs through the library functions the DVC stages call (``run_prepare``, ``run_detect``,
+``run_segment``, ``run_verify``, ``iter_build_lists``), streaming from and to files.
+
+Memory: each size runs in a fresh subprocess and reports its own peak RSS (``resource.getrusage``
+``ru_maxrss``); streaming stages must keep peak memory flat, so ``rss_ratio`` = peak(4N) / peak(N) must be
+<= 1.2 (exit status 1 otherwise). Models are loaded once before the timed stages (load time printed
+separately); samples/s = samples / wall seconds of the stage.
+
+``--real-size``: Grounding-DINO-Tiny (Swin-T backbone, BERT-base text encoder, 900 queries, 256 text
+tokens; the architecture of ``IDEA-Research/grounding-dino-tiny``) and SAM ViT-B (``facebook/sam-vit-base``)
+built from the config dicts below with random weights — no network needed — on cuda in bf16 (``--dtype``),
+640x480 images, with the real processors' default sizes (Grounding DINO: short side 800, long <= 1333;
+SAM: 1024). Random weights detect nothing at the real thresholds, so this mode runs detect with thresholds
+0 (every candidate gets a box: the same compute as a real run, where the forward pass does not depend on
+the thresholds, and a realistic load for segment). Verify is off in this mode (its cost is that of the
+chosen VLM, 1 forward per try, not of this stage's code); the tokenizer is the tiny model's BERT-style
+WordPiece (no BERT vocab offline; it spells unknown words in more tokens, so prompts are, if anything,
+longer). Target: >= 10 samples/s for detect + segment on one H100 (10k pairs in under 20 minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+# IDEA-Research/grounding-dino-tiny's architecture (its config.json), minus nothing that matters for speed.
+GDINO_TINY = dict(
+    backbone_config=dict(model_type="swin", image_size=224, patch_size=4, num_channels=3, embed_dim=96,
+                         depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7, mlp_ratio=4.0,
+                         out_features=["stage2", "stage3", "stage4"], out_indices=[2, 3, 4]),
+    text_config=dict(model_type="bert", vocab_size=30522, hidden_size=768, num_hidden_layers=12,
+                     num_attention_heads=12, intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2),
+    d_model=256, num_queries=900, max_text_len=256, num_feature_levels=4,
+    encoder_layers=6, decoder_layers=6, encoder_ffn_dim=2048, decoder_ffn_dim=1024,
+    encoder_attention_heads=8, decoder_attention_heads=8, encoder_n_points=4, decoder_n_points=4,
+    two_stage=True, auxiliary_loss=False, position_embedding_type="sine",
+)
+# facebook/sam-vit-base's architecture.
+SAM_VIT_B = dict(
+    vision_config=dict(hidden_size=768, output_channels=256, num_hidden_layers=12, num_attention_heads=12,
+                       image_size=1024, patch_size=16, window_size=14, global_attn_indexes=[2, 5, 8, 11],
+                       mlp_dim=3072, num_pos_feats=128),
+    prompt_encoder_config=dict(hidden_size=256, image_size=1024, patch_size=16, mask_input_channels=16),
+    mask_decoder_config=dict(hidden_size=256, mlp_dim=2048, num_hidden_layers=2, num_attention_heads=8,
+                             iou_head_hidden_dim=256, num_multimask_outputs=3),
+)
+
+COLORS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 70, 220), "yellow": (240, 210, 40),
+          "orange": (250, 140, 20), "purple": (140, 50, 170), "white": (245, 245, 245), "black": (15, 15, 15)}
+OBJECTS = ("ball", "box", "kite", "car", "house", "tree")
+ABSENT = ("cat", "dog", "bicycle", "bird", "umbrella", "clock")
+QUESTIONS = ("What objects can you see in the image?", "Describe this image.", "What is in the picture?",
+             "Is there a {o} in this image? Describe it.")
+
+
+def _draw(d, obj: str, box, rgb) -> None:
+    x0, y0, x1, y1 = box
+    if obj == "ball":
+        d.ellipse(box, fill=rgb)
+    elif obj == "kite":
+        d.polygon([((x0 + x1) / 2, y0), (x1, (y0 + y1) / 2), ((x0 + x1) / 2, y1), (x0, (y0 + y1) / 2)], fill=rgb)
+    elif obj == "house":
+        d.rectangle([x0, (y0 + y1) / 2, x1, y1], fill=rgb)
+        d.polygon([(x0, (y0 + y1) / 2), ((x0 + x1) / 2, y0), (x1, (y0 + y1) / 2)], fill=rgb)
+    elif obj == "tree":
+        d.rectangle([(x0 * 3 + x1) / 4 + 2, (y0 + y1) / 2, (x0 + x1 * 3) / 4 - 2, y1], fill=(110, 70, 30))
+        d.ellipse([x0, y0, x1, (y0 + y1 * 2) / 3], fill=rgb)
+    else:  # box, car
+        d.rectangle(box, fill=rgb)
+
+
+def make_data(root: Path, n: int, size: tuple[int, int], seed: int = 0) -> tuple[Path, Path]:
+    """N unique drawn scenes + an mDPO-style pairs.json naming the drawn objects (the chosen answer)."""
+    import random
+
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(seed)
+    img_dir = root / "images"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    w, h = size
+    records = []
+    for k in range(n):
+        objs = rng.sample(OBJECTS, 3)
+        cols = rng.sample(sorted(COLORS), 3)
+        img = Image.new("RGB", size, (rng.randrange(120, 220), rng.randrange(160, 230), rng.randrange(180, 255)))
+        d = ImageDraw.Draw(img)
+        for j, (o, c) in enumerate(zip(objs, cols)):
+            bw, bh = rng.randrange(w // 6, w // 3), rng.randrange(h // 5, h // 2)
+            x0 = min(w - bw - 1, j * w // 3 + rng.randrange(0, max(1, w // 3 - bw)))
+            y0 = rng.randrange(0, h - bh)
+            _draw(d, o, [x0, y0, x0 + bw, y0 + bh], COLORS[c])
+        name = f"scene_{k:06d}.png"
+        img.save(img_dir / name)
+        q = rng.choice(QUESTIONS).format(o=objs[0])
+        chosen = f"The image shows a {cols[0]} {objs[0]}. Next to it there is a {cols[1]} {objs[1]} and a {cols[2]} {objs[2]}."
+        rejected = chosen.replace(objs[0], rng.choice(ABSENT), 1)
+        records.append({"id": f"bench-{k:06d}", "img_path": name, "prompt": q, "chosen": chosen, "rejected": rejected})
+    pairs = root / "pairs.json"
+    pairs.write_text(json.dumps(records))
+    return pairs, img_dir
+
+
+def _real_size_models(device: str, dtype: str):
+    import torch
+    from transformers import (
+        BertTokenizerFast,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+        SamConfig,
+        SamImageProcessor,
+        SamModel,
+        SamProcessor,
+    )
+
+    from lpoi.models import resolve, torch_dtype
+
+    dt = torch_dtype(dtype)
+    torch.manual_seed(0)
+    with torch.device(device):
+        det = GroundingDinoForObjectDetection(GroundingDinoConfig(**GDINO_TINY)).to(dt).eval()
+        sam = SamModel(SamConfig(**SAM_VIT_B)).to(dt).eval()
+    tok = BertTokenizerFast.from_pretrained(resolve("tiny/grounding-dino"))
+    det_proc = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(), tokenizer=tok)
+    sam_proc = SamProcessor(image_processor=SamImageProcessor())
+    return (det, det_proc), (sam, sam_proc)
+
+
+def child(args) -> dict:
+    """One full run at one size, in this process; returns timings and peak RSS."""
+    import torch
+
+    from lpoi.io import read_jsonl
+    from lpoi.listgen.detect import run_detect
+    from lpoi.listgen.interpolate import iter_build_lists
+    from lpoi.listgen.objects import extract_candidates
+    from lpoi.listgen.prepare import run_prepare
+    from lpoi.listgen.segment import run_segment
+    from lpoi.listgen.shard import resolve_device
+    from lpoi.listgen.verify import run_verify, vlm_decider
+    from lpoi.models import load_detector, load_segmenter, load_vlm
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    root = Path(args.workdir)
+    size = (640, 480) if args.real_size else (128, 96)
+    pairs, img_dir = make_data(root, args.n, size)
+    res: dict = {"n": args.n, "device": device, "stages": {}}
+
+    t = time.perf_counter()
+    extract_candidates("warm up the tagger", "A red car.")  # NLTK load, once per process
+    if args.real_size:
+        det, seg = _real_size_models(device, args.dtype)
+        vlm = None
+    else:
+        det = load_detector("tiny/grounding-dino", dtype=args.dtype, device=device)
+        seg = load_segmenter("tiny/sam", dtype=args.dtype, device=device)
+        vlm = load_vlm("tiny/idefics2", dtype=args.dtype, device=device)
+    res["load_seconds"] = time.perf_counter() - t
+
+    def timed(name, fn):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        res["stages"][name] = {"seconds": time.perf_counter() - t0, "n": args.n}
+        return out
+
+    d = root / "out"
+    timed("prepare", lambda: run_prepare(pairs, img_dir, d / "prepared.jsonl", d / "prepare_rejects.jsonl", 0.5))
+    thr = 0.0 if args.real_size else 0.35
+    common = dict(progress=False, num_workers=args.prefetch)
+    timed("detect", lambda: run_detect(d / "prepared.jsonl", d / "detect.jsonl", d / "detect_rejects.jsonl",
+                                       model_name="-", model=det[0], processor=det[1], batch_size=args.batch_size,
+                                       box_threshold=thr, text_threshold=thr, **common))
+    timed("segment", lambda: run_segment(d / "detect.jsonl", d / "segment.jsonl", d / "masks", model_name="-",
+                                         model=seg[0], processor=seg[1], batch_size=args.batch_size,
+                                         max_masks_per_sample=3, rejects_path=d / "segment_rejects.jsonl", **common))
+    decide = vlm_decider(*vlm, batch_size=args.batch_size) if vlm else None
+    timed("verify", lambda: run_verify(d / "segment.jsonl", d / "prepared.jsonl", d / "verify.jsonl",
+                                       d / "verify_rejects.jsonl", enabled=vlm is not None, decide=decide,
+                                       max_tries=3, batch_size=args.batch_size, **common))
+
+    def lists():
+        prep = {}  # image paths only, streamed from verify rows themselves
+        tasks = ({"id": r["id"], "image_path": r["image_path"], "box": r["object"]["box"],
+                  "mask_path": str(d / r["object"]["mask"])} for r in read_jsonl(d / "verify.jsonl"))
+        n = 0
+        with open(d / "lists.jsonl", "w") as f:
+            for entry in iter_build_lists(tasks, d / "lists", size=5, mask_kind="sam", num_workers=args.list_workers):
+                f.write(json.dumps(entry) + "\n")
+                n += 1
+        return n + len(prep)
+
+    res["lists"] = timed("lists", lists)
+    for name, st in res["stages"].items():
+        st["samples_per_s"] = st["n"] / st["seconds"] if st["seconds"] > 0 else None
+    gpu = ("detect", "segment")
+    res["detect_segment_samples_per_s"] = args.n / sum(res["stages"][s]["seconds"] for s in gpu)
+    res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    if device.startswith("cuda"):
+        res["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return res
+
+
+def _spawn(args, n: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="lpoi-bench-listgen-") as tmp:
+        cmd = [sys.executable, __file__, "--child", "--n", str(n), "--workdir", tmp, "--batch-size", str(args.batch_size),
+               "--dtype", args.dtype, "--prefetch", str(args.prefetch), "--list-workers", str(args.list_workers),
+               "--threads", str(args.threads)]
+        if args.device:
+            cmd += ["--device", args.device]
+        if args.real_size:
+            cmd.append("--real-size")
+        env = dict(os.environ)
+        env.setdefault("NLTK_DATA", str(REPO.parent / "shared" / "nltk_data"))
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(REPO))
+        if proc.returncode != 0:
+            sys.stderr.write(proc.stderr[-4000:])
+            raise SystemExit(f"bench child for n={n} failed (exit {proc.returncode})")
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=16, help="samples of the small run (the large one has 4N)")
+    ap.add_argument("--real-size", action="store_true", help="real-size random-init Grounding-DINO-Tiny + SAM ViT-B")
+    ap.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
+    ap.add_argument("--dtype", default=None, help="float32 (default on CPU) | bfloat16 (default --real-size) | float16")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--prefetch", type=int, default=1, help="threads preparing the next batches")
+    ap.add_argument("--list-workers", type=int, default=0, help="processes for the lists PNGs")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch default)")
+    ap.add_argument("--sizes", default="1,4", help="multiples of N to run, each in a fresh process")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--workdir", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.dtype is None:
+        args.dtype = "bfloat16" if args.real_size else "float32"
+    if args.child:
+        print(json.dumps(child(args)))
+        return 0
+    runs = {}
+    for m in [int(x) for x in args.sizes.split(",")]:
+        r = _spawn(args, m * args.n)
+        runs[m] = r
+        stages = "  ".join(f"{s}={v['samples_per_s']:.2f}" for s, v in r["stages"].items())
+        print(f"n={r['n']:5d} device={r['device']} load={r['load_seconds']:.1f}s  samples/s: {stages}  "
+              f"detect+segment={r['detect_segment_samples_per_s']:.2f}  lists_out={r['lists']}  "
+              f"peak_rss={r['peak_rss_mib']:.0f} MiB" + (f"  peak_gpu={r['peak_gpu_mib']:.0f} MiB" if 'peak_gpu_mib' in r else ""),
+              flush=True)
+    if len(runs) >= 2:
+        lo, hi = runs[min(runs)], runs[max(runs)]
+        ratio = hi["peak_rss_mib"] / lo["peak_rss_mib"]
+        print(f"rss_ratio={ratio:.2f}")
+        return 0 if ratio <= 1.2 else 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

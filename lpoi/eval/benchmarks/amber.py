@@ -1,0 +1,806 @@
+"""AMBER (Wang et al., 2023): the work list for generation, yes/no parsing, and a scorer that
+reproduces the official ``inference.py`` (github.com/junyangwang0410/AMBER, commit 5e1fd52) exactly.
+
+AMBER has 15,220 items over 1,004 images. Ids 1..1004 are *generative* ("Describe this image.");
+ids 1005..15220 are *discriminative* yes/no questions of the types existence
+(``discriminative-hallucination``), attribute (``discriminative-attribute-{state,number,action}``)
+and relation (``discriminative-relation`` with truth "yes" and ``relation`` with truth "no").
+The official LPOI script decoded the prompt into the answer, mapped answers to "No" by substring
+("not", "know", "snow" all became "No") and mis-handled item 1004 (an off-by-one at the
+generative/discriminative boundary); here the boundary is the annotation's ``type`` and yes/no is
+parsed by whole word (:func:`parse_yes_no`).
+
+How the official scorer works, and the quirks reproduced here on purpose
+------------------------------------------------------------------------
+Quoted lines are the official logic (paraphrased where long); each quirk changes numbers, so we
+keep it and say so.
+
+Generative items (CHAIR ↓, Cover ↑, Hal ↓, Cog ↓):
+
+1. Nouns: ``nltk.word_tokenize`` → ``nltk.pos_tag`` → tags starting with ``NN`` →
+   ``WordNetLemmatizer().lemmatize(word)`` (noun lemma), **no lowercasing**. So a capitalised
+   "Dog" at the start of a sentence stays "Dog", is not in the vocabulary and is silently ignored.
+   (We tag with one cached ``PerceptronTagger``; ``pos_tag(tokens)`` is exactly ``tagger.tag(tokens)``.)
+2. Only nouns in the vocabulary are kept: "if noun in hallucination_words", where the vocabulary is
+   every key and every value of ``relation.json``. All other nouns are not counted anywhere.
+3. Per item, the candidate lists are *association words first, then the annotated words*:
+   ``safe_words = assoc(truth[0]) + assoc(truth[1]) + ... + truth`` (same for ``hallu`` →
+   ``ha_words``). A match at position j inside the association part marks the truth word it belongs
+   to ("safe_list[safe_list[j] + len(safe_list) - safe_len] = 1"); a match in the last part marks
+   that position. Matching takes the **first** j. Consequences:
+
+   * **duplicate truth words** (e.g. item 2 has "ship" twice) stay twice in the Cover denominator
+     ("safe_cover_num += len(safe_list[-safe_len:])"), but only the first copy can ever be marked,
+     so such an item can never reach 100 % Cover;
+   * **association before identity**: if a truth word is also an association of an earlier-listed
+     truth word's list, mentioning it marks the *other* word. Item 5 (truth person, sea, beach,
+     child, toy; child's associations include "person"): "person" marks *child*, and "person"
+     itself stays uncovered.
+4. Per noun, in this order:
+
+   a. "if noun in global_safe_words: continue" — the 9 words of ``safe_words.txt`` are never
+      hallucinations and never cover anything, **but still count in the CHAIR denominator**
+      ("chair_num += len(safe_flag_list)" counts every kept noun). A truth word that is a safe word
+      (e.g. "sign") can therefore never be covered.
+   b. "if noun in safe_words": mark the truth word, ``continue`` (not a hallucination) — also when
+      the noun is *also* an annotated hallucination or its association (item 9: "ground" is both
+      hallu and an association of the truth word grass → covers grass, adds nothing to Cog).
+   c. "if noun in ha_words": mark the hallucination word — **no continue**: the flow goes on to
+   d. the similarity loop over ``ha_words`` (first j with ``similarity > 0.8`` marks), then
+   e. the similarity loop over ``safe_words``; a hit marks that truth word and ``continue``.
+   f. otherwise the noun is a hallucination (``safe_flag_list[idx] = 1``), whether or not it was
+      annotated as one: CHAIR counts any vocabulary noun not supported by the truth.
+
+   Similarity is ``nlp(w1).similarity(nlp(w2)) > 0.8`` with spaCy ``en_core_web_lg``. spaCy's
+   ``Doc.similarity`` returns exactly 1.0 for identical texts, so when that model is not installed
+   we use the **exact** similarity (1.0 for identical words, 0.0 otherwise) and still run loops d
+   and e as the official flow does (with exact similarity they cannot change the result after
+   steps b/c; with spaCy they add near-synonyms). The mode is written into the metrics as
+   ``similarity``: ``"spacy-lg"`` or ``"exact"``; only ``"spacy-lg"`` reproduces published numbers
+   bit for bit.
+5. Aggregation is over mentions (a noun said twice counts twice) and over items:
+   ``CHAIR = hallucinated mentions / kept mentions``, ``Cover = covered truth words / truth words``,
+   ``Cog = covered hallu words / hallu words``, ``Hal = 100 - share of responses with no
+   hallucinated mention``.
+
+Discriminative items (Accuracy, Precision, Recall, F1 ↑ — "No" is the positive class):
+
+6. The response must be **exactly** ``"Yes"`` or ``"No"`` ("if response == 'Yes'"); anything else
+   is wrong for both truths. ``n_unparsed`` counts those (see :func:`normalize_answer`).
+7. Precision = correct "No" answers / all "No" answers ("qa_ans_no_score / qa_ans_no_num"),
+   Recall = correct "No" answers / items whose truth is "no" ("qa_no_score / qa_no_num").
+   Categories: existence = ``discriminative-hallucination``; state/number/action =
+   ``discriminative-attribute-*``; relation = **every other type** (the "else" branch), i.e.
+   ``discriminative-relation`` and ``relation``. Attribute sums the counters of state, number and
+   action. "overall" has its own counters over all discriminative items.
+
+Numerics (all from the official ``metrics.txt`` and print block):
+
+8. **0.001 denominators**: every ``*_num`` counter starts at 0.001 (``metrics.txt``), so
+   ``CHAIR = round(score / (n + 0.001) * 100, 1)`` — slightly low, and 0.0 (not a division error)
+   for an empty category. Attribute sums three counters, so its denominators carry **0.003**.
+   ``Hal = round(100 - non_hallu / (n + 0.001) * 100, 1)``.
+9. **Rounding order of F1**: Precision and Recall are first rounded to one decimal (percent), and F1
+   is computed from the *rounded* values:
+   ``F1 = round(2 * (P/100) * (R/100) / ((P/100) + (R/100) + eps) * 100, 1)``.
+10. **F1 epsilon**: ``eps = 0.0001`` everywhere **except existence, which uses 0.001**.
+11. All values are Python ``round(x, 1)`` of the same float expression, in the same operation order
+    (``a / b * 100``), so ties round exactly as the official prints.
+12. AMBER score (from the AMBER paper, not in inference.py): ``(100 - CHAIR + F1) / 2`` with the
+    printed CHAIR and overall F1.
+
+Our deviations, all about robustness and none about numbers: the annotation is looked up by its
+``id`` field instead of ``ground_truth[id-1]`` (identical on the official file, where entry k has
+id k+1 — checked at load time when the file is complete; it lets the mini set in
+``data/sample/bench/amber`` keep only a subset at the original ids); an answer id that is unknown
+or appears twice is an error naming the id (the official script would crash or count it twice);
+"overall" is reported whenever discriminative answers exist (the official prints it only for
+``--evaluation_type a|d``), and sections with no answers are omitted instead of printed as 0.0.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import sys
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from lpoi.io import atomic_write_json, read_json, read_jsonl, safe_join
+
+__all__ = [
+    "CATEGORIES",
+    "NLTK_RESOURCES",
+    "N_GENERATIVE",
+    "N_ITEMS",
+    "GenerativeItem",
+    "Normalized",
+    "amber_score",
+    "ensure_nltk_data",
+    "extract_nouns",
+    "generative_item",
+    "is_generative",
+    "items",
+    "load_annotations",
+    "load_association",
+    "load_queries",
+    "load_safe_words",
+    "normalize_answer",
+    "parse_yes_no",
+    "resolve_similarity",
+    "score",
+    "score_file",
+]
+
+N_GENERATIVE = 1004  # ids 1..1004 are "Describe this image."
+N_ITEMS = 15220  # ids 1005..15220 are yes/no questions
+GENERATIVE_QUERY = "Describe this image."
+NUM_INIT = 0.001  # metrics.txt: every *_num counter starts at 0.001 (quirk 8)
+F1_EPS = 0.0001  # inference.py F1 denominators ...
+F1_EPS_EXISTENCE = 0.001  # ... except existence (quirk 10)
+SIMILARITY_THRESHOLD = 0.8  # inference.py --similarity_score default
+SPACY_MODEL = "en_core_web_lg"
+SIMILARITY_MODES = ("auto", "exact", "spacy-lg")
+IMAGES_HELP = (
+    "AMBER images are not in the repository: download the official image zip (README of "
+    "https://github.com/junyangwang0410/AMBER, section 'Image Download': "
+    "https://drive.google.com/file/d/1MaCHgtupcZUjf007anNl4_MV0o4DjXvl/view), unzip it so that the "
+    "folder directly holds AMBER_1.jpg ... AMBER_1004.jpg, and point bench.amber.images_dir at that "
+    "folder (or fetch it with `python stages/download.py amber`)."
+)
+
+# annotation type -> category (the official if/elif chain; anything else is relation, quirk 7)
+_TYPE_TO_CATEGORY = {
+    "discriminative-hallucination": "existence",
+    "discriminative-attribute-state": "state",
+    "discriminative-attribute-number": "number",
+    "discriminative-attribute-action": "action",
+}
+CATEGORIES = ("overall", "existence", "attribute", "state", "number", "action", "relation")
+
+# NLTK resources used by word_tokenize / pos_tag / WordNetLemmatizer (nltk >= 3.9 names)
+NLTK_RESOURCES = {
+    "punkt_tab": "tokenizers/punkt_tab/english/",
+    "averaged_perceptron_tagger_eng": "taggers/averaged_perceptron_tagger_eng/",
+    "wordnet": "corpora/wordnet",  # nltk.data.find also accepts corpora/wordnet.zip
+}
+
+
+# ============================================================================ ids, queries, images
+
+
+def is_generative(id: int) -> bool:
+    """True for ids 1..1004 ("Describe this image."), False for 1005..15220; other ids are an error."""
+    if isinstance(id, bool) or not isinstance(id, int) or not 1 <= id <= N_ITEMS:
+        raise ValueError(f"AMBER id must be an int in 1..{N_ITEMS}, got {id!r}")
+    return id <= N_GENERATIVE
+
+
+def load_queries(data_dir: str | os.PathLike) -> list[dict]:
+    """``query/query_all.json``: ``[{"id", "image", "query"}, ...]`` checked for shape and unique ids."""
+    path = Path(data_dir) / "query" / "query_all.json"
+    rows = read_json(path)
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: expected a JSON list of queries")
+    seen: set[int] = set()
+    for k, q in enumerate(rows):
+        if not isinstance(q, dict) or not all(isinstance(q.get(f), str) for f in ("image", "query")):
+            raise ValueError(f"{path}: entry {k} must have string 'image' and 'query' fields, got {q!r}")
+        is_generative(q.get("id"))  # validates the id
+        if q["id"] in seen:
+            raise ValueError(f"{path}: id {q['id']} appears twice")
+        seen.add(q["id"])
+    return rows
+
+
+def items(
+    data_dir: str | os.PathLike,
+    images_dir: str | os.PathLike,
+    limit: int | None = None,
+    ids: Iterable[int] | None = None,
+) -> list[dict]:
+    """The generation work list: ``[{"id", "image", "question", "task"}, ...]`` in query-file order.
+
+    ``image`` is an absolute path confined to ``images_dir``; ``task`` is ``"generative"`` or
+    ``"discriminative"``. ``ids`` restricts to those ids (unknown ids are an error), ``limit`` keeps
+    the first N after that. Every selected image is checked up front, so a missing image fails before
+    hours of generation, with instructions where to get the official zip.
+    """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"limit must be a non-negative int or None, got {limit!r}")
+    queries = load_queries(data_dir)
+    if ids is not None:
+        wanted = set(ids)
+        unknown = sorted(wanted - {q["id"] for q in queries})
+        if unknown:
+            raise ValueError(f"ids not in {Path(data_dir) / 'query' / 'query_all.json'}: {unknown[:10]}")
+        queries = [q for q in queries if q["id"] in wanted]
+    if limit is not None:
+        queries = queries[:limit]
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise FileNotFoundError(f"AMBER images folder not found: {images_dir}. {IMAGES_HELP}")
+    out, missing = [], []
+    for q in queries:
+        path = safe_join(images_dir, q["image"])
+        if not path.is_file():
+            missing.append(q["image"])
+        out.append(
+            {
+                "id": q["id"],
+                "image": str(path),
+                "question": q["query"],
+                "task": "generative" if is_generative(q["id"]) else "discriminative",
+            }
+        )
+    if missing:
+        uniq = sorted(set(missing), key=missing.index)
+        raise FileNotFoundError(
+            f"{len(uniq)} AMBER image(s) missing from {images_dir}, e.g. {uniq[:5]}. {IMAGES_HELP}"
+        )
+    return out
+
+
+# ============================================================================ yes / no
+
+_YES_NO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
+
+
+def parse_yes_no(text: str) -> str | None:
+    """The first whole word "yes" or "no" (any case) → ``"Yes"``/``"No"``; ``None`` when there is none.
+
+    Word boundaries are what the official LPOI script lacked: "not", "know", "snow", "nothing",
+    "none", "nobody", "cannot" and "eyes" contain no yes/no *word*. Punctuation and markdown around
+    the word are fine ("**Yes**", "No.", "yes,").
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"response must be a string, got {type(text).__name__}")
+    m = _YES_NO.search(text)
+    if m is None:
+        return None
+    return "Yes" if m.group(1).lower() == "yes" else "No"
+
+
+class Normalized(NamedTuple):
+    """A stored answer: ``response`` as the scorer will see it; ``unparsed`` when it is not Yes/No."""
+
+    response: str
+    unparsed: bool
+
+
+def normalize_answer(id: int, response: str, mode: str = "generate") -> Normalized:
+    """What the generate stage stores for item ``id`` (``amber.discriminative`` = ``mode``).
+
+    Generative items keep the response unchanged. Discriminative items must be exactly "Yes"/"No"
+    for the official scorer: in mode ``"generate"`` the first yes/no word is taken
+    (:func:`parse_yes_no`); in mode ``"logits"`` the response already is the argmax of the "Yes"/"No"
+    next-token log-probs. An unparseable response is kept as is — the scorer counts it wrong, as the
+    official does — and flagged ``unparsed`` so it is counted, never dropped.
+    """
+    if mode not in ("generate", "logits"):
+        raise ValueError(f"amber.discriminative must be 'generate' or 'logits', got {mode!r}")
+    if not isinstance(response, str):
+        raise TypeError(f"AMBER id {id}: response must be a string, got {type(response).__name__}")
+    if is_generative(id):
+        return Normalized(response, False)
+    parsed = parse_yes_no(response) if mode == "generate" else response
+    if parsed in ("Yes", "No"):
+        return Normalized(parsed, False)
+    return Normalized(response, True)
+
+
+# ============================================================================ official data files
+
+
+def load_annotations(data_dir: str | os.PathLike) -> dict[int, dict]:
+    """``annotations.json`` keyed by each entry's ``id``.
+
+    The official scorer indexes ``ground_truth[id - 1]``; on the complete file entry k has id k + 1
+    (checked here), so a lookup by id is the same thing and also works for a subset (the mini set).
+    """
+    path = Path(data_dir) / "annotations.json"
+    rows = read_json(path)
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: expected a JSON list")
+    by_id: dict[int, dict] = {}
+    for k, a in enumerate(rows):
+        if not isinstance(a, dict) or not isinstance(a.get("type"), str):
+            raise ValueError(f"{path}: entry {k} has no string 'type': {a!r}")
+        try:
+            is_generative(a.get("id"))
+        except ValueError as e:
+            raise ValueError(f"{path}: entry {k}: {e}") from None
+        if a["id"] in by_id:
+            raise ValueError(f"{path}: id {a['id']} appears twice")
+        if a["type"] == "generative":
+            for f in ("truth", "hallu"):
+                if not isinstance(a.get(f), list) or not all(isinstance(w, str) for w in a[f]):
+                    raise ValueError(f"{path}: id {a['id']}: '{f}' must be a list of strings")
+        elif a.get("truth") not in ("yes", "no"):
+            raise ValueError(
+                f"{path}: id {a['id']}: discriminative 'truth' must be 'yes' or 'no', got {a.get('truth')!r}"
+            )
+        by_id[a["id"]] = a
+    if len(rows) == N_ITEMS and any(a["id"] != k + 1 for k, a in enumerate(rows)):
+        raise ValueError(
+            f"{path}: the complete file must list ids 1..{N_ITEMS} in order (official id-1 indexing)"
+        )
+    return by_id
+
+
+def load_association(data_dir: str | os.PathLike) -> dict[str, list[str]]:
+    """``relation.json``: word → associated words (the official ``--word_association``)."""
+    path = Path(data_dir) / "relation.json"
+    rel = read_json(path)
+    if not isinstance(rel, dict) or not all(
+        isinstance(v, list) and all(isinstance(w, str) for w in v) for v in rel.values()
+    ):
+        raise ValueError(f"{path}: expected an object mapping words to lists of words")
+    return rel
+
+
+def load_safe_words(data_dir: str | os.PathLike) -> list[str]:
+    """``safe_words.txt``, one word a line, read as the official does (text mode, cut at the newline)."""
+    path = Path(data_dir) / "safe_words.txt"
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        return [line.split("\n")[0] for line in f]
+
+
+# ============================================================================ NLTK
+
+
+def ensure_nltk_data(
+    download: bool = True, *, index_url: str | None = None, download_dir: str | os.PathLike | None = None
+) -> None:
+    """Make sure punkt_tab, averaged_perceptron_tagger_eng and wordnet are findable by NLTK.
+
+    Missing ones are downloaded when ``download`` (saying so on stderr) into ``download_dir`` (default:
+    NLTK's own choice, the first writable folder of ``nltk.data.path`` or ``~/nltk_data``) from
+    ``index_url`` (default: ``$NLTK_DOWNLOAD_URL``, as NLTK's CLI, else NLTK's server). If they are
+    still missing (offline, or ``download=False``), a RuntimeError says exactly what to install and
+    where NLTK looked.
+    """
+    import nltk
+    from nltk.downloader import Downloader
+
+    def missing() -> list[str]:
+        out = []
+        for name, resource in NLTK_RESOURCES.items():
+            try:
+                nltk.data.find(resource)
+            except LookupError:
+                out.append(name)
+        return out
+
+    todo = missing()
+    if todo and download:
+        index_url = index_url or os.environ.get("NLTK_DOWNLOAD_URL") or None
+        fetch = Downloader(server_index_url=index_url).download if index_url else nltk.download
+        for name in todo:
+            print(f"lpoi: NLTK data '{name}' not found; downloading it for the AMBER scorer", file=sys.stderr)
+            try:
+                ok = fetch(name, download_dir=None if download_dir is None else str(download_dir), quiet=True)
+            except Exception as e:  # noqa: BLE001 - the downloader raises assorted network errors
+                ok = False
+                print(f"lpoi: NLTK download of '{name}' raised {type(e).__name__}: {e}", file=sys.stderr)
+            print(f"lpoi: NLTK data '{name}': {'downloaded' if ok else 'download FAILED'}", file=sys.stderr)
+        todo = missing()
+    if todo:
+        raise RuntimeError(
+            f"NLTK data missing for the AMBER scorer: {', '.join(todo)}"
+            f"{' (the download failed: offline?)' if download else ' (downloads disabled)'}. "
+            f"Install it with `python -m nltk.downloader {' '.join(todo)}`, or copy those packages into a "
+            f"folder and set the NLTK_DATA environment variable to it. NLTK searched: {list(nltk.data.path)}"
+        )
+
+
+@functools.lru_cache(maxsize=1)
+def _noun_tools() -> tuple[Callable[[str], list[str]], Any, Any]:
+    import nltk
+    from nltk.stem import WordNetLemmatizer
+    from nltk.tag.perceptron import PerceptronTagger
+
+    # nltk.pos_tag(tokens) builds a new PerceptronTagger per call and returns tagger.tag(tokens);
+    # one cached tagger gives identical tags, ~100x faster.
+    return nltk.word_tokenize, PerceptronTagger(), WordNetLemmatizer()
+
+
+def extract_nouns(text: str) -> list[str]:
+    """Official ``extract_nouns``: tokens tagged NN* → WordNet noun lemma, case kept, in order."""
+    tokenize, tagger, lemmatizer = _noun_tools()
+    return [lemmatizer.lemmatize(word) for word, pos in tagger.tag(tokenize(text)) if pos.startswith("NN")]
+
+
+# ============================================================================ similarity
+
+
+def _exact_similarity(word1: str, word2: str) -> float:
+    """spaCy's ``Doc.similarity`` on identical texts is exactly 1.0; without the vectors, that is all."""
+    return 1.0 if word1 == word2 else 0.0
+
+
+def _spacy_similarity() -> Callable[[str, str], float]:
+    import spacy  # optional: pip install spacy && python -m spacy download en_core_web_lg
+
+    nlp = spacy.load(SPACY_MODEL)
+    doc = functools.lru_cache(maxsize=None)(nlp)  # nlp(word) is deterministic: parse each word once
+
+    def similarity(word1: str, word2: str) -> float:
+        with warnings.catch_warnings():  # the official filters UserWarning (spaCy W007/W008)
+            warnings.simplefilter("ignore", UserWarning)
+            return doc(word1).similarity(doc(word2))
+
+    return similarity
+
+
+def resolve_similarity(
+    similarity: str = "auto", load: bool = True
+) -> tuple[str, Callable[[str, str], float] | None]:
+    """``"auto"`` → spaCy ``en_core_web_lg`` when importable, else exact; returns (mode, function).
+
+    ``load=False`` only decides the mode (no vectors loaded) and returns ``(mode, None)``.
+    """
+    if similarity not in SIMILARITY_MODES:
+        raise ValueError(f"amber similarity must be one of {SIMILARITY_MODES}, got {similarity!r}")
+    if similarity == "exact":
+        return "exact", _exact_similarity
+    try:
+        if not load:
+            if not _spacy_model_installed():
+                raise ImportError(f"spaCy or its {SPACY_MODEL} package is not installed")
+            return "spacy-lg", None
+        return "spacy-lg", _spacy_similarity()
+    except (ImportError, OSError) as e:  # spaCy absent, or the model package not installed
+        if similarity == "spacy-lg":
+            raise RuntimeError(
+                f"similarity='spacy-lg' needs spaCy and its {SPACY_MODEL} model: "
+                f"`pip install spacy && python -m spacy download {SPACY_MODEL}` ({type(e).__name__}: {e})"
+            ) from None
+        print(
+            f"lpoi: spaCy {SPACY_MODEL} not available ({type(e).__name__}); AMBER uses exact word matching "
+            "(similarity='exact' in the metrics)",
+            file=sys.stderr,
+        )
+        return "exact", _exact_similarity
+
+
+def _spacy_model_installed() -> bool:
+    import importlib.util
+
+    try:
+        return (
+            importlib.util.find_spec("spacy") is not None
+            and importlib.util.find_spec(SPACY_MODEL) is not None
+        )
+    except (ImportError, ValueError):
+        return False
+
+
+# ============================================================================ generative scoring
+
+
+@dataclass
+class GenerativeItem:
+    """One generative response, scored: what the official keeps per item before summing."""
+
+    nouns: list[str]  # vocabulary nouns in order ("after_process_nouns")
+    hallucinated: list[int]  # 1 per hallucinated mention ("safe_flag_list")
+    truth_covered: list[int]  # 1 per covered truth word, duplicates included ("safe_list[-safe_len:]")
+    hallu_covered: list[int]  # 1 per mentioned hallu word ("ha_list[-ha_len:]")
+
+
+class _Marks:
+    """Association words first, then the annotated words; a hit marks the annotated word (quirk 3)."""
+
+    def __init__(self, words: Sequence[str], association: dict[str, list[str]], item_id: int):
+        self.candidates: list[str] = []
+        self.owner: list[int] = []  # for association entries: index of the annotated word
+        for idx, word in enumerate(words):
+            if word not in association:
+                raise ValueError(f"AMBER id {item_id}: annotated word {word!r} is not a key of relation.json")
+            self.candidates += association[word]
+            self.owner += [idx] * len(association[word])
+        self.n_assoc = len(self.candidates)
+        self.candidates += list(words)
+        self.flags = [0] * len(words)
+
+    def mark(self, j: int) -> None:
+        self.flags[self.owner[j] if j < self.n_assoc else j - self.n_assoc] = 1
+
+    def first_similar(self, noun: str, similar: Callable[[str, str], bool]) -> int | None:
+        return next((j for j, w in enumerate(self.candidates) if similar(noun, w)), None)
+
+
+def generative_item(
+    response: str,
+    truth: Sequence[str],
+    hallu: Sequence[str],
+    *,
+    association: dict[str, list[str]],
+    global_safe_words: Sequence[str],
+    similarity: Callable[[str, str], float] = _exact_similarity,
+    threshold: float = SIMILARITY_THRESHOLD,
+    vocabulary: set[str] | None = None,
+    item_id: int = 0,
+) -> GenerativeItem:
+    """Score one "Describe this image." response against its truth/hallu words (quirks 1-4)."""
+    if vocabulary is None:
+        vocabulary = _vocabulary(association)
+    nouns = [n for n in extract_nouns(response) if n in vocabulary]
+    safe = _Marks(truth, association, item_id)
+    ha = _Marks(hallu, association, item_id)
+    hallucinated = [0] * len(nouns)
+
+    def similar(a: str, b: str) -> bool:
+        return similarity(a, b) > threshold
+
+    for idx, noun in enumerate(nouns):
+        if noun in global_safe_words:  # 4a: counted in CHAIR's denominator only
+            continue
+        if noun in safe.candidates:  # 4b: first exact hit, supported by the truth
+            safe.mark(safe.candidates.index(noun))
+            continue
+        if noun in ha.candidates:  # 4c: no `continue` in the official flow
+            ha.mark(ha.candidates.index(noun))
+        j = ha.first_similar(noun, similar)  # 4d
+        if j is not None:
+            ha.mark(j)
+        j = safe.first_similar(noun, similar)  # 4e
+        if j is not None:
+            safe.mark(j)
+            continue
+        hallucinated[idx] = 1  # 4f
+    return GenerativeItem(nouns, hallucinated, safe.flags, ha.flags)
+
+
+def _vocabulary(association: dict[str, list[str]]) -> set[str]:
+    """Keys and values of relation.json (the official ``hallucination_words``; a set, same membership)."""
+    return set(association) | {w for words in association.values() for w in words}
+
+
+# ============================================================================ discriminative scoring
+
+
+@dataclass
+class _Tally:
+    """The official counters of one category; every ``*_num`` starts at 0.001 (quirk 8)."""
+
+    correct: float = 0  # qa_correct_score
+    n: float = NUM_INIT  # qa_correct_num
+    truth_no_correct: float = 0  # qa_no_score: truth "no" answered "No"
+    truth_no: float = NUM_INIT  # qa_no_num
+    said_no_correct: float = 0  # qa_ans_no_score
+    said_no: float = NUM_INIT  # qa_ans_no_num
+    items: int = 0  # real count, to omit empty sections (not an official counter)
+
+    def add(self, truth: str, response: str) -> None:
+        self.items += 1
+        self.n += 1
+        if truth == "yes":  # official: `if truth == 'yes' ... else` (anything else is a "no")
+            self.correct += response == "Yes"
+        else:
+            self.truth_no += 1
+            if response == "No":
+                self.correct += 1
+                self.truth_no_correct += 1
+        if response == "No":
+            self.said_no += 1
+            self.said_no_correct += truth == "no"
+
+    def __add__(self, other: _Tally) -> _Tally:  # attribute = state + number + action (0.003 init)
+        return _Tally(*(getattr(self, f) + getattr(other, f) for f in _Tally.__dataclass_fields__))
+
+
+def _pct(score: float, num: float) -> float:
+    return round(score / num * 100, 1)
+
+
+def _f1(precision: float, recall: float, eps: float) -> float:
+    """F1 from the *rounded* percentages, as printed (quirk 9)."""
+    return round(2 * (precision / 100) * (recall / 100) / ((precision / 100) + (recall / 100) + eps) * 100, 1)
+
+
+def _prf(t: _Tally, eps: float) -> dict[str, float]:
+    precision = _pct(t.said_no_correct, t.said_no)
+    recall = _pct(t.truth_no_correct, t.truth_no)
+    return {
+        "Accuracy": _pct(t.correct, t.n),
+        "Precision": precision,
+        "Recall": recall,
+        "F1": _f1(precision, recall, eps),
+    }
+
+
+def amber_score(chair: float, f1: float) -> float:
+    """AMBER score = (100 − CHAIR + F1) / 2, from the printed (rounded) values."""
+    return round((100 - chair + f1) / 2, 2)
+
+
+# ============================================================================ the scorer
+
+
+@dataclass
+class _Generative:
+    chair_score: float = 0
+    chair_num: float = NUM_INIT
+    cover_score: float = 0
+    cover_num: float = NUM_INIT
+    cog_score: float = 0
+    cog_num: float = NUM_INIT
+    non_hallu: float = 0
+    responses: float = NUM_INIT
+    items: int = 0
+
+    def add(self, r: GenerativeItem) -> None:
+        self.items += 1
+        self.chair_score += sum(r.hallucinated)
+        self.chair_num += len(r.hallucinated)
+        self.cover_score += sum(r.truth_covered)
+        self.cover_num += len(r.truth_covered)
+        self.cog_score += sum(r.hallu_covered)
+        self.cog_num += len(r.hallu_covered)
+        self.non_hallu += sum(r.hallucinated) == 0
+        self.responses += 1
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "CHAIR": _pct(self.chair_score, self.chair_num),
+            "Cover": _pct(self.cover_score, self.cover_num),
+            "Hal": round(100 - self.non_hallu / self.responses * 100, 1),
+            "Cog": _pct(self.cog_score, self.cog_num),
+        }
+
+
+def score(
+    answers: Iterable[dict],
+    data_dir: str | os.PathLike,
+    similarity: str = "auto",
+    *,
+    threshold: float = SIMILARITY_THRESHOLD,
+    download_nltk: bool = True,
+    normalize_yes_no: bool = False,
+) -> dict[str, Any]:
+    """Score AMBER answers ``[{"id": int, "response": str}, ...]`` exactly as the official inference.py.
+
+    Returns the CLI contract's METRICS: ``generative`` {CHAIR, Cover, Hal, Cog}, ``discriminative``
+    {overall, existence, attribute, state, number, action, relation: {Accuracy, Precision, Recall,
+    F1}}, ``amber_score``, ``similarity`` ("spacy-lg" | "exact"), ``n_unparsed`` (discriminative
+    responses that are not exactly "Yes"/"No"), ``n_generative``, ``n_discriminative``. Values are in
+    percent rounded to one decimal as the official prints them. Sections and categories that no
+    answer covers are left out; ``amber_score`` needs both CHAIR and overall F1.
+
+    ``normalize_yes_no=True`` first applies :func:`normalize_answer` (mode "generate") to the
+    discriminative responses — for answers files whose free-text replies were stored unparsed. It is
+    idempotent on "Yes"/"No"; the default (False) scores the stored strings exactly as the official.
+    """
+    return _score(answers, data_dir, similarity, threshold, download_nltk, normalize_yes_no, source="answers")
+
+
+def _score(
+    answers: Iterable[dict],
+    data_dir: str | os.PathLike,
+    similarity: str,
+    threshold: float,
+    download_nltk: bool,
+    normalize_yes_no: bool,
+    source: str,
+) -> dict[str, Any]:
+    if similarity not in SIMILARITY_MODES:
+        raise ValueError(f"amber similarity must be one of {SIMILARITY_MODES}, got {similarity!r}")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"amber similarity threshold must be a number in [0, 1], got {threshold!r}")
+    data_dir = Path(data_dir)
+    annotations = load_annotations(data_dir)
+    rows = _check_answers(answers, annotations, data_dir, source)
+    generative_rows = [
+        (a, annotations[a["id"]]) for a in rows if annotations[a["id"]]["type"] == "generative"
+    ]
+    discriminative_rows = [
+        (a, annotations[a["id"]]) for a in rows if annotations[a["id"]]["type"] != "generative"
+    ]
+
+    gen = _Generative()
+    if generative_rows:
+        ensure_nltk_data(download=download_nltk)
+        mode, sim = resolve_similarity(similarity)
+        association = load_association(data_dir)
+        safe_words = load_safe_words(data_dir)
+        vocabulary = _vocabulary(association)
+        for a, ann in generative_rows:
+            gen.add(
+                generative_item(
+                    a["response"],
+                    ann["truth"],
+                    ann["hallu"],
+                    association=association,
+                    global_safe_words=safe_words,
+                    similarity=sim,
+                    threshold=threshold,
+                    vocabulary=vocabulary,
+                    item_id=a["id"],
+                )
+            )
+    else:  # nothing to compare: report the mode that would be used, without loading spaCy's vectors
+        mode, _ = resolve_similarity(similarity, load=False)
+
+    tallies = {c: _Tally() for c in ("overall", "existence", "state", "number", "action", "relation")}
+    n_unparsed = 0
+    for a, ann in discriminative_rows:
+        response = a["response"]
+        if normalize_yes_no:
+            response = normalize_answer(a["id"], response, "generate").response
+        n_unparsed += response not in ("Yes", "No")
+        tallies["overall"].add(ann["truth"], response)
+        tallies[_TYPE_TO_CATEGORY.get(ann["type"], "relation")].add(ann["truth"], response)
+    tallies["attribute"] = tallies["state"] + tallies["number"] + tallies["action"]
+
+    out: dict[str, Any] = {}
+    if gen.items:
+        out["generative"] = gen.metrics()
+    if discriminative_rows:
+        out["discriminative"] = {
+            c: _prf(tallies[c], F1_EPS_EXISTENCE if c == "existence" else F1_EPS)
+            for c in CATEGORIES
+            if tallies[c].items
+        }
+    if "generative" in out and "discriminative" in out:
+        out["amber_score"] = amber_score(out["generative"]["CHAIR"], out["discriminative"]["overall"]["F1"])
+    out["similarity"] = mode
+    out["n_unparsed"] = n_unparsed
+    out["n_generative"] = len(generative_rows)
+    out["n_discriminative"] = len(discriminative_rows)
+    return out
+
+
+def _check_answers(
+    answers: Iterable[dict], annotations: dict[int, dict], data_dir: Path, source: str
+) -> list[dict]:
+    """Validate answer rows; every error names the record and the id."""
+    rows, seen = [], set()
+    for k, a in enumerate(answers, 1):
+        where = f"{source}: record {k}"
+        if not isinstance(a, dict):
+            raise ValueError(f"{where}: expected an object with 'id' and 'response', got {a!r}")
+        i, response = a.get("id"), a.get("response")
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise ValueError(f"{where}: 'id' must be an int AMBER id, got {i!r}")
+        if not isinstance(response, str):
+            raise ValueError(f"{where} (id {i}): 'response' must be a string, got {type(response).__name__}")
+        if i not in annotations:
+            raise ValueError(f"{where}: id {i} is not in {data_dir / 'annotations.json'}")
+        if i in seen:
+            raise ValueError(f"{where}: id {i} appears twice (the official scorer would count it twice)")
+        seen.add(i)
+        rows.append({"id": i, "response": response})
+    return rows
+
+
+def score_file(
+    answers_path: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    out_path: str | os.PathLike,
+    *,
+    similarity: str = "auto",
+    threshold: float = SIMILARITY_THRESHOLD,
+    download_nltk: bool = True,
+    normalize_yes_no: bool = False,
+) -> dict[str, Any]:
+    """``stages/score.py amber``: read ANSWERS.jsonl, :func:`score` it, write METRICS.json atomically."""
+    answers_path = Path(answers_path)
+    metrics = _score(
+        read_jsonl(answers_path),
+        data_dir,
+        similarity,
+        threshold,
+        download_nltk,
+        normalize_yes_no,
+        source=str(answers_path),
+    )
+    atomic_write_json(out_path, metrics)
+    return metrics

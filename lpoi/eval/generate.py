@@ -1,0 +1,449 @@
+"""Answers for the benchmarks: batched, greedy-by-default, resumable generation with a VLM.
+
+Shared by generate@{amber,objhal,mmhal}. What it fixes relative to the official LPOI AMBER script:
+
+* **The stored response excludes the prompt.** The official script decoded the whole sequence
+  (prompt + answer) and then cut strings; here the generated ids are sliced after the (left-padded)
+  input length and decoded with ``skip_special_tokens=True``, then stripped.
+* **Batched with left padding.** All prompts of a batch end at the same column, so the first new
+  token of every row is predicted from its own last prompt token; the attention mask hides the pads
+  and ``generate`` derives the position ids from it. Greedy batched output equals batch-size-1
+  output (tested on tiny Idefics2 and tiny LLaVA in fp32 with prompts of different lengths). In
+  bf16/fp16 on a GPU, a different batch composition can change low-order bits of the logits and,
+  rarely, flip a near-tie of the greedy argmax; that is a property of the kernels, not of padding.
+* **Yes/No by logits** (``yes_no="logits"``), what AMBER's authors did for open models: one forward
+  per batch, the answer is whichever of the first tokens of "Yes" and "No"
+  (:func:`lpoi.models.chat.yes_no_token_ids`) has the larger next-token log-prob at the first answer
+  position. The response is exactly ``"Yes"`` or ``"No"`` (an exact tie, which fp32 logits of a real
+  model practically never produce, goes to ``"No"``), and both
+  log-probs are stored in the row as ``logprob_yes`` / ``logprob_no``.
+
+Answer rows (``answers.jsonl``, one JSON object per line, in input order)::
+
+    {"id", "question", "response", ...extra}                       # generated
+    {"id", "question", "response", "logprob_yes", "logprob_no", ...extra}   # yes_no="logits" items
+    {"id", "question", "response": "", "error", "error_detail", ...extra}    # image could not be used
+
+``...extra`` are the item's other keys copied through (e.g. ``image_id``, ``task``), except the
+control keys ``image`` (a path or a PIL image: not stored, so answers do not depend on where the
+images live) and ``yes_no``.
+
+**Error rows.** An item whose image cannot be loaded (:func:`lpoi.io.load_image` reasons:
+``missing``, ``unreadable``, ``truncated``, ``too_large``, ``too_small``) is never a crash: it gets a
+row with ``response: ""`` and ``error: <reason>``, and is counted in the stats (``n_errors``,
+``errors``). Scorers must not score such a row as a real answer (an empty description would look
+like a perfect, hallucination-free one): they should count rows carrying ``"error"`` separately and
+leave them out of the metrics, or fail. Error rows are "finished" for resume; pass
+``retry_errors=True`` to drop them from the file and try those items again (e.g. after fixing the
+images).
+
+**Resume.** Rows are appended with :class:`lpoi.io.JsonlAppender` (flushed and fsynced per line;
+a partial last line from a kill is cut off on open). Ids already in the file are skipped, so a
+killed run re-run produces the same file as an uninterrupted one: rows stay in input order and, since
+batched greedy equals batch-1 greedy, a different batch split after the restart does not change a
+response.
+
+**Per-item mode.** One call can mix generative items and yes/no items (AMBER): an item with a truthy
+``"yes_no"`` key is a yes/no question; ``yes_no="logits"`` answers those by logits and generates the
+others; ``yes_no=None`` (or ``"generate"``, the value of ``amber.discriminative``) generates every
+item, and the AMBER scorer parses the first yes/no word later. Batches never mix the two modes: a
+batch is cut where the mode changes (AMBER lists generative ids first, so batches stay full).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from lpoi.io import ImageRejected, JsonlAppender, load_image, read_jsonl, to_rgb, write_jsonl
+
+__all__ = ["AdapterError", "generate_answers", "load_for_generation"]
+
+CONTROL_KEYS = ("id", "question", "image", "yes_no")  # consumed here, not copied into the row
+RESERVED_KEYS = ("response", "error", "error_detail", "logprob_yes", "logprob_no")  # written here
+_OWN_GENERATE_KWARGS = ("max_new_tokens", "do_sample", "temperature", "top_p", "num_beams", "pad_token_id")
+
+
+class AdapterError(RuntimeError):
+    """A trained adapter or merged-weights folder that is missing, incomplete or does not fit the base model."""
+
+
+# =============================================================================== loading
+
+
+def load_for_generation(
+    model_name: str,
+    *,
+    adapter_dir: str | os.PathLike | None = None,
+    merged_dir: str | os.PathLike | None = None,
+    dtype: str = "float32",
+    device: str | None = None,
+    merge: bool = True,
+):
+    """``(model, processor)`` in eval mode: the base model, base + a trained LoRA adapter, or merged weights.
+
+    * neither folder: ``model_name`` alone (:func:`lpoi.models.load_vlm`);
+    * ``adapter_dir``: the peft adapter the train stage wrote (``adapter_config.json`` +
+      ``adapter_model.safetensors``), loaded onto ``model_name`` with ``PeftModel.from_pretrained``.
+      With ``merge=True`` (default) the LoRA deltas are folded into the base weights
+      (``merge_and_unload``) so generation runs at the base model's speed; ``merge=False`` keeps the
+      unmerged ``PeftModel`` (same outputs up to float rounding, slower);
+    * ``merged_dir``: a folder written by ``save_pretrained`` of merged weights; its processor is
+      taken from the folder when saved there, else from ``model_name``.
+
+    Only safetensors adapters are loaded (no pickle). Every saved adapter tensor must land on a
+    module of the base model, otherwise the adapter was trained for another model and we refuse
+    (peft alone would only warn and silently generate with the base model).
+    """
+    from lpoi.models import load_vlm
+
+    if adapter_dir is not None and merged_dir is not None:
+        raise ValueError("pass either adapter_dir or merged_dir, not both")
+    if merged_dir is not None:
+        return _load_merged(model_name, Path(merged_dir), dtype=dtype, device=device)
+    model, processor = load_vlm(model_name, dtype=dtype)
+    if adapter_dir is not None:
+        model = _apply_adapter(model, Path(adapter_dir), merge=merge)
+    if device:
+        model.to(device)
+    return model.eval(), processor
+
+
+def _load_merged(model_name: str, folder: Path, *, dtype: str, device: str | None):
+    from lpoi.models import load_processor, load_vlm, torch_dtype
+
+    if not folder.is_dir():
+        raise AdapterError(f"merged model folder not found: {folder} (run the train stage with train.merge: true)")
+    if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
+        raise AdapterError(f"{folder} is not a saved model: it needs config.json and *.safetensors weights")
+    if any((folder / f).is_file() for f in ("processor_config.json", "preprocessor_config.json")):
+        return load_vlm(str(folder), dtype=dtype, device=device)
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch_dtype(dtype), use_safetensors=True)
+    processor = load_processor(model_name)
+    if device:
+        model.to(device)
+    return model.eval(), processor
+
+
+def _apply_adapter(model, folder: Path, *, merge: bool):
+    from peft import PeftModel
+    from peft.utils import get_peft_model_state_dict
+    from safetensors import safe_open
+
+    if not folder.is_dir():
+        raise AdapterError(f"adapter folder not found: {folder} (run the train stage first, or generate with the base model)")
+    cfg_path, weights = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+    if not cfg_path.is_file():
+        raise AdapterError(f"{folder} is not a peft adapter: adapter_config.json is missing")
+    try:
+        json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AdapterError(f"{cfg_path} is not valid JSON: {e}") from None
+    if not weights.is_file():
+        extra = " (only safetensors adapters are loaded; adapter_model.bin is a pickle)" if (folder / "adapter_model.bin").exists() else ""
+        raise AdapterError(f"adapter weights missing: {weights}{extra}")
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            saved = set(f.keys())
+    except Exception as e:  # noqa: BLE001 - safetensors raises assorted errors on corrupt files
+        raise AdapterError(f"cannot read adapter weights {weights}: {type(e).__name__}: {e}") from None
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
+    except Exception as e:  # noqa: BLE001 - peft raises ValueError/KeyError/RuntimeError on mismatches
+        raise AdapterError(f"cannot load adapter {folder} onto the base model: {type(e).__name__}: {e}") from None
+    have = set(get_peft_model_state_dict(peft_model).keys())
+    unused = sorted(saved - have)
+    if unused:
+        raise AdapterError(
+            f"adapter {folder} does not fit the base model: {len(unused)} of its {len(saved)} tensors have no "
+            f"matching module, e.g. {unused[:3]} (was it trained for another model?)"
+        )
+    if merge:
+        return peft_model.merge_and_unload()
+    return peft_model
+
+
+# =============================================================================== generation
+
+
+def generate_answers(
+    model,
+    processor,
+    items: Iterable[dict],
+    out_path: str | os.PathLike,
+    *,
+    batch_size: int = 8,
+    max_new_tokens: int = 500,
+    do_sample: bool = False,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    num_beams: int = 1,
+    limit: int | None = None,
+    yes_no: str | None = None,
+    id_key: str = "id",
+    progress: bool = True,
+    extra_generate_kwargs: dict | None = None,
+    retry_errors: bool = False,
+) -> dict[str, Any]:
+    """Answer ``items`` into ``out_path`` (append-only JSONL, resumable); return throughput stats.
+
+    ``items``: dicts ``{"id", "image": path | PIL.Image, "question", ["yes_no": bool], ...extra}``
+    (``id_key`` names the id field). ``limit``: only the first N items (done or not). Decoding:
+    greedy by default (``do_sample=False`` and ``pad_token_id`` are always passed explicitly);
+    ``temperature``/``top_p`` only when given; anything else (``min_new_tokens``,
+    ``repetition_penalty``, ...) through ``extra_generate_kwargs``. See the module docstring for the
+    row format, error rows, resume and ``yes_no``.
+
+    Stats: ``n_items`` (items considered), ``n_generated`` (rows answered by the model in this call,
+    both modes), ``n_logits`` (of which by yes/no logits), ``n_errors`` + ``errors`` (per reason),
+    ``n_skipped`` (already in the file), ``n_new_tokens`` (generated tokens up to and including the
+    first end-of-sequence), ``seconds`` (wall time of the call), ``samples_per_s``,
+    ``new_tokens_per_s``, ``batch_size``.
+    """
+    _check_int("batch_size", batch_size, 1)
+    _check_int("max_new_tokens", max_new_tokens, 1)
+    _check_int("num_beams", num_beams, 1)
+    if limit is not None:
+        _check_int("limit", limit, 0)
+    if yes_no not in (None, "generate", "logits"):
+        raise ValueError(f"yes_no must be None, 'generate' or 'logits', got {yes_no!r}")
+    extra_kw = dict(extra_generate_kwargs or {})
+    clash = sorted(set(extra_kw) & set(_OWN_GENERATE_KWARGS))
+    if clash:
+        raise ValueError(f"extra_generate_kwargs must not repeat the explicit arguments: {clash}")
+
+    gen_kwargs = {"max_new_tokens": max_new_tokens, "do_sample": bool(do_sample), "num_beams": num_beams,
+                  "pad_token_id": _pad_id(processor, model), **extra_kw}
+    if temperature is not None:
+        gen_kwargs["temperature"] = temperature
+    if top_p is not None:
+        gen_kwargs["top_p"] = top_p
+    eos_ids = _eos_ids(model, extra_kw.get("eos_token_id"))
+
+    out_path = Path(out_path)
+    if retry_errors and out_path.exists():
+        rows = list(read_jsonl(out_path))
+        kept = [r for r in rows if "error" not in r]
+        if len(kept) != len(rows):
+            write_jsonl(out_path, kept)
+
+    stats: Counter = Counter()
+    errors: Counter = Counter()
+    total = _total(items, limit)
+    bar = _progress(total, progress, desc=out_path.parent.name or "generate")
+    t0 = time.perf_counter()
+    seen: set = set()
+    pending: list[dict] = []  # rows of the current batch, in input order; "_image" set on usable ones
+    pending_mode: str | None = None
+
+    with JsonlAppender(out_path, key=id_key) as app:
+
+        def flush() -> None:
+            nonlocal pending
+            if not pending:
+                return
+            todo = [r for r in pending if "_image" in r]
+            if todo:
+                if pending_mode == "logits":
+                    _answer_by_logits(model, processor, todo)
+                    stats["n_logits"] += len(todo)
+                else:
+                    stats["n_new_tokens"] += _answer_by_generate(model, processor, todo, gen_kwargs, eos_ids)
+                stats["n_generated"] += len(todo)
+            for r in pending:
+                r.pop("_image", None)
+                app.write(r)
+            bar.update(len(pending))
+            pending = []
+
+        for k, item in enumerate(items):
+            if limit is not None and k >= limit:
+                break
+            stats["n_items"] += 1
+            item_id, question = _check_item(item, k, id_key)
+            key = json.dumps(item_id, sort_keys=True) if isinstance(item_id, (list, dict)) else item_id
+            if key in seen:
+                raise ValueError(f"item {k}: {id_key} {item_id!r} appears twice in the input")
+            seen.add(key)
+            if key in app.done:
+                stats["n_skipped"] += 1
+                bar.update(1)
+                continue
+            mode = "logits" if yes_no == "logits" and item.get("yes_no") else "generate"
+            if pending and (mode != pending_mode or len(pending) >= batch_size):
+                flush()
+            pending_mode = mode
+            row = _row(item, item_id, question, id_key)
+            try:
+                row["_image"] = _image(item.get("image"), k, item_id)
+            except ImageRejected as e:
+                row.update(response="", error=e.reason, error_detail=e.detail)
+                errors[e.reason] += 1
+            pending.append(row)
+        flush()
+    bar.close()
+
+    seconds = time.perf_counter() - t0
+    return {
+        "n_items": stats["n_items"],
+        "n_generated": stats["n_generated"],
+        "n_logits": stats["n_logits"],
+        "n_errors": sum(errors.values()),
+        "errors": dict(errors),
+        "n_skipped": stats["n_skipped"],
+        "n_new_tokens": stats["n_new_tokens"],
+        "seconds": seconds,
+        "samples_per_s": stats["n_generated"] / seconds if seconds > 0 else 0.0,
+        "new_tokens_per_s": stats["n_new_tokens"] / seconds if seconds > 0 else 0.0,
+        "batch_size": batch_size,
+    }
+
+
+def _answer_by_generate(model, processor, rows: list[dict], gen_kwargs: dict, eos_ids: set[int]) -> int:
+    """Fill ``response`` of each row by batched generation; return the number of new tokens."""
+    import torch
+
+    from lpoi.models.chat import tokenizer_of
+
+    enc = _encode(model, processor, rows)
+    with torch.inference_mode():
+        out = model.generate(**enc, **gen_kwargs)
+    width = enc["input_ids"].shape[1]
+    new = out[:, width:].cpu()  # left padding: every prompt ends at column `width`
+    tok = tokenizer_of(processor)
+    n_tokens = 0
+    for r, ids in zip(rows, new.tolist()):
+        r["response"] = tok.decode(ids, skip_special_tokens=True).strip()
+        n_tokens += _n_until_eos(ids, eos_ids)
+    return n_tokens
+
+
+def _answer_by_logits(model, processor, rows: list[dict]) -> None:
+    """Fill ``response`` ("Yes"/"No") and the two log-probs from one forward at the first answer position."""
+    import inspect
+
+    import torch
+
+    from lpoi.models.chat import tokenizer_of, yes_no_token_ids
+
+    yes_id, no_id = yes_no_token_ids(tokenizer_of(processor))
+    enc = _encode(model, processor, rows)
+    fwd = getattr(model, "forward", model)
+    kw = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(fwd).parameters else {}
+    with torch.inference_mode():
+        logits = model(**enc, **kw).logits[:, -1, :]  # left padding: column -1 is every row's last prompt token
+    logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+    for r, lp in zip(rows, logp):
+        ly, ln = float(lp[yes_id]), float(lp[no_id])
+        r["response"] = "Yes" if ly > ln else "No"
+        r["logprob_yes"], r["logprob_no"] = ly, ln
+
+
+def _encode(model, processor, rows: list[dict]):
+    from lpoi.models.chat import encode_prompts, prompt_text
+
+    prompts = [prompt_text(processor, r["question"]) for r in rows]
+    enc = encode_prompts(processor, prompts, [r["_image"] for r in rows], padding_side="left")
+    device, dtype = _device_dtype(model)
+    return {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) if hasattr(v, "to") else v
+            for k, v in enc.items()}
+
+
+# =============================================================================== helpers
+
+
+def _check_int(name: str, value: Any, lo: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
+
+
+def _check_item(item: Any, k: int, id_key: str) -> tuple[Any, str]:
+    if not isinstance(item, dict):
+        raise TypeError(f"item {k}: expected a dict with {id_key!r}, 'image' and 'question', got {type(item).__name__}")
+    if id_key not in item or item[id_key] is None or isinstance(item[id_key], (bool, float)):
+        raise ValueError(f"item {k}: {id_key!r} must be an int or a string, got {item.get(id_key)!r}")
+    q = item.get("question")
+    if not isinstance(q, str) or not q.strip():
+        raise ValueError(f"item {k} ({id_key} {item[id_key]!r}): 'question' must be a non-empty string, got {q!r}")
+    return item[id_key], q
+
+
+def _row(item: dict, item_id: Any, question: str, id_key: str) -> dict:
+    row = {id_key: item_id, "question": question}
+    for key, value in item.items():
+        if key in CONTROL_KEYS or key == id_key:
+            continue
+        if key in RESERVED_KEYS:
+            raise ValueError(f"item {id_key} {item_id!r}: key {key!r} is written by the generator, rename it")
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"item {id_key} {item_id!r}: extra key {key!r} is not JSON-serialisable ({type(value).__name__})"
+            ) from None
+        row[key] = value
+    return row
+
+
+def _image(image: Any, k: int, item_id: Any):
+    """PIL RGB image from a path (validated by :func:`lpoi.io.load_image`) or a PIL image."""
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image)
+    if hasattr(image, "mode") and hasattr(image, "size"):  # a PIL image (e.g. decoded from base64)
+        return to_rgb(image)
+    raise TypeError(f"item {k} (id {item_id!r}): 'image' must be a path or a PIL image, got {type(image).__name__}")
+
+
+def _pad_id(processor, model) -> int:
+    from lpoi.models.chat import tokenizer_of
+
+    tok = tokenizer_of(processor)
+    for v in (tok.pad_token_id, getattr(model.generation_config, "pad_token_id", None), tok.eos_token_id):
+        if isinstance(v, int):
+            return v
+    raise ValueError(f"{type(tok).__name__} has no pad or eos token; batched generation needs one")
+
+
+def _eos_ids(model, override: Any = None) -> set[int]:
+    eos = override if override is not None else getattr(model.generation_config, "eos_token_id", None)
+    if eos is None:
+        return set()
+    return {int(eos)} if isinstance(eos, int) else {int(e) for e in eos}
+
+
+def _n_until_eos(ids: list[int], eos_ids: set[int]) -> int:
+    for j, t in enumerate(ids):
+        if t in eos_ids:
+            return j + 1
+    return len(ids)
+
+
+def _device_dtype(model):
+    import torch
+
+    p = next(model.parameters(), None)
+    if p is None:
+        return torch.device("cpu"), torch.float32
+    dtype = getattr(model, "dtype", p.dtype)
+    return p.device, dtype if dtype.is_floating_point else torch.float32
+
+
+def _total(items: Iterable[dict], limit: int | None) -> int | None:
+    try:
+        n = len(items)  # type: ignore[arg-type]
+    except TypeError:
+        return limit
+    return n if limit is None else min(n, limit)
+
+
+def _progress(total: int | None, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"generate {desc}", unit="item", disable=not enabled)

@@ -1,0 +1,396 @@
+"""The ``prepare`` stage: validate pairwise preference records before any model sees them.
+
+Input is the LPOI/mDPO schema (``sample_10k_llava.json``, HF ``fwnlp/mDPO-preference-data``): a JSON
+list or JSONL of ``{"img_path", "prompt", "chosen", "rejected"}`` with an optional ``"id"``.
+Every record ends up either in ``prepared.jsonl`` or in ``rejects.jsonl`` with a machine-readable
+reason — nothing is dropped silently (the official LPOI release shipped no such step; mDPO's loader
+skipped unreadable images with a bare ``except``).
+
+Checks, in order (the first failing one is the reject ``reason``):
+
+===================  ==========================================================================
+``not_an_object``    the record is not a JSON object
+``missing_field``    one of img_path/prompt/chosen/rejected is absent (or null)
+``bad_type``         a field (or the optional id) is not a string (id: string or integer)
+``empty_field``      a field is an empty or whitespace-only string
+``unsafe_path``      img_path is absolute, contains ``..``, or resolves (symlinks) outside the root
+``missing_image``    no such file under the images root
+``duplicate_record`` same image bytes + prompt + chosen + rejected as an accepted record
+``duplicate_id``     the id (given or derived) was already used by an accepted record
+``unreadable_image`` not an image PIL can decode
+``truncated_image``  the file ends before the image data does (full decode, no LOAD_TRUNCATED_IMAGES)
+``too_large``        more than ``max_pixels`` (decompression bombs); read from the header, before decoding
+``too_small``        a side under ``min_side`` px (after EXIF orientation)
+===================  ==========================================================================
+
+Stable ids: a given id is kept (integers are string-ified); otherwise the id is the first 16 hex
+digits of ``sha256(image_sha256 + "\\0" + prompt + "\\0" + chosen + "\\0" + rejected)`` where
+``image_sha256`` is the hex sha256 of the image file's bytes — the same record always gets the same id,
+wherever it sits in the file. The full digest is the duplicate-record key.
+
+Pixels for later stages: every stage must see 8-bit RGB with the EXIF orientation applied. When the
+source already *is* that (mode RGB, no EXIF orientation other than 1), ``image_path`` points at the source
+file and no copy is made (the common case: the mDPO/LLaVA data are plain RGB JPEGs, and copying 10k of
+them would double the disk use). Otherwise (palette, LA/RGBA, CMYK, 16-bit, grayscale, rotated JPEGs) a
+lossless normalised PNG is written to ``out_dir_images/<id>.png`` and ``image_path`` points at it, so any
+later reader — ``PIL.Image.open(...).convert("RGB")`` or :func:`lpoi.io.load_image` — gets the same pixels.
+``image`` keeps the relative source path for provenance. Paths are joined to the roots exactly as the
+caller passed them (not resolved), so a pipeline run from the repo root with relative roots writes a
+location-independent ``prepared.jsonl``; confinement is checked on the resolved path.
+
+Memory: records are streamed; only the sets of accepted ids and duplicate keys are kept (O(N) short
+strings). :func:`lpoi.io.read_records` parses a JSON *list* file in one go (the JSON list format cannot be
+streamed with the standard library); use JSONL for very large inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from lpoi.io import (
+    MAX_PIXELS,
+    MIN_SIDE,
+    ImageRejected,
+    UnsafePathError,
+    atomic_write_bytes,
+    load_image,
+    read_records,
+    safe_join,
+    sha256_file,
+)
+
+__all__ = [
+    "REJECT_REASONS",
+    "REQUIRED_FIELDS",
+    "RejectRatioExceeded",
+    "content_key",
+    "encode_png",
+    "prepare_records",
+    "run_prepare",
+    "safe_stem",
+]
+
+log = logging.getLogger(__name__)
+
+REQUIRED_FIELDS = ("img_path", "prompt", "chosen", "rejected")
+REJECT_REASONS = (
+    "not_an_object",
+    "missing_field",
+    "bad_type",
+    "empty_field",
+    "unsafe_path",
+    "missing_image",
+    "duplicate_record",
+    "duplicate_id",
+    "unreadable_image",
+    "truncated_image",
+    "too_large",
+    "too_small",
+)
+# lpoi.io.load_image's reasons -> this stage's reject codes
+_IMAGE_REASON = {
+    "missing": "missing_image",
+    "unreadable": "unreadable_image",
+    "truncated": "truncated_image",
+    "too_large": "too_large",
+    "too_small": "too_small",
+}
+_SAFE_STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_EXIF_ORIENTATION = 0x0112
+
+
+class RejectRatioExceeded(RuntimeError):
+    """More records were rejected than ``prepare.max_reject_ratio`` allows (raised after writing both files)."""
+
+
+class _Reject(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def safe_stem(sample_id: str) -> str:
+    """A file-name stem for a sample id: the id itself when it is a plain name, else ``id-<sha256[:16]>``.
+
+    Ids come from user data (``"a/b"``, ``".."``, 300 characters...) and must never become paths.
+
+    >>> safe_stem("000123"), safe_stem("../x")[:3]
+    ('000123', 'id-')
+    """
+    if _SAFE_STEM.fullmatch(sample_id):
+        return sample_id
+    return "id-" + hashlib.sha256(sample_id.encode("utf-8")).hexdigest()[:16]
+
+
+def content_key(image_sha256: str, prompt: str, chosen: str, rejected: str) -> str:
+    """Full hex digest identifying a record by content (duplicate key; its first 16 hex = derived id)."""
+    h = hashlib.sha256()
+    for part in (image_sha256, prompt, chosen, rejected):
+        h.update(part.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def encode_png(img, compress_level: int = 6) -> bytes:
+    """Lossless PNG bytes with no metadata (no text/time/ICC chunks): same pixels -> same bytes.
+
+    The image is rebuilt from its pixel array so nothing from ``img.info`` (ICC profile, EXIF, dpi)
+    leaks into the file.
+    """
+    import numpy as np
+    from PIL import Image
+
+    clean = Image.fromarray(np.asarray(img))
+    buf = io.BytesIO()
+    clean.save(buf, format="PNG", compress_level=compress_level, optimize=False)
+    return buf.getvalue()
+
+
+def _needs_normalising(path: Path) -> bool:
+    """True unless the source file decodes straight to RGB with no EXIF rotation/flip.
+
+    Reads the header only, except for PNGs where Pillow must decode to find an eXIf chunk after the
+    image data (acceptable: PNG sources are the minority; the LLaVA/COCO images are JPEGs).
+    """
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.mode != "RGB":
+            return True
+        orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+    return orientation not in (1, None)
+
+
+def _norm_rel(rel: str) -> str:
+    return Path(rel).as_posix()
+
+
+def _check_fields(rec: Any) -> dict[str, str]:
+    if not isinstance(rec, dict):
+        raise _Reject("not_an_object", f"expected a JSON object, got {type(rec).__name__}")
+    missing = [k for k in REQUIRED_FIELDS if rec.get(k) is None]
+    if missing:
+        raise _Reject("missing_field", f"missing field(s): {', '.join(missing)}")
+    bad = [f"{k} ({type(rec[k]).__name__})" for k in REQUIRED_FIELDS if not isinstance(rec[k], str)]
+    if bad:
+        raise _Reject("bad_type", f"field(s) must be strings: {', '.join(bad)}")
+    empty = [k for k in REQUIRED_FIELDS if not rec[k].strip()]
+    if empty:
+        raise _Reject("empty_field", f"empty field(s): {', '.join(empty)}")
+    return {k: rec[k] for k in REQUIRED_FIELDS}
+
+
+def _given_id(rec: dict) -> str | None:
+    if "id" not in rec or rec["id"] is None:
+        return None
+    v = rec["id"]
+    if isinstance(v, bool) or not isinstance(v, (str, int)):
+        raise _Reject("bad_type", f"id must be a string or an integer, got {type(v).__name__}")
+    s = str(v)
+    if not s.strip():
+        raise _Reject("empty_field", "empty field(s): id")
+    return s
+
+
+# ---------------------------------------------------------------------------------------------- stream
+
+
+def prepare_records(
+    records_path: str | os.PathLike,
+    images_root: str | os.PathLike,
+    *,
+    out_dir_images: str | os.PathLike | None = None,
+    max_pixels: int = MAX_PIXELS,
+    min_side: int = MIN_SIDE,
+    compress_level: int = 6,
+) -> Iterator[tuple[str, dict]]:
+    """Validate records one by one; yield ``("ok", prepared_row)`` or ``("reject", reject_row)`` in input order.
+
+    ``prepared_row``: ``{"id", "image", "image_path", "prompt", "chosen", "rejected", "width", "height",
+    "image_sha256", "normalised"}`` — ``image`` is img_path as given (normalised to posix form),
+    ``image_path`` is the file later stages read (the source, or the normalised PNG copy under
+    ``out_dir_images``; see the module docstring), ``width``/``height`` are after EXIF orientation.
+    ``reject_row``: ``{"index", "id", "reason", "detail"}`` with ``index`` the 0-based input position.
+
+    With ``out_dir_images=None`` nothing is written and ``image_path`` is always the source path
+    (validation only; readers must then use :func:`lpoi.io.load_image`).
+    """
+    root = Path(images_root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"images root is not a directory: {root}")
+    out_dir = Path(out_dir_images) if out_dir_images is not None else None
+    seen_ids: set[str] = set()
+    seen_keys: set[str] = set()
+
+    for index, rec in enumerate(read_records(records_path)):
+        rid: str | None = None
+        try:
+            fields = _check_fields(rec)
+            rid = _given_id(rec)
+            rel = fields["img_path"]
+            try:
+                safe_join(root, rel)
+            except UnsafePathError as e:
+                raise _Reject("unsafe_path", str(e)) from None
+            path = root / rel  # as the caller gave the root: relative roots stay relative
+            if not path.is_file():
+                raise _Reject("missing_image", f"no such image file: {path}")
+            img_sha = sha256_file(path)
+            key = content_key(img_sha, fields["prompt"], fields["chosen"], fields["rejected"])
+            if rid is None:
+                rid = key[:16]
+            if key in seen_keys:
+                raise _Reject(
+                    "duplicate_record", "same image bytes, prompt, chosen and rejected as an earlier record"
+                )
+            if rid in seen_ids:
+                raise _Reject("duplicate_id", f"id {rid!r} already used by an earlier record")
+            try:
+                img = load_image(path, max_pixels=max_pixels, min_side=min_side)
+            except ImageRejected as e:
+                raise _Reject(_IMAGE_REASON.get(e.reason, "unreadable_image"), e.detail) from None
+            normalised = False
+            image_path = path
+            if out_dir is not None and _needs_normalising(path):
+                image_path = out_dir / f"{safe_stem(rid)}.png"
+                atomic_write_bytes(image_path, encode_png(img, compress_level))
+                normalised = True
+        except _Reject as r:
+            yield "reject", {"index": index, "id": rid, "reason": r.reason, "detail": r.detail}
+            continue
+        seen_ids.add(rid)
+        seen_keys.add(key)
+        yield (
+            "ok",
+            {
+                "id": rid,
+                "image": _norm_rel(rel),
+                "image_path": image_path.as_posix(),
+                "prompt": fields["prompt"],
+                "chosen": fields["chosen"],
+                "rejected": fields["rejected"],
+                "width": img.size[0],
+                "height": img.size[1],
+                "image_sha256": img_sha,
+                "normalised": normalised,
+            },
+        )
+
+
+class _AtomicLines:
+    """Stream JSON lines into a temp file next to ``path``; ``commit()`` moves it into place."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        self.f = os.fdopen(fd, "w", encoding="utf-8")
+
+    def write(self, row: dict) -> None:
+        self.f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    def commit(self) -> None:
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        if not self.f.closed:
+            self.f.close()
+        if os.path.exists(self.tmp):
+            os.unlink(self.tmp)
+
+
+def run_prepare(
+    pairs_path: str | os.PathLike,
+    images_root: str | os.PathLike,
+    prepared_path: str | os.PathLike,
+    rejects_path: str | os.PathLike,
+    max_reject_ratio: float,
+    *,
+    out_dir_images: str | os.PathLike | None = None,
+    max_pixels: int = MAX_PIXELS,
+    min_side: int = MIN_SIDE,
+    compress_level: int = 6,
+) -> dict:
+    """Write ``prepared.jsonl`` and ``rejects.jsonl`` (both atomically) and return a summary.
+
+    ``out_dir_images`` (normalised PNG copies) defaults to ``<prepared_path's folder>/prepared_images``.
+    Summary: ``{"records_in", "records_out", "rejected", "reject_ratio", "rejects_by_reason",
+    "normalised_images", "max_reject_ratio"}``.
+
+    Raises :class:`RejectRatioExceeded` *after* writing both files when
+    ``rejected / records_in > max_reject_ratio`` (so the user can read the rejects), and ``ValueError``
+    when the input holds no records at all.
+    """
+    if not (0.0 <= float(max_reject_ratio) <= 1.0):
+        raise ValueError(f"prepare.max_reject_ratio must be in [0, 1], got {max_reject_ratio}")
+    prepared_path, rejects_path = Path(prepared_path), Path(rejects_path)
+    if out_dir_images is None:
+        out_dir_images = prepared_path.parent / "prepared_images"
+    n_in = n_out = n_norm = 0
+    reasons: Counter[str] = Counter()
+    ok_w, rej_w = _AtomicLines(prepared_path), _AtomicLines(rejects_path)
+    try:
+        for kind, row in prepare_records(
+            pairs_path,
+            images_root,
+            out_dir_images=out_dir_images,
+            max_pixels=max_pixels,
+            min_side=min_side,
+            compress_level=compress_level,
+        ):
+            n_in += 1
+            if kind == "ok":
+                n_out += 1
+                n_norm += row["normalised"]
+                ok_w.write(row)
+            else:
+                reasons[row["reason"]] += 1
+                rej_w.write(row)
+        ok_w.commit()
+        rej_w.commit()
+    except BaseException:
+        ok_w.abort()
+        rej_w.abort()
+        raise
+    n_rej = n_in - n_out
+    summary = {
+        "records_in": n_in,
+        "records_out": n_out,
+        "rejected": n_rej,
+        "reject_ratio": n_rej / n_in if n_in else 0.0,
+        "rejects_by_reason": dict(sorted(reasons.items())),
+        "normalised_images": n_norm,
+        "max_reject_ratio": float(max_reject_ratio),
+    }
+    log.info(
+        "prepare: %d records in, %d out, %d rejected %s", n_in, n_out, n_rej, summary["rejects_by_reason"]
+    )
+    if n_in == 0:
+        raise ValueError(
+            f"{pairs_path}: no records found (expected a JSON list or JSONL of preference pairs)"
+        )
+    if summary["reject_ratio"] > max_reject_ratio:
+        top = ", ".join(f"{r}: {n}" for r, n in reasons.most_common())
+        raise RejectRatioExceeded(
+            f"prepare rejected {n_rej} of {n_in} records ({summary['reject_ratio']:.1%}), more than "
+            f"prepare.max_reject_ratio = {max_reject_ratio:g}; reasons: {top}; see {rejects_path} "
+            "(fix the data or images root, or raise prepare.max_reject_ratio)"
+        )
+    return summary

@@ -1,0 +1,260 @@
+"""The ``segment`` stage: a mask for each detected critical-object candidate, with SAM or the box.
+
+LPOI hides the critical object; with ``lists.mask: sam`` (the default) only the object's own pixels
+are hidden, with ``bbox`` the whole detection box (the paper's exact masking).
+
+SAM (transformers' ``SamModel``; default ``facebook/sam-vit-base``, paper-max ``facebook/sam-vit-huge``):
+
+* **box prompts** — each candidate's detection box;
+* **one image embedding per image** — the ViT encoder (>95% of SAM's cost) runs once per image through
+  ``model.get_image_embeddings`` (batched over the images of a block), and all of that image's boxes are
+  decoded from it by passing ``image_embeddings=`` to the model;
+* **multimask output, best by predicted IoU** — SAM's decoder proposes 3 masks per box (whole, part,
+  sub-part) with a predicted IoU each; we keep the highest (:func:`select_best_masks`; ties -> the first),
+  as the official ``SamPredictor`` recommends for ambiguous prompts. The choice is made on the
+  low-resolution logits, so only the kept mask is upsampled to the image size (3x less work).
+
+An empty SAM mask (all pixels False, which random or weak models produce) is replaced by the box mask
+and flagged ``"mask_fallback": "bbox"`` on that candidate, never silently.
+
+``mask_kind="bbox"`` skips SAM entirely — the segmenter model is **not even loaded** — and stores
+:func:`lpoi.listgen.interpolate.box_mask` (every pixel the box touches), so lists and verify read
+masks the same way in both modes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lpoi.io import ImageRejected, load_image
+from lpoi.listgen.shard import StageOutput, count_shard_rows, iter_blocks, parse_shard, prefetch_map, resolve_device
+
+__all__ = ["MASK_KINDS", "mask_file", "run_segment", "segment_batch", "segment_boxes", "select_best_masks"]
+
+log = logging.getLogger(__name__)
+
+MASK_KINDS = ("sam", "bbox")
+
+
+def select_best_masks(masks, iou):
+    """Per box, the multimask output with the highest predicted IoU.
+
+    ``masks``: (N, M, ...) — M proposals per box (any trailing shape); ``iou``: (N, M).
+    Returns ``(masks[n, argmax_m iou[n]] -> (N, ...), best iou (N,))``; ties go to the lowest m.
+    Works on numpy arrays and torch tensors alike.
+    """
+    import torch
+
+    is_np = isinstance(masks, np.ndarray)
+    m, s = torch.as_tensor(masks), torch.as_tensor(iou)
+    if s.ndim != 2 or m.shape[:2] != s.shape:
+        raise ValueError(f"masks must be (N, M, ...) and iou (N, M); got {tuple(m.shape)} and {tuple(s.shape)}")
+    best = torch.argmax(s, dim=1)  # first maximum on ties
+    idx = torch.arange(s.shape[0], device=s.device)
+    out_m, out_s = m[idx, best.to(m.device)], s[idx, best]
+    return (out_m.numpy(), out_s.numpy()) if is_np else (out_m, out_s)
+
+
+def segment_batch(model, processor, images: Sequence, boxes: Sequence[Sequence[Sequence[float]]]):
+    """SAM masks for several images, each with its own boxes, in one encoder + one decoder call.
+
+    ``images``: PIL RGB images; ``boxes[i]``: ``[[x0, y0, x1, y1], ...]`` in image i's pixels.
+    Returns per image ``(masks bool ndarray (N_i, H_i, W_i), iou float ndarray (N_i,))``. Boxes are
+    padded to the largest count by repeating an image's last box (the decoder treats each box
+    independently; padding rows are discarded). Images without boxes are not encoded.
+    """
+    import torch
+
+    if len(images) != len(boxes):
+        raise ValueError(f"{len(images)} images but {len(boxes)} box lists")
+    results: list[tuple[np.ndarray, np.ndarray]] = []
+    for im, bs in zip(images, boxes):
+        w, h = im.size
+        results.append((np.zeros((0, h, w), dtype=bool), np.zeros((0,), dtype=np.float32)))
+    rows = [i for i, bs in enumerate(boxes) if len(bs)]
+    if not rows:
+        return results
+    n_max = max(len(boxes[i]) for i in rows)
+    padded = [[list(map(float, b)) for b in boxes[i]] + [list(map(float, boxes[i][-1]))] * (n_max - len(boxes[i]))
+              for i in rows]
+    inputs = processor(images=[images[i] for i in rows], input_boxes=padded, return_tensors="pt")
+    dev = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    with torch.inference_mode():
+        emb = model.get_image_embeddings(inputs["pixel_values"].to(dev, dtype))
+        out = model(image_embeddings=emb, input_boxes=inputs["input_boxes"].to(dev, dtype), multimask_output=True)
+        low, iou = _best_of_multimask(out.pred_masks.float(), out.iou_scores.float())  # (B, n_max, h, w), (B, n_max)
+        orig = inputs["original_sizes"].tolist()
+        resh = inputs["reshaped_input_sizes"].tolist()
+        for j, i in enumerate(rows):
+            n = len(boxes[i])
+            up = processor.image_processor.post_process_masks([low[j, :n, None]], [orig[j]], [resh[j]])[0]
+            results[i] = (up[:, 0].cpu().numpy().astype(bool), iou[j, :n].cpu().numpy().astype(np.float32))
+    return results
+
+
+def _best_of_multimask(pred_masks, iou_scores):
+    """(B, N, M, h, w), (B, N, M) -> (B, N, h, w), (B, N) via :func:`select_best_masks`."""
+    b, n, m = iou_scores.shape
+    masks, iou = select_best_masks(pred_masks.reshape(b * n, m, *pred_masks.shape[3:]), iou_scores.reshape(b * n, m))
+    return masks.reshape(b, n, *pred_masks.shape[3:]), iou.reshape(b, n)
+
+
+def segment_boxes(model, processor, image, boxes: Sequence[Sequence[float]]):
+    """``(masks bool ndarray (N, H, W), iou (N,))`` for one image's boxes (one image embedding)."""
+    return segment_batch(model, processor, [image], [boxes])[0]
+
+
+def mask_file(masks_dir: str | os.PathLike, sample_id: str, j: int) -> Path:
+    """``masks_dir/<safe stem of id>_<j>.png`` — the mask of candidate ``j`` of a sample."""
+    from lpoi.listgen.prepare import safe_stem
+
+    return Path(masks_dir) / f"{safe_stem(str(sample_id))}_{int(j)}.png"
+
+
+# ---------------------------------------------------------------------------------------------- the stage
+
+
+def _load_block(rows: list[dict], max_masks: int, need_images: bool) -> dict:
+    images, errors = {}, {}
+    for row in rows:
+        if not need_images:
+            continue
+        if not any(c.get("box") is not None for c in row["candidates"]):
+            continue
+        try:
+            images[row["id"]] = load_image(row["image_path"])
+        except ImageRejected as e:
+            errors[row["id"]] = (f"image_{e.reason}", e.detail)
+    return {"rows": rows, "images": images, "errors": errors}
+
+
+def run_segment(
+    detect_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    masks_dir: str | os.PathLike,
+    *,
+    model_name: str = "facebook/sam-vit-base",
+    batch_size: int = 4,
+    max_masks_per_sample: int = 3,
+    mask_kind: str = "sam",
+    shard: str = "0/1",
+    device: str | None = None,
+    dtype: str = "float32",
+    progress: bool = True,
+    rejects_path: str | os.PathLike | None = None,
+    num_workers: int = 1,
+    limit: int | None = None,
+    model=None,
+    processor=None,
+) -> dict[str, Any]:
+    """Stream ``detect.jsonl`` -> ``segment.jsonl`` + mask PNGs (resumable, shardable).
+
+    For each sample, the first ``max_masks_per_sample`` *detected* candidates (pass ``verify.max_tries``:
+    verify never looks further) get a mask PNG at :func:`mask_file` (written atomically). Output rows:
+    ``{"id", "image_path", "width", "height", "mask_kind", "mask": kind of the first masked candidate
+    ("sam" | "bbox"), "candidates": [detect's candidate + {"mask": path relative to out_path's folder |
+    null, "mask_iou": SAM's predicted IoU | null, "mask_area": share of the image's pixels | null,
+    "mask_fallback": "bbox" (only when SAM's mask was empty)}]}``.
+
+    ``mask_kind="bbox"`` never loads SAM. A sample whose image no longer loads is written to
+    ``rejects_path`` (``image_<reason>``); without a rejects file that raises. Resume, blocks and sharding
+    as in :func:`lpoi.listgen.detect.run_detect`. Returns this invocation's stats.
+    """
+    from tqdm.auto import tqdm
+
+    from lpoi.listgen.interpolate import box_mask, save_mask
+
+    parse_shard(shard)
+    if mask_kind not in MASK_KINDS:
+        raise ValueError(f"mask kind must be one of {MASK_KINDS}, got {mask_kind!r}")
+    if batch_size < 1 or max_masks_per_sample < 1:
+        raise ValueError(f"segment.batch_size and max_masks_per_sample must be >= 1, got {batch_size}, "
+                         f"{max_masks_per_sample}")
+    if mask_kind == "sam" and model is None:
+        from lpoi.models import load_segmenter
+
+        model, processor = load_segmenter(model_name, dtype=dtype, device=resolve_device(device))
+    stats: dict[str, Any] = {"samples": 0, "written": 0, "rejected": 0, "skipped": 0, "masks": 0,
+                             "sam_masks": 0, "mask_fallback": 0, "rejects_by_reason": {}}
+    t0 = time.perf_counter()
+    with StageOutput(out_path, rejects_path, shard, limit=limit) as out, \
+            tqdm(total=count_shard_rows(detect_path, shard, batch_size), disable=not progress, desc="segment",
+                 unit="sample") as bar:
+        base = out.out_path.parent
+
+        def blocks():
+            for rows in iter_blocks(detect_path, shard, batch_size):
+                if all(out.done(r["id"]) for r in rows):
+                    stats["skipped"] += len(rows)
+                    bar.update(len(rows))
+                    continue
+                yield rows
+
+        load = lambda rows: _load_block(rows, max_masks_per_sample, mask_kind == "sam")  # noqa: E731
+        for blk in prefetch_map(load, blocks(), workers=num_workers):
+            picks = {r["id"]: [j for j, c in enumerate(r["candidates"]) if c.get("box") is not None][:max_masks_per_sample]
+                     for r in blk["rows"]}
+            sam: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+            if mask_kind == "sam":
+                ids = [r["id"] for r in blk["rows"] if r["id"] in blk["images"]]
+                by_id = {r["id"]: r for r in blk["rows"]}
+                res = segment_batch(model, processor, [blk["images"][i] for i in ids],
+                                    [[by_id[i]["candidates"][j]["box"] for j in picks[i]] for i in ids])
+                sam = dict(zip(ids, res))
+            for row in blk["rows"]:
+                sid = row["id"]
+                if out.done(sid):
+                    continue
+                stats["samples"] += 1
+                if sid in blk["errors"]:
+                    reason, detail = blk["errors"][sid]
+                    out.reject(sid, reason, detail)
+                    stats["rejects_by_reason"][reason] = stats["rejects_by_reason"].get(reason, 0) + 1
+                else:
+                    w, h = int(row["width"]), int(row["height"])
+                    cands = [dict(c, mask=None, mask_iou=None, mask_area=None) for c in row["candidates"]]
+                    for k, j in enumerate(picks[sid]):
+                        c = cands[j]
+                        bm = box_mask(c["box"], h, w)
+                        if mask_kind == "sam":
+                            m, iou = sam[sid][0][k], float(sam[sid][1][k])
+                            if m.shape != (h, w):
+                                raise RuntimeError(f"sample {sid!r}: SAM mask {m.shape} != image {(h, w)}")
+                            c["mask_iou"] = round(iou, 6)
+                            if not m.any():
+                                m = bm
+                                c["mask_fallback"] = "bbox"
+                                stats["mask_fallback"] += 1
+                            else:
+                                stats["sam_masks"] += 1
+                        else:
+                            m = bm
+                        path = mask_file(masks_dir, sid, j)
+                        save_mask(m, path)
+                        c["mask"] = Path(os.path.relpath(path, base)).as_posix()
+                        c["mask_area"] = round(float(m.sum()) / (h * w), 6)
+                        stats["masks"] += 1
+                    first = next((c for c in cands if c["mask"] is not None), None)
+                    kind = None if first is None else ("bbox" if mask_kind == "bbox" or first.get("mask_fallback")
+                                                       else "sam")
+                    out.write({"id": sid, "image_path": row.get("image_path"), "width": w, "height": h,
+                               "mask_kind": mask_kind, "mask": kind, "candidates": cands})
+                bar.update(1)
+                if out.full:
+                    break
+            if out.full:
+                break
+        stats["written"], stats["rejected"] = out.written, out.rejected
+        stats["out_path"] = str(out.out_path)
+    stats["seconds"] = time.perf_counter() - t0
+    stats["samples_per_s"] = stats["samples"] / stats["seconds"] if stats["seconds"] > 0 else None
+    log.info("segment: %s", stats)
+    return stats

@@ -1,0 +1,328 @@
+"""Split the model stages (detect, segment, verify) across GPUs or machines, and merge them back.
+
+Also the small streaming helpers those stages share (:func:`iter_blocks`, :func:`prefetch_map`,
+:func:`resolve_device`).
+
+A stage run with ``--shard i/n`` processes only its share of the input and writes its outputs next to
+the unsharded ones with a ``.shard-i-of-n`` infix (``detect.jsonl`` -> ``detect.shard-0-of-4.jsonl``,
+see :func:`shard_path`); ``--shard 0/1`` (the default) is the unsharded run and writes the plain names.
+:func:`merge_shards` then streams the shard files back into one file in the input's order.
+
+Assignment (:func:`in_shard`):
+
+* ``by="index"`` (what the runners use): the input is cut into consecutive *blocks* of ``block`` rows
+  (the runners pass their batch size) and block ``b`` goes to shard ``b mod n``. Every batch a sharded
+  run computes is then exactly a batch the unsharded run computes. That matters: Grounding DINO pads the
+  images of a batch to a common size and its Swin backbone does not mask the padding, so a sample's
+  boxes depend (slightly) on its batch mates. With block assignment a merged sharded run is
+  byte-identical to the unsharded one.
+* ``by="hash"``: shard = ``sha256(id) mod n`` — independent of the row order (useful when shards read
+  differently ordered inputs), but then batches differ from the unsharded run's.
+
+Running on 4 GPUs (one process per GPU, no inter-process communication needed)::
+
+    for i in 0 1 2 3; do
+      CUDA_VISIBLE_DEVICES=$i python stages/detect.py ... --shard $i/4 &
+    done; wait
+    python -m lpoi.listgen.shard merge --order data/prepared.jsonl --out data/detect.jsonl \\
+        data/detect.shard-{0,1,2,3}-of-4.jsonl
+    # and the same for the rejects file, then segment and verify the same way.
+
+The mask PNGs of the segment stage need no merging: their names are per sample id, so all shards write
+into the same folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from lpoi.io import read_jsonl
+
+__all__ = [
+    "ShardError",
+    "StageOutput",
+    "count_shard_rows",
+    "in_shard",
+    "iter_blocks",
+    "merge_shards",
+    "parse_shard",
+    "prefetch_map",
+    "resolve_device",
+    "shard_path",
+    "shard_rows",
+]
+
+
+class ShardError(ValueError):
+    """A bad shard spec, or shard files that do not fit together (duplicates, unknown ids, wrong order)."""
+
+
+def parse_shard(spec: str | tuple[int, int]) -> tuple[int, int]:
+    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``; a ``(i, n)`` tuple is checked the same way.
+
+    >>> parse_shard("1/4")
+    (1, 4)
+    """
+    if isinstance(spec, tuple) and len(spec) == 2:
+        i, n = spec
+    elif isinstance(spec, str):
+        parts = spec.strip().split("/")
+        if len(parts) != 2:
+            raise ShardError(f"shard must look like 'i/n' (e.g. '0/4'), got {spec!r}")
+        try:
+            i, n = int(parts[0]), int(parts[1])
+        except ValueError:
+            raise ShardError(f"shard must be two integers 'i/n' (e.g. '0/4'), got {spec!r}") from None
+    else:
+        raise ShardError(f"shard must be a string 'i/n', got {spec!r}")
+    if isinstance(i, bool) or isinstance(n, bool) or not isinstance(i, int) or not isinstance(n, int):
+        raise ShardError(f"shard must be two integers, got {spec!r}")
+    if n < 1:
+        raise ShardError(f"shard count n must be >= 1, got {spec!r}")
+    if not 0 <= i < n:
+        raise ShardError(f"shard index i must be in [0, n), got {spec!r}")
+    return i, n
+
+
+def in_shard(sample_id: str, index: int, shard: str | tuple[int, int], *, by: str = "index", block: int = 1) -> bool:
+    """Does the row at ``index`` (0-based, in the stage's input) with ``sample_id`` belong to ``shard``?
+
+    ``by="index"``: block ``index // block`` goes to shard ``(index // block) mod n``.
+    ``by="hash"``: the first 8 bytes of ``sha256(sample_id)`` mod n (Python's ``hash`` is salted per
+    process, so it would assign differently in each shard's process).
+    """
+    i, n = parse_shard(shard)
+    if n == 1:
+        return True
+    if by == "index":
+        if block < 1:
+            raise ShardError(f"block must be >= 1, got {block}")
+        return (index // block) % n == i
+    if by == "hash":
+        digest = hashlib.sha256(str(sample_id).encode("utf-8")).digest()
+        return int.from_bytes(digest[:8], "big") % n == i
+    raise ShardError(f"shard assignment must be 'index' or 'hash', got {by!r}")
+
+
+def shard_path(path: str | os.PathLike, shard: str | tuple[int, int]) -> Path:
+    """Where shard ``i/n`` writes what the unsharded run writes to ``path``.
+
+    >>> shard_path("data/detect.jsonl", "2/4").as_posix()
+    'data/detect.shard-2-of-4.jsonl'
+    >>> shard_path("data/detect.jsonl", "0/1").as_posix()
+    'data/detect.jsonl'
+    """
+    i, n = parse_shard(shard)
+    path = Path(path)
+    if n == 1:
+        return path
+    return path.with_name(f"{path.stem}.shard-{i}-of-{n}{path.suffix}")
+
+
+def shard_rows(rows, shard: str | tuple[int, int], *, by: str = "index", block: int = 1) -> Iterator[tuple[int, dict]]:
+    """Stream ``(index, row)`` of the rows of ``rows`` (an iterable of dicts with ``"id"``) in ``shard``."""
+    parse_shard(shard)
+    for index, row in enumerate(rows):
+        if in_shard(str(row.get("id")), index, shard, by=by, block=block):
+            yield index, row
+
+
+def merge_shards(
+    paths: Sequence[str | os.PathLike], order_source_path: str | os.PathLike, out_path: str | os.PathLike, *, key: str = "id"
+) -> dict:
+    """Merge shard JSONL files into ``out_path`` (atomically), rows in the order of ``order_source_path``.
+
+    ``order_source_path`` is any JSONL whose ``key`` order the outputs follow — ``prepared.jsonl`` works
+    for every stage, since each stage keeps its input's order. Streaming k-way merge: each shard file is
+    read once, front to back, so memory holds one row per shard. Fails (:class:`ShardError`, nothing
+    written) when a row's id is not in the order source, appears twice, or a shard file is out of order
+    — e.g. files from two different runs. Returns ``{"rows": total, "per_shard": [count, ...]}``.
+
+    A missing shard file is an error (a shard that did not run); an empty one is fine (a shard whose
+    samples were all rejected).
+    """
+    if not paths:
+        raise ShardError("merge_shards needs at least one shard file")
+    for p in paths:
+        if not Path(p).is_file():
+            raise ShardError(f"shard file not found: {p} (did that shard finish?)")
+    iters = [read_jsonl(p) for p in paths]
+    heads: list[dict | None] = [next(it, None) for it in iters]
+    counts = [0] * len(paths)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for src in read_jsonl(order_source_path):
+                sid = src.get(key)
+                hits = [s for s, h in enumerate(heads) if h is not None and h.get(key) == sid]
+                if len(hits) > 1:
+                    raise ShardError(f"id {sid!r} appears in more than one shard: {[str(paths[s]) for s in hits]}")
+                for s in hits:
+                    f.write(json.dumps(heads[s], ensure_ascii=False) + "\n")
+                    counts[s] += 1
+                    heads[s] = next(iters[s], None)
+                    if heads[s] is not None and heads[s].get(key) == sid:
+                        raise ShardError(f"{paths[s]}: id {sid!r} appears twice")
+            left = [(paths[s], h.get(key)) for s, h in enumerate(heads) if h is not None]
+            if left:
+                p, sid = left[0]
+                raise ShardError(
+                    f"{p}: row with id {sid!r} is not in {order_source_path} or is out of order "
+                    "(shard files from a different run or input?)"
+                )
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out_path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return {"rows": sum(counts), "per_shard": counts}
+
+
+# ---------------------------------------------------------------------------------------------- runner helpers
+
+
+def iter_blocks(path: str | os.PathLike, shard: str | tuple[int, int], block: int) -> Iterator[list[dict]]:
+    """Stream the rows of the JSONL ``path`` in shard ``shard``, ``block`` consecutive input rows at a time.
+
+    Each yielded list is one whole block of the input (``by="index"`` assignment), so a block's
+    composition depends only on the input and ``block`` — never on the shard count or on what a previous,
+    interrupted run already finished. The runners compute whole blocks (and write only the rows not yet
+    done), which is what makes a resumed or sharded run byte-identical to an uninterrupted one.
+    """
+    if block < 1:
+        raise ShardError(f"batch size must be >= 1, got {block}")
+    i, n = parse_shard(shard)
+    buf: list[dict] = []
+    b = 0
+    for row in read_jsonl(path):
+        buf.append(row)
+        if len(buf) == block:
+            if b % n == i:
+                yield buf
+            buf, b = [], b + 1
+    if buf and b % n == i:
+        yield buf
+
+
+def count_shard_rows(path: str | os.PathLike, shard: str | tuple[int, int], block: int) -> int:
+    """How many rows :func:`iter_blocks` will yield (a cheap line count, for progress bars)."""
+    i, n = parse_shard(shard)
+    with open(path, "rb") as f:
+        total = sum(1 for line in f if line.strip())
+    return sum(1 for k in range(total) if (k // block) % n == i)
+
+
+def prefetch_map(fn, items, workers: int = 1, depth: int = 2) -> Iterator:
+    """``map(fn, items)`` computed ``depth`` items ahead in ``workers`` threads, results in order.
+
+    Overlaps CPU work (image decoding, resizing, tokenising) with the accelerator's work on the current
+    batch. ``workers=0`` is a plain lazy map. The input is consumed lazily (at most ``depth`` items in
+    flight), so memory stays bounded.
+    """
+    if workers <= 0:
+        yield from map(fn, items)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    it = iter(items)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque = deque()
+        try:
+            for item in it:
+                pending.append(pool.submit(fn, item))
+                if len(pending) > depth:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for fut in pending:
+                fut.cancel()
+
+
+class StageOutput:
+    """A stage's resumable outputs: result rows in ``out_path``, reject rows in ``rejects_path``.
+
+    Both are :class:`lpoi.io.JsonlAppender` files (one flushed line per sample; a partial last line from
+    a kill is cut off on open), under their shard names (:func:`shard_path`). ``done(id)`` is true for a
+    sample found in either file, so a re-run skips it. ``limit`` stops a run after that many new rows
+    (quick subsets, and the tests' stand-in for a kill).
+    """
+
+    def __init__(self, out_path, rejects_path, shard, *, limit: int | None = None):
+        from lpoi.io import JsonlAppender
+
+        self.out_path = shard_path(out_path, shard)
+        self.rejects_path = shard_path(rejects_path, shard) if rejects_path is not None else None
+        self._out = JsonlAppender(self.out_path)
+        self._rej = JsonlAppender(self.rejects_path) if self.rejects_path is not None else None
+        self._done = set(self._out.done) | (set(self._rej.done) if self._rej is not None else set())
+        self.resumed = len(self._done)
+        self.limit = limit
+        self.written = 0
+        self.rejected = 0
+
+    def done(self, sample_id) -> bool:
+        return sample_id in self._done
+
+    @property
+    def full(self) -> bool:
+        return self.limit is not None and self.written + self.rejected >= self.limit
+
+    def write(self, row: dict) -> None:
+        self._out.write(row)
+        self._done.add(row["id"])
+        self.written += 1
+
+    def reject(self, sample_id, reason: str, detail: str, **extra) -> None:
+        if self._rej is None:
+            raise RuntimeError(f"sample {sample_id!r} rejected ({reason}: {detail}) but the stage has no rejects file")
+        self._rej.write({"id": sample_id, "reason": reason, "detail": detail, **extra})
+        self._done.add(sample_id)
+        self.rejected += 1
+
+    def close(self) -> None:
+        self._out.close()
+        if self._rej is not None:
+            self._rej.close()
+
+    def __enter__(self) -> StageOutput:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def resolve_device(device: str | None) -> str:
+    """``None``/``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; anything else unchanged."""
+    if device in (None, "", "auto"):
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m lpoi.listgen.shard", description="Merge shard outputs in input order.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("merge", help="merge shard JSONL files")
+    m.add_argument("--order", required=True, help="JSONL whose id order the merged file follows (prepared.jsonl)")
+    m.add_argument("--out", required=True, help="merged output file")
+    m.add_argument("shards", nargs="+", help="the shard files")
+    args = ap.parse_args(argv)
+    stats = merge_shards(args.shards, args.order, args.out)
+    print(json.dumps(stats))
+
+
+if __name__ == "__main__":
+    main()

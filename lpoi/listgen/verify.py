@@ -1,0 +1,362 @@
+"""The ``verify`` stage: the paper's filter — is the chosen object really critical to the answer?
+
+LPOI (Sec. 3.2) checks each list with a verifier VLM (default: the run's base model; any HF VLM by
+name): the verifier sees the image with the object **fully hidden** (the last image of the list, built
+with the list's fill by :func:`hidden_image`), the question and the chosen answer, and is asked whether
+the answer is correct. The prompt, through the model's own chat template with the image first
+(:func:`lpoi.models.chat.prompt_text`), is :data:`VERIFY_PROMPT`::
+
+    Question: {question}
+    Answer: {answer}
+    Is this answer correct for the image? Answer yes or no.
+
+(``<image>`` placeholders of LLaVA/mDPO-style questions are removed first: the template places the
+image.) The decision compares the next-token log-probabilities of "Yes" and "No"
+(:func:`lpoi.models.chat.yes_no_token_ids`) at the start of the assistant's turn: ``says_yes`` iff
+``logp_yes > logp_no`` (log-probs rounded to 1e-6 first, so the stored numbers always agree with the
+stored decision). No sampling, no parsing of generated text.
+
+If the verifier still says *yes* with the object hidden, that object was not needed to answer: the
+next candidate (in the paper's order, among those with a mask) is tried, up to ``max_tries``. The first
+candidate for which it says *no* is chosen (``verified: true``). If none passes: ``on_fail="keep"``
+keeps the first candidate with ``verified: false``; ``"drop"`` writes a reject row
+(``verify_failed``). ``enabled=False`` makes no model call at all: the first candidate with a mask is
+chosen and ``verified`` is ``null``.
+
+The decision function is injectable (``decide``): any callable mapping a list of :class:`VerifyItem`
+to ``[(logp_yes, logp_no), ...]`` — the VLM by default (:func:`vlm_decider`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lpoi.io import ImageRejected, load_image
+from lpoi.listgen.shard import StageOutput, count_shard_rows, iter_blocks, parse_shard, prefetch_map, resolve_device
+
+__all__ = [
+    "ON_FAIL",
+    "VERIFY_PROMPT",
+    "PreparedIndex",
+    "VerifyItem",
+    "hidden_image",
+    "run_verify",
+    "verify_prompt",
+    "verify_scores",
+    "vlm_decider",
+]
+
+log = logging.getLogger(__name__)
+
+VERIFY_PROMPT = "Question: {question}\nAnswer: {answer}\nIs this answer correct for the image? Answer yes or no."
+ON_FAIL = ("keep", "drop")
+_IMAGE_TOKEN = re.compile(r"<image>", re.IGNORECASE)
+
+
+def verify_prompt(question: str, answer: str) -> str:
+    """The verifier's user text (the image goes first, via the chat template)."""
+    q = " ".join(_IMAGE_TOKEN.sub(" ", question).split())
+    a = " ".join(_IMAGE_TOKEN.sub(" ", answer).split())
+    return VERIFY_PROMPT.format(question=q, answer=a)
+
+
+def hidden_image(image, mask, box: Sequence[float], *, fill: str = "black"):
+    """The list's last image: every pixel of ``mask`` replaced by ``fill`` (no highlight).
+
+    It is :func:`lpoi.listgen.interpolate.make_list` with ``size=2`` — image 1 of a 2-list hides the
+    whole region — so verify sees exactly what the lists stage writes as ``images[-1]`` (without the
+    highlight ellipse, which would point the verifier at the object).
+    """
+    from lpoi.listgen.interpolate import make_list
+
+    return make_list(image, mask, box, size=2, mode="progressive", fill=fill, highlight=False)[-1]
+
+
+def verify_scores(model, processor, images: Sequence, questions: Sequence[str], answers: Sequence[str],
+                  batch_size: int = 8) -> list[tuple[float, float]]:
+    """``[(logp_yes, logp_no), ...]``: next-token log-probs of "Yes"/"No" after :data:`VERIFY_PROMPT`.
+
+    Batched (``batch_size`` prompts per forward, left padding so the last position is every prompt's
+    last token); log-softmax in float32 over the full vocabulary.
+    """
+    import torch
+
+    from lpoi.models.chat import encode_prompts, prompt_text, tokenizer_of, yes_no_token_ids
+
+    if not (len(images) == len(questions) == len(answers)):
+        raise ValueError(f"got {len(images)} images, {len(questions)} questions, {len(answers)} answers")
+    if batch_size < 1:
+        raise ValueError(f"verify.batch_size must be >= 1, got {batch_size}")
+    yes_id, no_id = yes_no_token_ids(tokenizer_of(processor))
+    dev = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    out: list[tuple[float, float]] = []
+    for s in range(0, len(images), batch_size):
+        prompts = [prompt_text(processor, verify_prompt(q, a)) for q, a in
+                   zip(questions[s:s + batch_size], answers[s:s + batch_size])]
+        enc = encode_prompts(processor, prompts, list(images[s:s + batch_size]), padding_side="left")
+        enc = {k: (v.to(dev, dtype) if torch.is_floating_point(v) else v.to(dev)) for k, v in enc.items()}
+        with torch.inference_mode():
+            logits = model(**enc, logits_to_keep=1).logits[:, -1, :]
+        logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+        out.extend((float(lp[yes_id]), float(lp[no_id])) for lp in logp)
+    return out
+
+
+@dataclass(frozen=True)
+class VerifyItem:
+    """One question to the verifier: sample ``sample_id`` with candidate ``candidate`` hidden."""
+
+    sample_id: str
+    candidate: int  # index into the sample's candidates
+    phrase: str
+    image: Any  # PIL image with the candidate fully hidden
+    question: str
+    answer: str
+
+
+Decider = Callable[[list[VerifyItem]], list[tuple[float, float]]]
+
+
+def vlm_decider(model, processor, batch_size: int = 8) -> Decider:
+    """The default ``decide``: :func:`verify_scores` of a VLM."""
+
+    def decide(items: list[VerifyItem]) -> list[tuple[float, float]]:
+        return verify_scores(model, processor, [it.image for it in items], [it.question for it in items],
+                             [it.answer for it in items], batch_size=batch_size)
+
+    return decide
+
+
+class PreparedIndex:
+    """Random access to ``prepared.jsonl`` rows by id: one pass records each line's byte offset.
+
+    Memory is one small int per sample (not the rows), so verify can join with prepared in any order.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._off: dict[str, int] = {}
+        with open(self.path, "rb") as f:
+            pos = 0
+            for line in f:
+                if line.strip():
+                    sid = json.loads(line).get("id")
+                    self._off[sid] = pos
+                pos += len(line)
+        self._f = open(self.path, "rb")
+
+    def get(self, sample_id: str) -> dict:
+        if sample_id not in self._off:
+            raise KeyError(f"sample {sample_id!r} is not in {self.path} (segment and prepared outputs from different runs?)")
+        self._f.seek(self._off[sample_id])
+        return json.loads(self._f.readline())
+
+    def close(self) -> None:
+        self._f.close()
+
+
+# ---------------------------------------------------------------------------------------------- the stage
+
+
+def _masked(row: dict, max_tries: int) -> list[int]:
+    return [j for j, c in enumerate(row["candidates"]) if c.get("mask")][:max_tries]
+
+
+def _load_block(rows: list[dict], seg_dir: Path, prepared: PreparedIndex | None, max_tries: int) -> dict:
+    """CPU part of a block (prefetch thread): images, question/answer, masks of the candidates to try."""
+    from lpoi.listgen.interpolate import load_mask
+
+    data, errors = {}, {}
+    for row in rows:
+        sid = row["id"]
+        tries = _masked(row, max_tries)
+        if not tries or prepared is None:
+            continue
+        try:
+            img = load_image(row["image_path"])
+        except ImageRejected as e:
+            errors[sid] = (f"image_{e.reason}", e.detail)
+            continue
+        rec = prepared.get(sid)
+        try:
+            masks = [load_mask(seg_dir / row["candidates"][j]["mask"]) for j in tries]
+        except FileNotFoundError as e:
+            errors[sid] = ("missing_mask", str(e))
+            continue
+        data[sid] = {"image": img, "question": rec["prompt"], "answer": rec["chosen"], "masks": masks}
+    return {"rows": rows, "data": data, "errors": errors}
+
+
+def _object(row: dict, j: int, seg_dir: Path, out_dir: Path) -> dict:
+    """Candidate ``j`` with its mask path re-expressed relative to the verify output's folder."""
+    c = dict(row["candidates"][j], index=j)
+    if c.get("mask"):
+        c["mask"] = Path(os.path.relpath(seg_dir / c["mask"], out_dir)).as_posix()
+    c.setdefault("mask_kind", row.get("mask_kind"))
+    return c
+
+
+def run_verify(
+    segment_path: str | os.PathLike,
+    prepared_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    rejects_path: str | os.PathLike,
+    *,
+    enabled: bool = True,
+    model_name: str | None = None,
+    max_tries: int = 3,
+    on_fail: str = "keep",
+    fill: str = "black",
+    batch_size: int = 8,
+    shard: str = "0/1",
+    device: str | None = None,
+    dtype: str = "float32",
+    progress: bool = True,
+    decide: Decider | None = None,
+    num_workers: int = 1,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """Stream ``segment.jsonl`` (+ questions/answers from ``prepared.jsonl``) -> ``verify.jsonl`` + rejects.
+
+    Output rows: ``{"id", "image_path", "width", "height", "choice": candidate index | null,
+    "verified": true | false | null, "tries": [{"index", "phrase", "logp_yes", "logp_no", "says_yes"}],
+    "object": the chosen candidate (detect + segment fields, ``index``, ``mask_kind``; its ``mask`` path
+    relative to ``out_path``'s folder)}``. Rejects: ``verify_failed`` (``on_fail="drop"``; with the
+    tries), ``no_mask`` (no candidate has a mask), ``missing_mask`` (a mask file is gone),
+    ``image_<reason>``.
+
+    ``decide`` replaces the VLM (see the module docstring); when it is ``None`` and ``enabled``, the VLM
+    ``model_name`` is loaded. Retries are done in rounds over a block (round r asks about the r-th
+    candidate of every sample still undecided), so each round is one batched call. Resume, blocks and
+    sharding as in :func:`lpoi.listgen.detect.run_detect`. Returns this invocation's stats.
+    """
+    from tqdm.auto import tqdm
+
+    parse_shard(shard)
+    if on_fail not in ON_FAIL:
+        raise ValueError(f"verify.on_fail must be one of {ON_FAIL}, got {on_fail!r}")
+    if max_tries < 1 or batch_size < 1:
+        raise ValueError(f"verify.max_tries and verify.batch_size must be >= 1, got {max_tries}, {batch_size}")
+    from lpoi.listgen.interpolate import FILLS
+
+    if fill not in FILLS:
+        raise ValueError(f"lists.fill must be one of {FILLS}, got {fill!r}")
+    if enabled and decide is None:
+        if not model_name:
+            raise ValueError("verify is enabled but no verifier model_name was given")
+        from lpoi.models import load_vlm
+
+        model, processor = load_vlm(model_name, dtype=dtype, device=resolve_device(device))
+        decide = vlm_decider(model, processor, batch_size=batch_size)
+    prepared = PreparedIndex(prepared_path) if enabled else None
+    seg_dir = Path(segment_path).parent
+    stats: dict[str, Any] = {"samples": 0, "written": 0, "rejected": 0, "skipped": 0, "verified_true": 0,
+                             "verified_false": 0, "verified_null": 0, "calls": 0, "rejects_by_reason": {}}
+    t0 = time.perf_counter()
+    try:
+        with StageOutput(out_path, rejects_path, shard, limit=limit) as out, \
+                tqdm(total=count_shard_rows(segment_path, shard, batch_size), disable=not progress, desc="verify",
+                     unit="sample") as bar:
+            out_dir = out.out_path.parent
+
+            def blocks():
+                for rows in iter_blocks(segment_path, shard, batch_size):
+                    if all(out.done(r["id"]) for r in rows):
+                        stats["skipped"] += len(rows)
+                        bar.update(len(rows))
+                        continue
+                    yield rows
+
+            load = lambda rows: _load_block(rows, seg_dir, prepared, max_tries)  # noqa: E731
+            for blk in prefetch_map(load, blocks(), workers=num_workers):
+                results = _decide_block(blk, decide if enabled else None, max_tries, fill, stats)
+                for row in blk["rows"]:
+                    sid = row["id"]
+                    if out.done(sid):
+                        continue
+                    stats["samples"] += 1
+                    reason = None
+                    if sid in blk["errors"]:
+                        reason, detail = blk["errors"][sid]
+                        out.reject(sid, reason, detail)
+                    elif not _masked(row, max_tries):
+                        reason, detail = "no_mask", "no candidate of this sample has a mask"
+                        out.reject(sid, reason, detail)
+                    else:
+                        tries, choice = results.get(sid, ([], None))
+                        masked = _masked(row, max_tries)
+                        verified = None if not enabled else choice is not None
+                        if enabled and choice is None and on_fail == "drop":
+                            reason = "verify_failed"
+                            out.reject(sid, reason, f"the verifier still says yes with each of "
+                                       f"{[t['phrase'] for t in tries]} hidden", tries=tries)
+                        else:
+                            j = masked[0] if choice is None else choice
+                            out.write({"id": sid, "image_path": row.get("image_path"), "width": row.get("width"),
+                                       "height": row.get("height"), "choice": j, "verified": verified,
+                                       "tries": tries, "object": _object(row, j, seg_dir, out_dir)})
+                            key = {True: "verified_true", False: "verified_false", None: "verified_null"}[verified]
+                            stats[key] += 1
+                    if reason is not None:
+                        stats["rejects_by_reason"][reason] = stats["rejects_by_reason"].get(reason, 0) + 1
+                    bar.update(1)
+                    if out.full:
+                        break
+                if out.full:
+                    break
+            stats["written"], stats["rejected"] = out.written, out.rejected
+            stats["out_path"] = str(out.out_path)
+    finally:
+        if prepared is not None:
+            prepared.close()
+    stats["seconds"] = time.perf_counter() - t0
+    stats["samples_per_s"] = stats["samples"] / stats["seconds"] if stats["seconds"] > 0 else None
+    log.info("verify: %s", stats)
+    return stats
+
+
+def _decide_block(blk: dict, decide: Decider | None, max_tries: int, fill: str,
+                  stats: dict) -> dict[str, tuple[list[dict], int | None]]:
+    """Ask the verifier about a block in rounds; per sample ``(tries, chosen index or None)``."""
+    if decide is None:
+        return {}
+    rows = [r for r in blk["rows"] if r["id"] in blk["data"]]
+    state = {r["id"]: {"row": r, "cands": _masked(r, max_tries), "pos": 0, "tries": [], "choice": None}
+             for r in rows}
+    pending = [r["id"] for r in rows]
+    while pending:
+        items = []
+        for sid in pending:
+            st, d = state[sid], blk["data"][sid]
+            j = st["cands"][st["pos"]]
+            cand = st["row"]["candidates"][j]
+            img = hidden_image(d["image"], d["masks"][st["pos"]], cand["box"], fill=fill)
+            items.append(VerifyItem(sid, j, cand["phrase"], img, d["question"], d["answer"]))
+        scores = decide(items)
+        stats["calls"] += len(items)
+        if len(scores) != len(items):
+            raise RuntimeError(f"the verifier returned {len(scores)} scores for {len(items)} items")
+        nxt = []
+        for it, (ly, ln) in zip(items, scores):
+            st = state[it.sample_id]
+            ly, ln = round(float(ly), 6), round(float(ln), 6)
+            yes = ly > ln
+            st["tries"].append({"index": it.candidate, "phrase": it.phrase, "logp_yes": ly, "logp_no": ln,
+                                "says_yes": yes})
+            if not yes:
+                st["choice"] = it.candidate
+            else:
+                st["pos"] += 1
+                if st["pos"] < len(st["cands"]):
+                    nxt.append(it.sample_id)
+        pending = nxt
+    return {sid: (st["tries"], st["choice"]) for sid, st in state.items()}

@@ -1,0 +1,93 @@
+"""Sequence log-probabilities: the sum of the response tokens' log-probs, prompt and padding masked.
+
+All sequences of a step go through as few forwards as memory allows (``micro_batch_sequences`` rows
+per forward, each chunk trimmed to its own longest row). Only the positions that predict a response
+token reach the LM head -- transformers' ``logits_to_keep`` with a boolean mask -- and the log-softmax
+is taken in float32 on those positions only (summed per sequence in float64): for a 32k vocabulary and 600-token image prompts this
+skips ~80 % of the LM-head work and of the float32 logits memory of the naive full-sequence version.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from lpoi.train.collate import SequenceBatch
+
+__all__ = ["SequenceLogps", "sequence_logps", "token_logps_from_logits"]
+
+_NO_LOGITS_TO_KEEP: set[type] = set()  # model classes whose forward rejects the argument
+
+
+def token_logps_from_logits(logits: Tensor, targets: Tensor) -> Tensor:
+    """``log_softmax(logits)[target]`` per row, in float32 (``logits`` ``(P, V)``, ``targets`` ``(P,)``)."""
+    logits = logits.float()
+    return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def _kept_logits(model, inputs: dict[str, Tensor], keep: Tensor) -> Tensor:
+    """Logits at the True positions of ``keep`` ``(n, T)``, flattened to ``(P, V)`` in row-major order."""
+    cls = type(model)
+    if cls not in _NO_LOGITS_TO_KEEP:
+        try:
+            logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits
+        except TypeError as e:
+            if "logits_to_keep" not in str(e):
+                raise
+            _NO_LOGITS_TO_KEEP.add(cls)
+        else:
+            if logits.dim() == 2 and logits.shape[0] == int(keep.sum()):
+                return logits
+            if logits.dim() == 3 and logits.shape[1] == keep.shape[1]:  # the model ignored the mask
+                return logits[keep]
+            raise RuntimeError(f"{cls.__name__} returned logits of shape {tuple(logits.shape)} for a "
+                               f"logits_to_keep mask of shape {tuple(keep.shape)}")
+    return model(**inputs, use_cache=False).logits[keep]
+
+
+def _chunk_logps(model, batch: SequenceBatch) -> Tensor:
+    resp = batch.response_mask
+    if resp[:, 0].any():
+        raise ValueError("a response starts at position 0: every sequence needs a prompt before its answer")
+    ids = batch.inputs["input_ids"]
+    keep = torch.zeros_like(resp)
+    keep[:, :-1] = resp[:, 1:]  # position t predicts token t+1
+    targets = ids[:, 1:][resp[:, 1:]]
+    rows = torch.arange(resp.shape[0], device=resp.device)[:, None].expand_as(resp)[keep]
+    tok = token_logps_from_logits(_kept_logits(model, batch.inputs, keep), targets).double()
+    return torch.zeros(resp.shape[0], dtype=tok.dtype, device=tok.device).index_add(0, rows, tok)
+
+
+def sequence_logps(model, batch: SequenceBatch, *, micro_batch_sequences: int | None = None) -> Tensor:
+    """Summed response log-probs of every row of ``batch``, shape ``(N,)``, float64.
+
+    Token log-probs are float32; their sum is float64, because a float32 sum of a few hundred terms
+    of ~-5 each (``|sum|`` ~ 1000, ulp ~1e-4) would blur the small policy - reference differences
+    the losses are made of.
+
+    Args:
+        model: any ``AutoModelForImageTextToText`` (or a peft/DDP wrapper of one) taking the
+            processor's tensors; gradients flow when grad mode is on.
+        batch: right-padded sequences with their response mask (``collate.encode_sequences``).
+        micro_batch_sequences: most rows per forward; None = all rows in one forward.
+    """
+    n = len(batch)
+    if n == 0:
+        raise ValueError("empty batch")
+    m = n if not micro_batch_sequences else max(1, int(micro_batch_sequences))
+    parts = [_chunk_logps(model, batch.rows(s, min(n, s + m))) for s in range(0, n, m)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+class SequenceLogps(nn.Module):
+    """``sequence_logps`` as a module, so a DDP/FSDP wrapper sees one forward per micro-step
+    (all chunks inside it) and synchronises gradients once in the following backward."""
+
+    def __init__(self, model: nn.Module, micro_batch_sequences: int | None = None):
+        super().__init__()
+        self.model = model
+        self.micro_batch_sequences = micro_batch_sequences
+
+    def forward(self, inputs: dict[str, Tensor], response_mask: Tensor) -> Tensor:
+        return sequence_logps(self.model, SequenceBatch(inputs, response_mask),
+                              micro_batch_sequences=self.micro_batch_sequences)

@@ -1,0 +1,34 @@
+"""detect: critical-object candidates (NLTK) and Grounding DINO boxes, one prompt per image, batched, resumable.
+
+Shard across GPUs with --shard i/n (one process per GPU), then merge with lpoi.listgen.shard.merge_shards.
+"""
+
+import _common
+from _common import parser, run
+
+
+def main():
+    ap = parser(__doc__)
+    ap.add_argument("--prepared", required=True, help="prepare's output folder")
+    ap.add_argument("--out", required=True, help="output folder (detect.jsonl, rejects.jsonl)")
+    ap.add_argument("--metrics", help="metrics JSON to write")
+    ap.add_argument("--shard", default="0/1", help="i/n: process only shard i of n (default: %(default)s)")
+    ap.add_argument("--limit", type=int, help="only the first N samples")
+    args = ap.parse_args()
+    p = _common.load(args)
+    d = p.detect
+
+    from lpoi.listgen.detect import run_detect
+    from lpoi.stage import fingerprint, pick_device, resumable_dir, write_metrics
+
+    out = resumable_dir(args.out, fingerprint({"detect": d.model_dump(), "seed": p.seed}, [args.prepared]))
+    stats = run_detect(f"{args.prepared}/prepared.jsonl", out / "detect.jsonl", out / "rejects.jsonl",
+                       model_name=d.model, box_threshold=d.box_threshold, text_threshold=d.text_threshold,
+                       batch_size=d.batch_size, max_candidates=d.max_candidates, fallback=d.fallback, seed=p.seed,
+                       shard=args.shard, device=pick_device(p.model.device), limit=args.limit)
+    if args.metrics:
+        write_metrics(args.metrics, stats)
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,42 @@
+"""Fetch one dataset of lpoi/sources.json into the layout the pipeline expects (verified, resumable).
+
+    python stages/download.py NAME [--dest DIR] [--offline] [--no-progress]
+    python stages/download.py --list
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import lpoi.download as dl
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("name", nargs="?", help="dataset name (see --list)")
+    ap.add_argument("--dest", help="destination folder (default: data/external/NAME)")
+    ap.add_argument("--list", action="store_true", help="list the recorded datasets and exit")
+    ap.add_argument("--offline", action="store_true", default=None, help="no network (also HF_HUB_OFFLINE=1)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ap.add_argument("--sources", help="alternative sources JSON (default: lpoi/sources.json)")
+    a = ap.parse_args(argv)
+    if a.list:
+        for name, spec in dl.load_sources(a.sources).items():
+            todo = sum(f.sha256 is None for f in spec.files)
+            print(f"{name:<9} {len(spec.files)} file(s), {todo} sha256 to be filled | {spec.description}\n"
+                  f"{'':<9} licence: {spec.licence}")
+        return 0
+    if not a.name:
+        ap.error("NAME is required (or --list)")
+    try:
+        report = dl.fetch(a.name, a.dest or Path("data/external") / a.name, offline=a.offline,
+                          progress=not a.no_progress, sources=a.sources)
+    except (dl.DatasetUnavailable, dl.DownloadError, dl.UnsafeArchiveError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)  # ChecksumMismatch is a DownloadError
+        return 2
+    print(report.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

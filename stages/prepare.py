@@ -1,0 +1,29 @@
+"""prepare: validate pairwise preference records -> prepared.jsonl + rejects.jsonl (one line per dropped record)."""
+
+import _common
+from _common import parser, run
+
+
+def main():
+    ap = parser(__doc__)
+    ap.add_argument("--pairs", required=True, help="pairwise preferences (JSON list or JSONL, LPOI/mDPO schema)")
+    ap.add_argument("--images", required=True, help="images root; every img_path must resolve inside it")
+    ap.add_argument("--out", required=True, help="output folder (prepared.jsonl, rejects.jsonl, prepared_images/)")
+    ap.add_argument("--metrics", required=True, help="metrics JSON to write")
+    args = ap.parse_args()
+    p = _common.load(args).prepare
+
+    from lpoi.listgen.prepare import run_prepare
+    from lpoi.stage import Stopwatch, write_metrics
+
+    clock = Stopwatch()
+    try:
+        summary = run_prepare(args.pairs, args.images, f"{args.out}/prepared.jsonl", f"{args.out}/rejects.jsonl",
+                              p.max_reject_ratio, max_pixels=p.max_pixels, min_side=p.min_side)
+    finally:
+        pass
+    write_metrics(args.metrics, {**summary, "samples_per_s": clock.rate(summary["records_in"])})
+
+
+if __name__ == "__main__":
+    run(main)

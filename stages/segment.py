@@ -1,0 +1,37 @@
+"""segment: SAM masks for the detected candidates (box prompts, best multimask by predicted IoU), resumable.
+
+With lists.mask = bbox the paper's box masks are used and SAM is not loaded.
+"""
+
+import _common
+from _common import parser, run
+
+
+def main():
+    ap = parser(__doc__)
+    ap.add_argument("--prepared", required=True, help="prepare's output folder (an input of the fingerprint)")
+    ap.add_argument("--detect", required=True, help="detect's output folder")
+    ap.add_argument("--out", required=True, help="output folder (segment.jsonl, masks/, rejects.jsonl)")
+    ap.add_argument("--metrics", help="metrics JSON to write")
+    ap.add_argument("--shard", default="0/1", help="i/n: process only shard i of n (default: %(default)s)")
+    ap.add_argument("--limit", type=int, help="only the first N samples")
+    args = ap.parse_args()
+    p = _common.load(args)
+    s = p.segment
+
+    from lpoi.listgen.segment import run_segment
+    from lpoi.stage import fingerprint, pick_device, resumable_dir, write_metrics
+
+    fp = fingerprint({"segment": s.model_dump(), "mask": p.lists.mask, "max_tries": p.verify.max_tries},
+                     [args.prepared, args.detect])
+    out = resumable_dir(args.out, fp)
+    stats = run_segment(f"{args.detect}/detect.jsonl", out / "segment.jsonl", out / "masks", model_name=s.model,
+                        batch_size=s.batch_size, max_masks_per_sample=p.verify.max_tries, mask_kind=p.lists.mask,
+                        shard=args.shard, device=pick_device(p.model.device), rejects_path=out / "rejects.jsonl",
+                        limit=args.limit)
+    if args.metrics:
+        write_metrics(args.metrics, stats)
+
+
+if __name__ == "__main__":
+    run(main)
