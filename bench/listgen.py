@@ -52,7 +52,7 @@ GDINO_TINY = dict(
     text_config=dict(model_type="bert", vocab_size=30522, hidden_size=768, num_hidden_layers=12,
                      num_attention_heads=12, intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2),
     d_model=256, num_queries=900, max_text_len=256, num_feature_levels=4,
-    encoder_layers=6, decoder_layers=6, encoder_ffn_dim=2048, decoder_ffn_dim=1024,
+    encoder_layers=6, decoder_layers=6, encoder_ffn_dim=2048, decoder_ffn_dim=2048,
     encoder_attention_heads=8, decoder_attention_heads=8, encoder_n_points=4, decoder_n_points=4,
     two_stage=True, auxiliary_loss=False, position_embedding_type="sine",
 )
@@ -190,7 +190,23 @@ def child(args) -> dict:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         res["stages"][name] = {"seconds": time.perf_counter() - t0, "n": args.n}
+        if isinstance(out, dict):  # the stage's own counts, for the record
+            keep = ("records_out", "written", "rejected", "rejects_by_reason", "fallback_used", "masks", "sam_masks",
+                    "mask_fallback", "verified_true", "verified_false", "verified_null", "calls")
+            res["stages"][name]["stats"] = {k: out[k] for k in keep if k in out}
         return out
+
+    if device.startswith("cuda"):  # warm-up (CUDA context, kernels, allocator) on one batch, not timed
+        w = root / "warm"
+        w.mkdir()
+        warm_pairs = w / "pairs.json"
+        warm_pairs.write_text(json.dumps(json.loads(pairs.read_text())[: args.batch_size]))
+        run_prepare(warm_pairs, img_dir, w / "prepared.jsonl", w / "rej.jsonl", 1.0)
+        run_detect(w / "prepared.jsonl", w / "detect.jsonl", w / "rej_d.jsonl", model_name="-", model=det[0],
+                   processor=det[1], batch_size=args.batch_size, box_threshold=0.0, text_threshold=0.0, progress=False)
+        run_segment(w / "detect.jsonl", w / "segment.jsonl", w / "masks", model_name="-", model=seg[0],
+                    processor=seg[1], batch_size=args.batch_size, rejects_path=w / "rej_s.jsonl", progress=False)
+        torch.cuda.synchronize()
 
     d = root / "out"
     timed("prepare", lambda: run_prepare(pairs, img_dir, d / "prepared.jsonl", d / "prepare_rejects.jsonl", 0.5))
@@ -208,7 +224,6 @@ def child(args) -> dict:
                                        max_tries=3, batch_size=args.batch_size, **common))
 
     def lists():
-        prep = {}  # image paths only, streamed from verify rows themselves
         tasks = ({"id": r["id"], "image_path": r["image_path"], "box": r["object"]["box"],
                   "mask_path": str(d / r["object"]["mask"])} for r in read_jsonl(d / "verify.jsonl"))
         n = 0
@@ -216,10 +231,10 @@ def child(args) -> dict:
             for entry in iter_build_lists(tasks, d / "lists", size=5, mask_kind="sam", num_workers=args.list_workers):
                 f.write(json.dumps(entry) + "\n")
                 n += 1
-        return n + len(prep)
+        return n
 
     res["lists"] = timed("lists", lists)
-    for name, st in res["stages"].items():
+    for st in res["stages"].values():
         st["samples_per_s"] = st["n"] / st["seconds"] if st["seconds"] > 0 else None
     gpu = ("detect", "segment")
     res["detect_segment_samples_per_s"] = args.n / sum(res["stages"][s]["seconds"] for s in gpu)
@@ -241,7 +256,7 @@ def _spawn(args, n: int) -> dict:
         env = dict(os.environ)
         env.setdefault("NLTK_DATA", str(REPO.parent / "shared" / "nltk_data"))
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(REPO))
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(REPO), check=False)
         if proc.returncode != 0:
             sys.stderr.write(proc.stderr[-4000:])
             raise SystemExit(f"bench child for n={n} failed (exit {proc.returncode})")
@@ -255,8 +270,10 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
     ap.add_argument("--dtype", default=None, help="float32 (default on CPU) | bfloat16 (default --real-size) | float16")
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--prefetch", type=int, default=1, help="threads preparing the next batches")
-    ap.add_argument("--list-workers", type=int, default=0, help="processes for the lists PNGs")
+    ap.add_argument("--prefetch", type=int, default=None,
+                    help="threads preparing the next batches (default 1; 4 with --real-size)")
+    ap.add_argument("--list-workers", type=int, default=None,
+                    help="processes for the lists PNGs (default 0; 4 with --real-size)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch default)")
     ap.add_argument("--sizes", default="1,4", help="multiples of N to run, each in a fresh process")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -264,6 +281,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.dtype is None:
         args.dtype = "bfloat16" if args.real_size else "float32"
+    if args.prefetch is None:
+        args.prefetch = 4 if args.real_size else 1
+    if args.list_workers is None:
+        args.list_workers = 4 if args.real_size else 0
     if args.child:
         print(json.dumps(child(args)))
         return 0
@@ -276,6 +297,7 @@ def main(argv=None) -> int:
               f"detect+segment={r['detect_segment_samples_per_s']:.2f}  lists_out={r['lists']}  "
               f"peak_rss={r['peak_rss_mib']:.0f} MiB" + (f"  peak_gpu={r['peak_gpu_mib']:.0f} MiB" if 'peak_gpu_mib' in r else ""),
               flush=True)
+        print("        " + json.dumps({s: v.get("stats", {}) for s, v in r["stages"].items()}), flush=True)
     if len(runs) >= 2:
         lo, hi = runs[min(runs)], runs[max(runs)]
         ratio = hi["peak_rss_mib"] / lo["peak_rss_mib"]

@@ -2,6 +2,8 @@
 
     python stages/download.py NAME [--dest DIR] [--offline] [--no-progress]
     python stages/download.py --list
+    python stages/download.py --profile data|BENCH --dest DIR   (the DVC stage: the dataset the current
+        profile names; the bundled sample and mini sets need nothing, which is recorded in DIR/BUNDLED)
 """
 
 import argparse
@@ -19,7 +21,20 @@ def main(argv=None) -> int:
     ap.add_argument("--offline", action="store_true", default=None, help="no network (also HF_HUB_OFFLINE=1)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     ap.add_argument("--sources", help="alternative sources JSON (default: lpoi/sources.json)")
+    ap.add_argument("--profile", help="'data' or a benchmark (amber, objhal, mmhal): fetch what params.yaml names")
+    ap.add_argument("--params", default="params.yaml", help="with --profile (default: %(default)s)")
     a = ap.parse_args(argv)
+    if a.profile:
+        from lpoi.config import load_params
+
+        p = load_params(a.params)
+        bundled = p.data.name == "sample" if a.profile == "data" else p.bench.name == "mini"
+        a.name = p.data.name if a.profile == "data" else a.profile
+        if bundled:
+            Path(a.dest).mkdir(parents=True, exist_ok=True)
+            (Path(a.dest) / "BUNDLED").write_text(f"{a.profile}: the bundled set in data/sample is used; nothing to fetch\n")
+            print(f"{a.profile}: bundled with the repository, nothing to download")
+            return 0
     if a.list:
         for name, spec in dl.load_sources(a.sources).items():
             todo = sum(f.sha256 is None for f in spec.files)

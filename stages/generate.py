@@ -25,28 +25,29 @@ def main():
 
     bench_params = getattr(b, args.bench).model_dump()
     limit = args.limit or bench_params.get("limit")
+    adapter = args.adapter if g.use_adapter else None
+    fp = fingerprint({"model": p.model.model_dump(), "generate": g.model_dump(), "bench": bench_params,
+                      "amber": p.amber.discriminative if args.bench == "amber" else None},
+                     [x for x in (adapter, args.merged) if x])
+    out = resumable_dir(args.out, fp)
     yes_no = None
     if args.bench == "amber":
         from lpoi.eval.benchmarks import amber
 
         items = amber.items(b.path("amber", "."), b.path("amber", b.amber.images_dir), limit=limit)
-        if p.amber.discriminative == "logits":
-            items = [{**it, "yes_no": not amber.is_generative(it["id"])} for it in items]
+        items = [{**it, "yes_no": not amber.is_generative(it["id"])} for it in items]
         yes_no = p.amber.discriminative
     elif args.bench == "objhal":
         from lpoi.eval.benchmarks import objhal
 
-        items = objhal.items(b.path("objhal", b.objhal.questions), b.path("objhal", b.objhal.images_dir), limit=limit)
+        # base64 images are decoded once into the output folder instead of being held in memory
+        items = objhal.items(b.path("objhal", b.objhal.questions), b.path("objhal", b.objhal.images_dir), limit=limit,
+                             extract_dir=None if b.objhal.images_dir else out / "images")
     else:
         from lpoi.eval.benchmarks import mmhal
 
         items = mmhal.items(b.path("mmhal", b.mmhal.template), b.path("mmhal", b.mmhal.images_dir), limit=limit)
 
-    adapter = args.adapter if g.use_adapter else None
-    inputs = [x for x in (adapter, args.merged) if x]
-    fp = fingerprint({"model": p.model.model_dump(), "generate": g.model_dump(), "bench": bench_params,
-                      "amber": p.amber.discriminative if args.bench == "amber" else None}, inputs)
-    out = resumable_dir(args.out, fp)
     model, proc = load_for_generation(p.model.name, adapter_dir=adapter, merged_dir=args.merged,
                                       dtype=p.model.dtype, device=pick_device(p.model.device))
     stats = generate_answers(model, proc, items, out / "answers.jsonl", batch_size=g.batch_size,

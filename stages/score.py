@@ -53,12 +53,16 @@ def main():
         llm = p.objhal.extractor == "llm"
         score_file(args.answers, args.coco_dir or b.path("objhal", b.objhal.coco_dir), args.out,
                    extractor=p.objhal.extractor, judge=judge() if llm else None, cache_dir=work,
-                   details_path=details)
+                   details_path=details, synonyms_path=_first_existing(b.path("objhal", "synonyms_refine.txt")))
     else:
         from lpoi.eval.benchmarks.mmhal import score_file
 
         score_file(args.answers, args.template or b.path("mmhal", b.mmhal.template), args.out, judge(),
                    details_path=details)
+
+
+def _first_existing(*paths):
+    return next((x for x in paths if x is not None and x.exists()), None)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lpoi.io import ImageRejected, load_image
-from lpoi.listgen.shard import StageOutput, count_shard_rows, iter_blocks, parse_shard, prefetch_map, resolve_device
+from lpoi.listgen.shard import (
+    StageOutput,
+    count_shard_rows,
+    iter_blocks,
+    parse_shard,
+    prefetch_map,
+    resolve_device,
+)
 
 __all__ = [
     "EncodedBatch",
@@ -271,7 +278,7 @@ def detect_batch(model, processor, images: Sequence, phrases: Sequence[Sequence[
 # ---------------------------------------------------------------------------------------------- the stage
 
 
-def _load_block(rows: list[dict], max_candidates: int, tokenizer, processor, max_text_len: int) -> dict:
+def _load_block(rows: list[dict], max_candidates: int, processor, max_text_len: int) -> dict:
     """CPU part of a block (runs in a prefetch thread): images, candidates, encoded model inputs."""
     from lpoi.listgen.objects import extract_candidates
 
@@ -341,7 +348,6 @@ def run_detect(
     Returns stats: ``{"samples", "written", "rejected", "skipped", "rejects_by_reason", "sources",
     "fallback_used", "truncated", "seconds", "samples_per_s"}`` for this invocation.
     """
-    import torch
     from tqdm.auto import tqdm
 
     from lpoi.listgen.objects import COCO_CLASSES, pick_random_detection
@@ -373,7 +379,7 @@ def run_detect(
                     continue
                 yield rows
 
-        load = lambda rows: _load_block(rows, max_candidates, processor.tokenizer, processor, max_text_len)  # noqa: E731
+        load = lambda rows: _load_block(rows, max_candidates, processor, max_text_len)
         for blk in prefetch_map(load, blocks(), workers=num_workers):
             dets = detect_encoded(model, blk["enc"], box_threshold=box_threshold, text_threshold=text_threshold)
             need = [i for i, ds in enumerate(dets) if not ds]
@@ -388,7 +394,9 @@ def run_detect(
                                                blk["enc"].truncated[i], found.get(i), seed, pick_random_detection)
             for row in blk["rows"]:
                 sid = row["id"]
-                if out.done(sid):
+                if out.done(sid):  # finished by an earlier run (this block was partly done)
+                    stats["skipped"] += 1
+                    bar.update(1)
                     continue
                 stats["samples"] += 1
                 if sid in blk["errors"]:

@@ -27,16 +27,34 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lpoi.io import ImageRejected, load_image
-from lpoi.listgen.shard import StageOutput, count_shard_rows, iter_blocks, parse_shard, prefetch_map, resolve_device
+from lpoi.listgen.shard import (
+    StageOutput,
+    count_shard_rows,
+    iter_blocks,
+    parse_shard,
+    prefetch_map,
+    resolve_device,
+)
 
-__all__ = ["MASK_KINDS", "mask_file", "run_segment", "segment_batch", "segment_boxes", "select_best_masks"]
+__all__ = [
+    "MASK_KINDS",
+    "encode_segment_batch",
+    "mask_file",
+    "run_segment",
+    "segment_batch",
+    "segment_boxes",
+    "segment_encoded",
+    "select_best_masks",
+]
 
 log = logging.getLogger(__name__)
 
@@ -62,29 +80,32 @@ def select_best_masks(masks, iou):
     return (out_m.numpy(), out_s.numpy()) if is_np else (out_m, out_s)
 
 
-def segment_batch(model, processor, images: Sequence, boxes: Sequence[Sequence[Sequence[float]]]):
-    """SAM masks for several images, each with its own boxes, in one encoder + one decoder call.
-
-    ``images``: PIL RGB images; ``boxes[i]``: ``[[x0, y0, x1, y1], ...]`` in image i's pixels.
-    Returns per image ``(masks bool ndarray (N_i, H_i, W_i), iou float ndarray (N_i,))``. Boxes are
-    padded to the largest count by repeating an image's last box (the decoder treats each box
-    independently; padding rows are discarded). Images without boxes are not encoded.
-    """
-    import torch
-
+def encode_segment_batch(processor, images: Sequence, boxes: Sequence[Sequence[Sequence[float]]]) -> dict:
+    """CPU half of :func:`segment_batch` (resize, normalise, pad; box coordinates rescaled): runs in the
+    runner's prefetch threads while the accelerator works on the previous block."""
     if len(images) != len(boxes):
         raise ValueError(f"{len(images)} images but {len(boxes)} box lists")
-    results: list[tuple[np.ndarray, np.ndarray]] = []
-    for im, bs in zip(images, boxes):
-        w, h = im.size
-        results.append((np.zeros((0, h, w), dtype=bool), np.zeros((0,), dtype=np.float32)))
-    rows = [i for i, bs in enumerate(boxes) if len(bs)]
+    sizes = [im.size for im in images]
+    counts = [len(bs) for bs in boxes]
+    rows = [i for i, n in enumerate(counts) if n]
     if not rows:
-        return results
-    n_max = max(len(boxes[i]) for i in rows)
-    padded = [[list(map(float, b)) for b in boxes[i]] + [list(map(float, boxes[i][-1]))] * (n_max - len(boxes[i]))
+        return {"rows": [], "sizes": sizes, "counts": counts, "inputs": None}
+    n_max = max(counts)
+    padded = [[list(map(float, b)) for b in boxes[i]] + [list(map(float, boxes[i][-1]))] * (n_max - counts[i])
               for i in rows]
     inputs = processor(images=[images[i] for i in rows], input_boxes=padded, return_tensors="pt")
+    return {"rows": rows, "sizes": sizes, "counts": counts, "inputs": inputs}
+
+
+def segment_encoded(model, processor, enc: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Accelerator half of :func:`segment_batch`: one ``get_image_embeddings`` call for the batch, one
+    decoder call for all boxes, best-of-3 by predicted IoU, upsampling of the kept masks only."""
+    import torch
+
+    results = [(np.zeros((0, h, w), dtype=bool), np.zeros((0,), dtype=np.float32)) for w, h in enc["sizes"]]
+    if not enc["rows"]:
+        return results
+    inputs = enc["inputs"]
     dev = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     with torch.inference_mode():
@@ -93,11 +114,22 @@ def segment_batch(model, processor, images: Sequence, boxes: Sequence[Sequence[S
         low, iou = _best_of_multimask(out.pred_masks.float(), out.iou_scores.float())  # (B, n_max, h, w), (B, n_max)
         orig = inputs["original_sizes"].tolist()
         resh = inputs["reshaped_input_sizes"].tolist()
-        for j, i in enumerate(rows):
-            n = len(boxes[i])
+        for j, i in enumerate(enc["rows"]):
+            n = enc["counts"][i]
             up = processor.image_processor.post_process_masks([low[j, :n, None]], [orig[j]], [resh[j]])[0]
             results[i] = (up[:, 0].cpu().numpy().astype(bool), iou[j, :n].cpu().numpy().astype(np.float32))
     return results
+
+
+def segment_batch(model, processor, images: Sequence, boxes: Sequence[Sequence[Sequence[float]]]):
+    """SAM masks for several images, each with its own boxes, in one encoder + one decoder call.
+
+    ``images``: PIL RGB images; ``boxes[i]``: ``[[x0, y0, x1, y1], ...]`` in image i's pixels.
+    Returns per image ``(masks bool ndarray (N_i, H_i, W_i), iou float ndarray (N_i,))``. Boxes are
+    padded to the largest count by repeating an image's last box (the decoder treats each box
+    independently; padding rows are discarded). Images without boxes are not encoded.
+    """
+    return segment_encoded(model, processor, encode_segment_batch(processor, images, boxes))
 
 
 def _best_of_multimask(pred_masks, iou_scores):
@@ -122,18 +154,28 @@ def mask_file(masks_dir: str | os.PathLike, sample_id: str, j: int) -> Path:
 # ---------------------------------------------------------------------------------------------- the stage
 
 
-def _load_block(rows: list[dict], max_masks: int, need_images: bool) -> dict:
+def _picks(row: dict, max_masks: int) -> list[int]:
+    """The candidates that get a mask: the first ``max_masks`` detected ones."""
+    return [j for j, c in enumerate(row["candidates"]) if c.get("box") is not None][:max_masks]
+
+
+def _load_block(rows: list[dict], max_masks: int, processor) -> dict:
+    """CPU part of a block (prefetch thread): decode the images and preprocess them for SAM."""
     images, errors = {}, {}
     for row in rows:
-        if not need_images:
-            continue
-        if not any(c.get("box") is not None for c in row["candidates"]):
+        if processor is None or not _picks(row, max_masks):
             continue
         try:
             images[row["id"]] = load_image(row["image_path"])
         except ImageRejected as e:
             errors[row["id"]] = (f"image_{e.reason}", e.detail)
-    return {"rows": rows, "images": images, "errors": errors}
+    ids = [r["id"] for r in rows if r["id"] in images]
+    by_id = {r["id"]: r for r in rows}
+    enc = None
+    if processor is not None:
+        enc = encode_segment_batch(processor, [images[i] for i in ids],
+                                   [[by_id[i]["candidates"][j]["box"] for j in _picks(by_id[i], max_masks)] for i in ids])
+    return {"rows": rows, "ids": ids, "enc": enc, "errors": errors}
 
 
 def run_segment(
@@ -186,6 +228,7 @@ def run_segment(
                              "sam_masks": 0, "mask_fallback": 0, "rejects_by_reason": {}}
     t0 = time.perf_counter()
     with StageOutput(out_path, rejects_path, shard, limit=limit) as out, \
+            ThreadPoolExecutor(max_workers=max(1, num_workers)) as writer, \
             tqdm(total=count_shard_rows(detect_path, shard, batch_size), disable=not progress, desc="segment",
                  unit="sample") as bar:
         base = out.out_path.parent
@@ -198,60 +241,82 @@ def run_segment(
                     continue
                 yield rows
 
-        load = lambda rows: _load_block(rows, max_masks_per_sample, mask_kind == "sam")  # noqa: E731
-        for blk in prefetch_map(load, blocks(), workers=num_workers):
-            picks = {r["id"]: [j for j, c in enumerate(r["candidates"]) if c.get("box") is not None][:max_masks_per_sample]
-                     for r in blk["rows"]}
-            sam: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-            if mask_kind == "sam":
-                ids = [r["id"] for r in blk["rows"] if r["id"] in blk["images"]]
-                by_id = {r["id"]: r for r in blk["rows"]}
-                res = segment_batch(model, processor, [blk["images"][i] for i in ids],
-                                    [[by_id[i]["candidates"][j]["box"] for j in picks[i]] for i in ids])
-                sam = dict(zip(ids, res))
-            for row in blk["rows"]:
-                sid = row["id"]
-                if out.done(sid):
-                    continue
-                stats["samples"] += 1
-                if sid in blk["errors"]:
-                    reason, detail = blk["errors"][sid]
-                    out.reject(sid, reason, detail)
-                    stats["rejects_by_reason"][reason] = stats["rejects_by_reason"].get(reason, 0) + 1
+        load = lambda rows: _load_block(rows, max_masks_per_sample, processor if mask_kind == "sam" else None)
+        # Mask PNGs are encoded and fsync'ed by writer threads (zlib and fsync release the GIL) while the
+        # accelerator works on the next block; a block's rows are written only once all its masks are on
+        # disk, so a resumed run never sees a row whose mask files are missing.
+        pending: deque = deque()  # (entries, futures) per block, in input order
+
+        def flush(entries, futs) -> bool:
+            for f in futs:
+                f.result()
+            for sid, action, payload, counts in entries:
+                if action == "skip":
+                    stats["skipped"] += 1
+                elif action == "reject":
+                    out.reject(sid, *payload)
+                    stats["rejects_by_reason"][payload[0]] = stats["rejects_by_reason"].get(payload[0], 0) + 1
                 else:
-                    w, h = int(row["width"]), int(row["height"])
-                    cands = [dict(c, mask=None, mask_iou=None, mask_area=None) for c in row["candidates"]]
-                    for k, j in enumerate(picks[sid]):
-                        c = cands[j]
-                        bm = box_mask(c["box"], h, w)
-                        if mask_kind == "sam":
-                            m, iou = sam[sid][0][k], float(sam[sid][1][k])
-                            if m.shape != (h, w):
-                                raise RuntimeError(f"sample {sid!r}: SAM mask {m.shape} != image {(h, w)}")
-                            c["mask_iou"] = round(iou, 6)
-                            if not m.any():
-                                m = bm
-                                c["mask_fallback"] = "bbox"
-                                stats["mask_fallback"] += 1
-                            else:
-                                stats["sam_masks"] += 1
-                        else:
-                            m = bm
-                        path = mask_file(masks_dir, sid, j)
-                        save_mask(m, path)
-                        c["mask"] = Path(os.path.relpath(path, base)).as_posix()
-                        c["mask_area"] = round(float(m.sum()) / (h * w), 6)
-                        stats["masks"] += 1
-                    first = next((c for c in cands if c["mask"] is not None), None)
-                    kind = None if first is None else ("bbox" if mask_kind == "bbox" or first.get("mask_fallback")
-                                                       else "sam")
-                    out.write({"id": sid, "image_path": row.get("image_path"), "width": w, "height": h,
-                               "mask_kind": mask_kind, "mask": kind, "candidates": cands})
+                    out.write(payload)
+                for k, v in counts.items():
+                    stats[k] += v
                 bar.update(1)
                 if out.full:
+                    return True
+            return False
+
+        stop = False
+        for blk in prefetch_map(load, blocks(), workers=num_workers):
+            picks = {r["id"]: _picks(r, max_masks_per_sample) for r in blk["rows"]}
+            sam: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+            if mask_kind == "sam":
+                sam = dict(zip(blk["ids"], segment_encoded(model, processor, blk["enc"])))
+            entries, futs = [], []
+            for row in blk["rows"]:
+                sid = row["id"]
+                if out.done(sid):  # finished by an earlier run (this block was partly done)
+                    entries.append((sid, "skip", None, {}))
+                    continue
+                if sid in blk["errors"]:
+                    entries.append((sid, "reject", blk["errors"][sid], {"samples": 1}))
+                    continue
+                counts = {"samples": 1, "masks": 0, "sam_masks": 0, "mask_fallback": 0}
+                w, h = int(row["width"]), int(row["height"])
+                cands = [dict(c, mask=None, mask_iou=None, mask_area=None) for c in row["candidates"]]
+                for k, j in enumerate(picks[sid]):
+                    c = cands[j]
+                    bm = box_mask(c["box"], h, w)
+                    if mask_kind == "sam":
+                        m, iou = sam[sid][0][k], float(sam[sid][1][k])
+                        if m.shape != (h, w):
+                            raise RuntimeError(f"sample {sid!r}: SAM mask {m.shape} != image {(h, w)}")
+                        c["mask_iou"] = round(iou, 6)
+                        if not m.any():
+                            m = bm
+                            c["mask_fallback"] = "bbox"
+                            counts["mask_fallback"] += 1
+                        else:
+                            counts["sam_masks"] += 1
+                    else:
+                        m = bm
+                    path = mask_file(masks_dir, sid, j)
+                    futs.append(writer.submit(save_mask, m, path))
+                    c["mask"] = Path(os.path.relpath(path, base)).as_posix()
+                    c["mask_area"] = round(float(m.sum()) / (h * w), 6)
+                    counts["masks"] += 1
+                first = next((c for c in cands if c["mask"] is not None), None)
+                kind = None if first is None else ("bbox" if mask_kind == "bbox" or first.get("mask_fallback") else "sam")
+                entries.append((sid, "write", {"id": sid, "image_path": row.get("image_path"), "width": w, "height": h,
+                                               "mask_kind": mask_kind, "mask": kind, "candidates": cands}, counts))
+            pending.append((entries, futs))
+            while pending and (len(pending) > 1 or all(f.done() for f in pending[0][1])):
+                if flush(*pending.popleft()):
+                    stop = True
                     break
-            if out.full:
+            if stop:
                 break
+        while pending and not stop:
+            stop = flush(*pending.popleft())
         stats["written"], stats["rejected"] = out.written, out.rejected
         stats["out_path"] = str(out.out_path)
     stats["seconds"] = time.perf_counter() - t0

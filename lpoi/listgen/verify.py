@@ -40,7 +40,14 @@ from pathlib import Path
 from typing import Any
 
 from lpoi.io import ImageRejected, load_image
-from lpoi.listgen.shard import StageOutput, count_shard_rows, iter_blocks, parse_shard, prefetch_map, resolve_device
+from lpoi.listgen.shard import (
+    StageOutput,
+    count_shard_rows,
+    iter_blocks,
+    parse_shard,
+    prefetch_map,
+    resolve_device,
+)
 
 __all__ = [
     "ON_FAIL",
@@ -152,7 +159,7 @@ class PreparedIndex:
                     sid = json.loads(line).get("id")
                     self._off[sid] = pos
                 pos += len(line)
-        self._f = open(self.path, "rb")
+        self._f = open(self.path, "rb")  # noqa: SIM115 -- kept open for seeks; closed by close()
 
     def get(self, sample_id: str) -> dict:
         if sample_id not in self._off:
@@ -276,12 +283,14 @@ def run_verify(
                         continue
                     yield rows
 
-            load = lambda rows: _load_block(rows, seg_dir, prepared, max_tries)  # noqa: E731
+            load = lambda rows: _load_block(rows, seg_dir, prepared, max_tries)
             for blk in prefetch_map(load, blocks(), workers=num_workers):
                 results = _decide_block(blk, decide if enabled else None, max_tries, fill, stats)
                 for row in blk["rows"]:
                     sid = row["id"]
-                    if out.done(sid):
+                    if out.done(sid):  # finished by an earlier run (this block was partly done)
+                        stats["skipped"] += 1
+                        bar.update(1)
                         continue
                     stats["samples"] += 1
                     reason = None

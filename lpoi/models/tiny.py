@@ -229,7 +229,7 @@ def _build_llama(dest: Path, seed: int) -> None:
                          pad_token="<pad>")
     tok.chat_template = _LLAMA_TEMPLATE
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     _seed(seed)
     model = LlamaForCausalLM(cfg).eval()

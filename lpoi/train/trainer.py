@@ -319,7 +319,7 @@ def train(*, lists_path: str | Path, reference_path: str | Path | None, out_dir:
         NonFiniteLossError: a NaN/inf loss, naming the batch's sample ids.
     """
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedDataParallelKwargs, set_seed
     from peft import get_peft_model
     from transformers import get_scheduler
 
@@ -336,7 +336,10 @@ def train(*, lists_path: str | Path, reference_path: str | Path | None, out_dir:
     ckpt_root = Path(checkpoint_dir) if checkpoint_dir else out_dir / "checkpoints"
     dtype, mixed = PRECISIONS[precision]
 
-    accelerator = Accelerator(mixed_precision=mixed)
+    # LoRA on all linear layers adapts some layers the forward never uses (LLaVA-1.5 reads the vision
+    # tower's second-to-last layer, so its last layer gets no gradient): DDP must be told.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    accelerator = Accelerator(mixed_precision=mixed, cpu=_no_accelerator(), kwargs_handlers=[ddp])
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     set_seed(seed)
 
@@ -366,6 +369,7 @@ def train(*, lists_path: str | Path, reference_path: str | Path | None, out_dir:
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+    set_seed(seed)  # again: loading may consume random numbers (a tiny model built on first use does)
     peft_model = get_peft_model(model, lora_config(**lora_kw))
     wrapper = SequenceLogps(peft_model, micro_batch_sequences)
     params = [p for p in peft_model.parameters() if p.requires_grad]
@@ -419,7 +423,8 @@ def train(*, lists_path: str | Path, reference_path: str | Path | None, out_dir:
                              world=world, rank=rank, seed=seed)
     loader = torch.utils.data.DataLoader(
         _Items(), batch_sampler=batches, num_workers=num_workers,
-        collate_fn=_StepCollator(processor, samples, columns, max_length, seed))
+        collate_fn=_StepCollator(processor, samples, columns, max_length, seed),
+        generator=torch.Generator().manual_seed(seed))  # its own RNG: the global one drives dropout and resumes
     it = iter(loader)
     col_names = [f"reward_{c}" for c in columns]
     history: list[dict] = []
@@ -518,6 +523,16 @@ def train(*, lists_path: str | Path, reference_path: str | Path | None, out_dir:
     }
 
 
+def _no_accelerator() -> bool:
+    """True on CPU-only machines: accelerate then sets up multi-process CPU training (gloo) under
+    ``torchrun``; without ``cpu=True`` it would silently run every process as a separate single run."""
+    if torch.cuda.is_available():
+        return False
+    mps = getattr(torch.backends, "mps", None)
+    xpu = getattr(torch, "xpu", None)
+    return not ((mps is not None and mps.is_available()) or (xpu is not None and xpu.is_available()))
+
+
 def _reference(batch: SequenceBatch, idx: list[int], columns, list_cols, ref_list, ref_rej, peft_model, accelerator,
                micro_batch_sequences) -> Tensor:
     """Reference log-probs ``(B, C + 1)`` of the batch: from the file, or online with the adapter off."""
@@ -555,7 +570,7 @@ def _check_finite(loss: Tensor, policy: Tensor, ids: list[str], step: int, accel
     if bool((flags > 0).all()):
         return
     if not bool(ok):
-        raise NonFiniteLossError(f"non-finite loss ({float(loss)}) at optimizer step {step + 1} on samples {ids}; "
+        raise NonFiniteLossError(f"non-finite loss ({float(loss.detach())}) at optimizer step {step + 1} on samples {ids}; "
                                  "check these rows' answers and images, or lower the learning rate")
     raise NonFiniteLossError(f"non-finite loss on another process at optimizer step {step + 1}; see its error")
 

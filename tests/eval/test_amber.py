@@ -666,3 +666,55 @@ def test_score_mini_set():
 def test_mini_and_full_files_score_alike(official):
     """Lookup by id on the subset = the official ground_truth[id-1] on the complete file."""
     assert amber.score(_mini_answers(), MINI, "exact") == amber.score(_mini_answers(), official, "exact")
+
+
+# ============================================================================ generation error rows
+
+
+def _error_row(i: int, reason: str) -> dict:
+    """What lpoi.eval.generate writes for an item whose image could not be loaded."""
+    return {"id": i, "question": "q", "response": "", "error": reason, "error_detail": f"image {i}: {reason}",
+            "task": "generative" if amber.is_generative(i) else "discriminative"}
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("error_id", [11, 1005])  # one generative, one discriminative (truth "yes") mini id
+def test_generation_error_rows_are_left_out_and_counted(tmp_path, error_id):
+    """The mini answers without item ``error_id``, scored with and without an error row for it.
+
+    Scored as an answer, the error row's "" would change the numbers: for 11 an empty description
+    is one more hallucination-free response (Hal 100 - 1/5.001*100 = 80.0 becomes 100 - 2/6.001*100
+    = 66.7) and adds 11's 2 truth / 5 hallu words to the Cover/Cog denominators; for 1005 (truth
+    yes) "" is a wrong answer and 1 unparsed. So equality below means the row was left out.
+    """
+    normal = [a for a in _mini_answers() if a["id"] != error_id]
+    out = tmp_path / "m.json"
+    clean = amber.score_file(_write_jsonl(tmp_path / "clean.jsonl", normal), MINI, out, similarity="exact")
+    with_error = normal[:3] + [_error_row(error_id, "unreadable")] + normal[3:]
+    m = amber.score_file(_write_jsonl(tmp_path / "errors.jsonl", with_error), MINI, out, similarity="exact")
+    assert json.loads(out.read_text()) == m
+    assert m["n_generation_errors"] == 1 and m["generation_errors"] == {"unreadable": 1}
+    assert clean["n_generation_errors"] == 0 and clean["generation_errors"] == {}
+    rest = {k: v for k, v in m.items() if k not in ("n_generation_errors", "generation_errors")}
+    assert rest == {k: v for k, v in clean.items() if k not in ("n_generation_errors", "generation_errors")}
+    # and it would have mattered: the same row scored as a real (empty) answer changes the metrics
+    as_answer = amber.score(normal + [{"id": error_id, "response": ""}], MINI, "exact")
+    assert {k: as_answer[k] for k in rest} != rest
+
+
+def test_all_generation_error_rows_is_an_error(tmp_path):
+    path = _write_jsonl(tmp_path / "answers.jsonl",
+                        [_error_row(1, "missing"), _error_row(1005, "truncated"), _error_row(1006, "missing")])
+    with pytest.raises(ValueError, match=r"answers\.jsonl: all 3 answer rows are generation errors") as e:
+        amber.score_file(path, MINI, tmp_path / "m.json", similarity="exact")
+    assert "'missing': 2" in str(e.value) and "'truncated': 1" in str(e.value)
+    assert not (tmp_path / "m.json").exists()
+    # an error row's id is still checked
+    with pytest.raises(ValueError, match="id 99999 is not in"):
+        amber.score([{"id": 1, "response": "A dog."}, {"id": 99999, "response": "", "error": "missing"}], MINI, "exact")
+    with pytest.raises(ValueError, match="id 1 appears twice"):
+        amber.score([{"id": 1, "response": "A dog."}, _error_row(1, "missing")], MINI, "exact")

@@ -175,3 +175,116 @@ def test_score_file_needs_a_judge_and_usable_answers(tmp_path):
     a.write_text(json.dumps({"id": "0", "response": "x"}) + "\n" + json.dumps({"id": 1, "response": 5}) + "\n")
     with pytest.raises(ValueError, match="no usable answers"):
         mmhal.score_file(a, MINI / "mmhal-bench_answer_template.json", tmp_path / "m.json", Unused())
+
+
+# ---------------------------------------------------------------------------------------------- generation error rows
+
+
+class _RatingServer:
+    """A real chat-completions endpoint on 127.0.0.1 that records every prompt it is sent.
+
+    It replies "Rating: <n % 7>" for a response "answer number <n>" (the response is the last slot
+    of the official template), so the expected ratings are known without running the scorer.
+    """
+
+    def __init__(self):
+        import re
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.prompts: list[str] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+                content = body["messages"][-1]["content"]
+                server.prompts.append(content)
+                resp = content.split("### LMM Response to Evaluate\n", 1)[1]
+                m = re.search(r"answer number (\d+)", resp)
+                text = f"Explanation. Rating: {int(m.group(1)) % 7}" if m else "no rating"
+                payload = json.dumps({"id": "x", "object": "chat.completion", "model": body["model"],
+                                      "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                                   "finish_reason": "stop"}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def judge(self):
+        from lpoi.eval.judge import OpenAIJudge
+
+        url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        return OpenAIJudge(url, "judge-model", api_key_env=None, max_retries=0, timeout=10.0)  # no cache
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+MINI_TEMPLATE = MINI / "mmhal-bench_answer_template.json"
+
+
+def _error_row(i: int, reason: str) -> dict:
+    """What lpoi.eval.generate writes for an item whose image could not be loaded."""
+    return {"id": i, "question": "q", "response": "", "error": reason, "error_detail": f"item {i}: {reason}",
+            "question_type": mmhal.QUESTION_TYPES[i]}
+
+
+def test_generation_error_rows_are_not_judged_and_not_scored(tmp_path):
+    """Mini ids 0..7 except 4 answered "answer number i" -> ratings 0, 1, 2, 3, 5, 6, 0 (i % 7), plus an
+    error row for id 4 (relation).
+
+    By hand: score = 17/7; hallucination (< 3): 0, 1, 2, 0 -> 4/7; per_type has no "relation".
+    Scored as an answer, the error row would be judged (an 8th prompt) and rated, so equal metrics and
+    7 prompts on each run mean it was left out.
+    """
+    normal = [{"id": i, "response": f"answer number {i}"} for i in range(8) if i != 4]
+    clean_path, err_path = tmp_path / "clean.jsonl", tmp_path / "errors.jsonl"
+    clean_path.write_text("".join(json.dumps(r) + "\n" for r in normal))
+    err_path.write_text("".join(json.dumps(r) + "\n" for r in normal[:4] + [_error_row(4, "missing")] + normal[4:]))
+    template = mmhal.load_template(MINI_TEMPLATE)
+    with _RatingServer() as server:
+        clean = mmhal.score_file(clean_path, MINI_TEMPLATE, tmp_path / "clean.json", server.judge(),
+                                 details_path=tmp_path / "d1.jsonl")
+        clean_prompts = list(server.prompts)
+        server.prompts.clear()
+        m = mmhal.score_file(err_path, MINI_TEMPLATE, tmp_path / "m.json", server.judge(),
+                             details_path=tmp_path / "d2.jsonl")
+        err_prompts = list(server.prompts)
+    assert len(clean_prompts) == 7 and sorted(err_prompts) == sorted(clean_prompts)
+    assert mmhal.build_prompt(template[4], "") not in err_prompts
+    assert not any(template[4]["question"] in p for p in err_prompts)  # nothing about item 4 was sent
+    assert json.loads((tmp_path / "m.json").read_text()) == m
+    assert m["n_generation_errors"] == 1 and m["generation_errors"] == {"missing": 1}
+    assert clean["n_generation_errors"] == 0 and clean["generation_errors"] == {}
+    keys = set(m) - {"n_generation_errors", "generation_errors"}
+    assert {k: m[k] for k in keys} == {k: clean[k] for k in keys}
+    assert (tmp_path / "d2.jsonl").read_text() == (tmp_path / "d1.jsonl").read_text()
+    assert m["n"] == 7 and m["n_answers"] == 7 and m["n_rejected"] == 0
+    assert m["score"] == pytest.approx(17 / 7) and m["hallucination_rate"] == pytest.approx(4 / 7)
+    assert "relation" not in m["per_type"]
+
+
+def test_all_generation_error_rows_is_an_error_and_nothing_is_judged(tmp_path):
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps(r) + "\n" for r in
+                               [_error_row(0, "missing"), _error_row(1, "too_small"), _error_row(2, "missing")]))
+    with _RatingServer() as server:
+        with pytest.raises(ValueError, match=r"answers\.jsonl: all 3 answer rows are generation errors") as e:
+            mmhal.score_file(answers, MINI_TEMPLATE, tmp_path / "m.json", server.judge())
+        assert server.prompts == []
+    assert "'missing': 2" in str(e.value) and "'too_small': 1" in str(e.value)
+    assert not (tmp_path / "m.json").exists()

@@ -302,3 +302,59 @@ def test_missing_nltk_data_is_a_clear_error():
         objhal.ensure_nltk(("corpora/lpoi_no_such_corpus",), download=False)
     assert "lpoi_no_such_corpus" in str(e.value) and "python -m nltk.downloader" in str(e.value)
     objhal.ensure_nltk(download=False)  # the shared data has punkt_tab and wordnet
+
+
+# ---------------------------------------------------------------------------------------------- generation error rows
+
+
+def _generate_error_row(image_id: int, reason: str) -> dict:
+    """What lpoi.eval.generate writes for an item whose image could not be loaded (``image_id`` is extra)."""
+    return {"id": f"q{image_id}", "question": "Describe this image.", "response": "", "error": reason,
+            "error_detail": f"COCO_val2014_{image_id:012d}.jpg: {reason}", "image_id": image_id}
+
+
+def test_generation_error_rows_are_left_out_and_counted(tmp_path):
+    """Rows r1, r2, r4, r6 of test_score_file_rules, scored with and without an error row for image 3.
+
+    Scored as an answer, the error row's "" would be one more response with no COCO mention (n 4 -> 5,
+    CHAIRs 2/4 -> 2/5) and add image 3's 3 ground-truth classes to recall's denominator (correct
+    classes 2+1+3+2 = 8 of 3+1+3+2 = 9 -> 8 of 12), so equal metrics mean the row was left out.
+    """
+    coco = write_coco(tmp_path / "coco")
+    normal = [
+        {"image_id": 1, "response": "A dog jumps for a frisbee while a cat watches."},
+        {"image_id": 2, "response": "The toilet seat is down and the seat of the toilet is clean."},
+        {"image_id": 3, "response": "Wine glasses and a hot dog on a dining table, next to a motor bike."},
+        {"image_id": 5, "response": "A baby elephant stands near the passenger train."},
+    ]
+    clean_path, err_path = tmp_path / "clean.jsonl", tmp_path / "errors.jsonl"
+    clean_path.write_text("".join(json.dumps(r) + "\n" for r in normal))
+    err_path.write_text("".join(json.dumps(r) + "\n" for r in normal[:2] + [_generate_error_row(3, "too_large")]
+                                + normal[2:]))
+    kw = {"synonyms_path": SYN, "cache_dir": tmp_path / "cache"}
+    clean = objhal.score_file(clean_path, coco, tmp_path / "clean.json", details_path=tmp_path / "d1.jsonl", **kw)
+    m = objhal.score_file(err_path, coco, tmp_path / "m.json", details_path=tmp_path / "d2.jsonl", **kw)
+    assert json.loads((tmp_path / "m.json").read_text()) == m
+    assert m["n_generation_errors"] == 1 and m["generation_errors"] == {"too_large": 1}
+    assert clean["n_generation_errors"] == 0 and clean["generation_errors"] == {}
+    keys = set(m) - {"n_generation_errors", "generation_errors"}
+    assert {k: m[k] for k in keys} == {k: clean[k] for k in keys}
+    assert (tmp_path / "d2.jsonl").read_text() == (tmp_path / "d1.jsonl").read_text()
+    assert m["n"] == 4 and m["n_rejected"] == 0  # an error row is not a reject either
+    # and it would have mattered: the same row scored as a real (empty) answer changes the metrics
+    as_answer = tmp_path / "as_answer.jsonl"
+    as_answer.write_text(clean_path.read_text() + json.dumps({"image_id": 3, "response": ""}) + "\n")
+    wrong = objhal.score_file(as_answer, coco, tmp_path / "w.json", **kw)
+    assert (wrong["n"], wrong["CHAIRs"], wrong["recall"]) == (5, pytest.approx(40.0), pytest.approx(800 / 12))
+    assert (m["CHAIRs"], m["recall"]) == (pytest.approx(50.0), pytest.approx(800 / 9))
+
+
+def test_all_generation_error_rows_is_an_error(tmp_path):
+    coco = write_coco(tmp_path / "coco")
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps(r) + "\n" for r in
+                               [_generate_error_row(1, "missing"), _generate_error_row(2, "unreadable")]))
+    with pytest.raises(ValueError, match=r"answers\.jsonl: all 2 answer rows are generation errors") as e:
+        objhal.score_file(answers, coco, tmp_path / "m.json", synonyms_path=SYN)
+    assert "'missing': 1" in str(e.value) and "'unreadable': 1" in str(e.value)
+    assert not (tmp_path / "m.json").exists()

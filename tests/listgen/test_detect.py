@@ -271,7 +271,8 @@ def test_run_detect_resume_is_byte_identical(det, prepared, tmp_path):
     with open(part / "detect.jsonl", "a") as f:
         f.write('{"id": "s3", "candid')
     s2 = _run(det, prepared, part)
-    assert s2["skipped"] == 2 and s2["written"] == 3  # block 0 skipped whole, block 1 recomputed for s3 only
+    # block 0 (s0, s1) skipped whole; block 1 (s2, s3) recomputed whole but only s3 written; then s4, s5
+    assert s2["skipped"] == 3 and s2["written"] == 3
     assert (part / "detect.jsonl").read_bytes() == (tmp_path / "full" / "detect.jsonl").read_bytes()
     assert _run(det, prepared, part)["samples"] == 0  # a finished run does nothing
 

@@ -205,11 +205,10 @@ def test_run_segment_bbox_mode_never_loads_sam(tmp_path, monkeypatch):
 def test_empty_sam_mask_falls_back_to_box_flagged(sam, tmp_path, monkeypatch):
     import lpoi.listgen.segment as seg
 
-    def empty(model, processor, images, boxes):  # a SAM that finds nothing (weak/random weights do this)
-        return [(np.zeros((len(b), im.size[1], im.size[0]), bool), np.zeros(len(b), np.float32))
-                for im, b in zip(images, boxes)]
+    def empty(model, processor, enc):  # a SAM that finds nothing (weak/random weights do this)
+        return [(np.zeros((n, h, w), bool), np.zeros(n, np.float32)) for (w, h), n in zip(enc["sizes"], enc["counts"])]
 
-    monkeypatch.setattr(seg, "segment_batch", empty)
+    monkeypatch.setattr(seg, "segment_encoded", empty)
     det_path = _detect_rows(tmp_path, 2)
     stats = _run(sam, det_path, tmp_path / "e")
     for r in _rows(tmp_path / "e" / "segment.jsonl"):

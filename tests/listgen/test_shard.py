@@ -73,7 +73,7 @@ def test_iter_blocks_whole_input_blocks(tmp_path):
     """7 rows, block 3: blocks [0,1,2] [3,4,5] [6]; shard 0/2 gets blocks 0 and 2, shard 1/2 block 1."""
     src = tmp_path / "in.jsonl"
     _write(src, [{"id": str(k)} for k in range(7)])
-    ids = lambda shard: [[r["id"] for r in b] for b in iter_blocks(src, shard, 3)]  # noqa: E731
+    ids = lambda shard: [[r["id"] for r in b] for b in iter_blocks(src, shard, 3)]
     assert ids("0/1") == [["0", "1", "2"], ["3", "4", "5"], ["6"]]
     assert ids("0/2") == [["0", "1", "2"], ["6"]]
     assert ids("1/2") == [["3", "4", "5"]]

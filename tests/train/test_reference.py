@@ -87,7 +87,8 @@ def test_changed_tokenisation_recomputes(lists, full_ref, tmp_path):
     out, _ = full_ref
     path = tmp_path / "reference.jsonl"
     path.write_text(out.read_text())
-    stats = run_reference(lists, path, model_name=MODEL, max_length=40, progress=False)
+    with pytest.warns(UserWarning, match="truncated to max_length=40"):
+        stats = run_reference(lists, path, model_name=MODEL, max_length=40, progress=False)
     assert stats["n_computed"] == 5 and stats["n_resumed"] == 0
     meta, _ = _rows(path)
     assert meta["meta"]["max_length"] == 40

@@ -96,6 +96,9 @@ id k+1 — checked at load time when the file is complete; it lets the mini set 
 or appears twice is an error naming the id (the official script would crash or count it twice);
 "overall" is reported whenever discriminative answers exist (the official prints it only for
 ``--evaluation_type a|d``), and sections with no answers are omitted instead of printed as 0.0.
+Generation error rows (a truthy ``"error"`` key, written by :mod:`lpoi.eval.generate` when an image
+could not be loaded) are left out of every metric and counted in ``n_generation_errors`` and
+``generation_errors`` (per reason); a file holding nothing but error rows is a ValueError.
 """
 
 from __future__ import annotations
@@ -105,6 +108,7 @@ import os
 import re
 import sys
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -671,9 +675,16 @@ def score(
     Returns the CLI contract's METRICS: ``generative`` {CHAIR, Cover, Hal, Cog}, ``discriminative``
     {overall, existence, attribute, state, number, action, relation: {Accuracy, Precision, Recall,
     F1}}, ``amber_score``, ``similarity`` ("spacy-lg" | "exact"), ``n_unparsed`` (discriminative
-    responses that are not exactly "Yes"/"No"), ``n_generative``, ``n_discriminative``. Values are in
+    responses that are not exactly "Yes"/"No"), ``n_generative``, ``n_discriminative``,
+    ``n_generation_errors`` and ``generation_errors`` ({reason: count}). Values are in
     percent rounded to one decimal as the official prints them. Sections and categories that no
     answer covers are left out; ``amber_score`` needs both CHAIR and overall F1.
+
+    Rows with a truthy ``"error"`` (generation could not use the image, see
+    :mod:`lpoi.eval.generate`) are not answers: their empty response would look like a perfect
+    description or count as a wrong yes/no, so they are left out of every metric and only counted
+    (their id is still checked and may not appear twice). If every row is one, there is nothing to
+    score: ValueError naming the source and the reasons.
 
     ``normalize_yes_no=True`` first applies :func:`normalize_answer` (mode "generate") to the
     discriminative responses — for answers files whose free-text replies were stored unparsed. It is
@@ -697,7 +708,13 @@ def _score(
         raise ValueError(f"amber similarity threshold must be a number in [0, 1], got {threshold!r}")
     data_dir = Path(data_dir)
     annotations = load_annotations(data_dir)
-    rows = _check_answers(answers, annotations, data_dir, source)
+    rows, generation_errors = _check_answers(answers, annotations, data_dir, source)
+    if generation_errors and not rows:
+        raise ValueError(
+            f"{source}: all {sum(generation_errors.values())} answer rows are generation errors "
+            f"({dict(generation_errors)}), nothing to score; fix the images and regenerate "
+            "(generate with retry_errors=True retries those items)"
+        )
     generative_rows = [
         (a, annotations[a["id"]]) for a in rows if annotations[a["id"]]["type"] == "generative"
     ]
@@ -755,30 +772,39 @@ def _score(
     out["n_unparsed"] = n_unparsed
     out["n_generative"] = len(generative_rows)
     out["n_discriminative"] = len(discriminative_rows)
+    out["n_generation_errors"] = sum(generation_errors.values())
+    out["generation_errors"] = dict(generation_errors)
     return out
 
 
 def _check_answers(
     answers: Iterable[dict], annotations: dict[int, dict], data_dir: Path, source: str
-) -> list[dict]:
-    """Validate answer rows; every error names the record and the id."""
-    rows, seen = [], set()
+) -> tuple[list[dict], Counter]:
+    """Validate answer rows; every error names the record and the id.
+
+    Returns the rows to score and the generation error rows counted per reason (those are left out).
+    """
+    rows, seen, generation_errors = [], set(), Counter()
     for k, a in enumerate(answers, 1):
         where = f"{source}: record {k}"
         if not isinstance(a, dict):
             raise ValueError(f"{where}: expected an object with 'id' and 'response', got {a!r}")
         i, response = a.get("id"), a.get("response")
+        error = a.get("error")
         if isinstance(i, bool) or not isinstance(i, int):
             raise ValueError(f"{where}: 'id' must be an int AMBER id, got {i!r}")
-        if not isinstance(response, str):
+        if not error and not isinstance(response, str):
             raise ValueError(f"{where} (id {i}): 'response' must be a string, got {type(response).__name__}")
         if i not in annotations:
             raise ValueError(f"{where}: id {i} is not in {data_dir / 'annotations.json'}")
         if i in seen:
             raise ValueError(f"{where}: id {i} appears twice (the official scorer would count it twice)")
         seen.add(i)
+        if error:  # no answer was generated (image unusable): count it, never score its empty response
+            generation_errors[error if isinstance(error, str) else repr(error)] += 1
+            continue
         rows.append({"id": i, "response": response})
-    return rows
+    return rows, generation_errors
 
 
 def score_file(

@@ -22,6 +22,11 @@ Differences, on purpose: the official loops forever on API errors; here a judge 
 out of the means (an all-error run fails with a clear message). Values are unrounded (the official
 prints ``{:.2f}``); ``hallucination_rate`` is a fraction in [0, 1] as the official prints it.
 
+Generation error rows (a truthy ``"error"`` key, written by :mod:`lpoi.eval.generate` when an image
+could not be loaded) are never sent to the judge, are left out of every metric and are counted in
+``n_generation_errors`` and ``generation_errors`` (per reason); a file holding nothing but error rows
+is a ValueError.
+
 Images: the HF dataset ``Shengcao1006/MMHal-Bench`` ships ``images/<basename of image_src>``
 (e.g. ``images/7206072054_c53d53b97d_o.jpg``); :func:`items` looks there first, then for
 ``<image_id>.jpg`` (the layout of scripts that download ``image_src`` by id).
@@ -286,6 +291,10 @@ def score_file(
     rejected with a reason (``bad_id``, ``id_out_of_range``, ``duplicate_id``, ``bad_response``) and
     counted in ``rejects``; a file with no usable line fails. ``details_path`` (optional) gets one
     JSONL row per judged item: id, type, rating, ratings found, judge error, the judge's reply.
+    Generation error rows (truthy ``"error"``: the image could not be used, the empty response is
+    not an answer) are not judged; they are counted in ``n_generation_errors`` /
+    ``generation_errors`` {reason: count} and left out of every metric; a file of error rows only is
+    a ValueError naming the reasons.
     """
     if judge is None:
         raise ValueError("MMHal-Bench scoring needs a judge (judge.backend: openai or hf)")
@@ -293,7 +302,14 @@ def score_file(
     rejects: Counter = Counter()
     seen: set[int] = set()
     answers: list[tuple[int, str]] = []
+    generation_errors: Counter = Counter()
+    n_rows = 0
     for lineno, row in enumerate(read_jsonl(answers_path), 1):
+        n_rows += 1
+        error = row.get("error")
+        if error:  # generation could not use the image: not an answer, never sent to the judge
+            generation_errors[error if isinstance(error, str) else repr(error)] += 1
+            continue
         i, resp = row.get("id"), row.get("response")
         if isinstance(i, bool) or not isinstance(i, int):
             rejects["bad_id"] += 1
@@ -313,8 +329,14 @@ def score_file(
             continue
         seen.add(i)
         answers.append((i, resp))
+    if generation_errors and sum(generation_errors.values()) == n_rows:
+        raise ValueError(
+            f"{answers_path}: all {n_rows} answer rows are generation errors ({dict(generation_errors)}), "
+            "nothing to score; fix the images and regenerate (generate with retry_errors=True retries those items)"
+        )
     if not answers:
-        raise ValueError(f"{answers_path}: no usable answers (rejects: {dict(rejects) or 'file empty'})")
+        also = f", generation errors: {dict(generation_errors)}" if generation_errors else ""
+        raise ValueError(f"{answers_path}: no usable answers (rejects: {dict(rejects) or 'file empty'}{also})")
     answers.sort()
 
     replies = judge.complete_many([build_prompt(template[i], resp) for i, resp in answers])
@@ -358,6 +380,8 @@ def score_file(
             "n_rejected": sum(rejects.values()),
             "rejects": dict(rejects),
             "judge": judge.label,
+            "n_generation_errors": sum(generation_errors.values()),
+            "generation_errors": dict(generation_errors),
         }
     )
     if details_path is not None:

@@ -40,6 +40,10 @@ adapt the CHAIR metric of Rohrbach et al. 2018 (``chair.py``):
 
 Ground truth is built once per set of annotation files and cached as JSON (no pickle), keyed by the
 sha256 of the annotation files and the synonym list.
+
+Generation error rows (a truthy ``"error"`` key, written by :mod:`lpoi.eval.generate` when an image
+could not be loaded) are left out of every metric and counted in ``n_generation_errors`` and
+``generation_errors`` (per reason); a file holding nothing but error rows is a ValueError.
 """
 
 from __future__ import annotations
@@ -617,6 +621,9 @@ def score_file(
     ``cache_dir``: where the ground-truth cache goes (default: ``<out dir>/.objhal_cache``).
     Bad lines are rejected with a reason (``bad_image_id``, ``bad_response``, ``unknown_image_id``,
     ``missing_question``) and counted in ``rejects``; no usable line → error.
+    Generation error rows (truthy ``"error"``: the image could not be used, the empty response is
+    not an answer) are counted in ``n_generation_errors`` / ``generation_errors`` {reason: count}
+    and left out of every metric; a file of error rows only is a ValueError naming the reasons.
     """
     if extractor not in ("rules", "llm"):
         raise ValueError(f"objhal.extractor must be 'rules' or 'llm', got {extractor!r}")
@@ -633,8 +640,15 @@ def score_file(
         log.warning("objhal: %s differs from the official synonyms_refine.txt (sha256 %s)", syn, vocab.sha256[:16])
 
     rejects: Counter = Counter()
+    generation_errors: Counter = Counter()
     answers: list[dict] = []
+    n_rows = 0
     for lineno, row in enumerate(read_jsonl(answers_path), 1):
+        n_rows += 1
+        error = row.get("error")
+        if error:  # generation could not use the image: not an answer, never scored
+            generation_errors[error if isinstance(error, str) else repr(error)] += 1
+            continue
         iid, resp = row.get("image_id"), row.get("response")
         if isinstance(iid, str) and iid.strip().isdigit():
             iid = int(iid)  # the official does int(image_id)
@@ -648,8 +662,14 @@ def score_file(
             continue
         answers.append({"line": lineno, "image_id": iid, "response": resp.replace("Assistant:", "").strip(),
                         "question": row.get("question")})
+    if generation_errors and sum(generation_errors.values()) == n_rows:
+        raise ValueError(
+            f"{answers_path}: all {n_rows} answer rows are generation errors ({dict(generation_errors)}), "
+            "nothing to score; fix the images and regenerate (generate with retry_errors=True retries those items)"
+        )
     if not answers:
-        raise ValueError(f"{answers_path}: no usable answers (rejects: {dict(rejects) or 'file empty'})")
+        also = f", generation errors: {dict(generation_errors)}" if generation_errors else ""
+        raise ValueError(f"{answers_path}: no usable answers (rejects: {dict(rejects) or 'file empty'}{also})")
 
     cache_root = Path(cache_dir) if cache_dir is not None else Path(out_path).parent / ".objhal_cache"
     gt, unknown = load_ground_truth(
@@ -715,6 +735,8 @@ def score_file(
             "n_rejected": sum(rejects.values()),
             "rejects": dict(rejects),
             "synonyms_sha256": vocab.sha256,
+            "n_generation_errors": sum(generation_errors.values()),
+            "generation_errors": dict(generation_errors),
         }
     )
     if extractor == "llm":
