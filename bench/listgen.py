@@ -141,8 +141,8 @@ def _real_size_models(device: str, dtype: str):
     dt = torch_dtype(dtype)
     torch.manual_seed(0)
     with torch.device(device):
-        det = GroundingDinoForObjectDetection(GroundingDinoConfig(**GDINO_TINY)).to(dt).eval()
-        sam = SamModel(SamConfig(**SAM_VIT_B)).to(dt).eval()
+        det = GroundingDinoForObjectDetection(GroundingDinoConfig(**GDINO_TINY)).to(device=device, dtype=dt).eval()
+        sam = SamModel(SamConfig(**SAM_VIT_B)).to(device=device, dtype=dt).eval()
     tok = BertTokenizerFast.from_pretrained(resolve("tiny/grounding-dino"))
     det_proc = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(), tokenizer=tok)
     sam_proc = SamProcessor(image_processor=SamImageProcessor())

@@ -25,7 +25,7 @@ def main():
     stats = run_detect(f"{args.prepared}/prepared.jsonl", out / "detect.jsonl", out / "rejects.jsonl",
                        model_name=d.model, box_threshold=d.box_threshold, text_threshold=d.text_threshold,
                        batch_size=d.batch_size, max_candidates=d.max_candidates, fallback=d.fallback, seed=p.seed,
-                       shard=args.shard, device=pick_device(p.model.device), limit=args.limit)
+                       shard=args.shard, device=pick_device(p.model.device), dtype=p.model.dtype, limit=args.limit)
     if args.metrics:
         write_metrics(args.metrics, stats)
 

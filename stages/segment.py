@@ -27,7 +27,8 @@ def main():
     out = resumable_dir(args.out, fp)
     stats = run_segment(f"{args.detect}/detect.jsonl", out / "segment.jsonl", out / "masks", model_name=s.model,
                         batch_size=s.batch_size, max_masks_per_sample=p.verify.max_tries, mask_kind=p.lists.mask,
-                        shard=args.shard, device=pick_device(p.model.device), rejects_path=out / "rejects.jsonl",
+                        shard=args.shard, device=pick_device(p.model.device), dtype=p.model.dtype,
+                        rejects_path=out / "rejects.jsonl",
                         limit=args.limit)
     if args.metrics:
         write_metrics(args.metrics, stats)

@@ -206,6 +206,8 @@ def run_segment(
     null, "mask_iou": SAM's predicted IoU | null, "mask_area": share of the image's pixels | null,
     "mask_fallback": "bbox" (only when SAM's mask was empty)}]}``.
 
+    ``num_workers`` threads decode and preprocess the next blocks and encode/fsync the mask PNGs while
+    the model runs (a block's rows are written once its masks are on disk).
     ``mask_kind="bbox"`` never loads SAM. A sample whose image no longer loads is written to
     ``rejects_path`` (``image_<reason>``); without a rejects file that raises. Resume, blocks and sharding
     as in :func:`lpoi.listgen.detect.run_detect`. Returns this invocation's stats.

@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -160,12 +161,15 @@ class PreparedIndex:
                     self._off[sid] = pos
                 pos += len(line)
         self._f = open(self.path, "rb")  # noqa: SIM115 -- kept open for seeks; closed by close()
+        self._lock = threading.Lock()  # seek + readline from several prefetch threads
 
     def get(self, sample_id: str) -> dict:
         if sample_id not in self._off:
             raise KeyError(f"sample {sample_id!r} is not in {self.path} (segment and prepared outputs from different runs?)")
-        self._f.seek(self._off[sample_id])
-        return json.loads(self._f.readline())
+        with self._lock:
+            self._f.seek(self._off[sample_id])
+            line = self._f.readline()
+        return json.loads(line)
 
     def close(self) -> None:
         self._f.close()

@@ -100,25 +100,24 @@ def load_causal_lm(name: str, dtype: str = "float32", device: str | None = None)
     return model.eval(), tok
 
 
-def load_detector(name: str, dtype: str = "float32", device: str | None = None):
-    """(model, processor) for Grounding DINO (``IDEA-Research/grounding-dino-tiny`` or ``tiny/grounding-dino``)."""
-    from transformers import AutoModelForZeroShotObjectDetection
-
+def _load_with_processor(loader, name: str, what: str, dtype: str, device: str | None):
     _quiet_transformers()
-    model = _from_pretrained(AutoModelForZeroShotObjectDetection, name, "detector", dtype=torch_dtype(dtype))
+    model = _from_pretrained(loader, name, what, dtype=torch_dtype(dtype))
     processor = load_processor(name)
     if device:
         model.to(device)
     return model.eval(), processor
+
+
+def load_detector(name: str, dtype: str = "float32", device: str | None = None):
+    """(model, processor) for Grounding DINO (``IDEA-Research/grounding-dino-tiny`` or ``tiny/grounding-dino``)."""
+    from transformers import AutoModelForZeroShotObjectDetection
+
+    return _load_with_processor(AutoModelForZeroShotObjectDetection, name, "detector", dtype, device)
 
 
 def load_segmenter(name: str, dtype: str = "float32", device: str | None = None):
     """(model, processor) for SAM (``facebook/sam-vit-base``/``-huge`` or ``tiny/sam``)."""
     from transformers import SamModel
 
-    _quiet_transformers()
-    model = _from_pretrained(SamModel, name, "segmenter", dtype=torch_dtype(dtype))
-    processor = load_processor(name)
-    if device:
-        model.to(device)
-    return model.eval(), processor
+    return _load_with_processor(SamModel, name, "segmenter", dtype, device)

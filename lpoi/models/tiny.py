@@ -247,7 +247,7 @@ def _build_grounding_dino(dest: Path, seed: int) -> None:
     )
 
     tok = _bert_wordpiece(_corpus_words())
-    image_proc = GroundingDinoImageProcessor(size={"shortest_edge": 64, "longest_edge": 96})
+    image_proc = GroundingDinoImageProcessor(size={"shortest_edge": 80, "longest_edge": 120})  # >= 80: a 1x1 last level breaks GroupNorm
     proc = GroundingDinoProcessor(image_processor=image_proc, tokenizer=tok)
     cfg = GroundingDinoConfig(
         backbone_config=dict(model_type="swin", image_size=64, patch_size=4, embed_dim=8, depths=[1, 1, 1, 1],

@@ -1,4 +1,4 @@
-"""Token sequences for preference training: (prompt, image, response) rows, right-padded, with a response mask.
+"""Token sequences for preference training: (prompt, image, response) rows, right-padded, response mask.
 
 A sequence is ``prompt_text(processor, question) + prefix + answer + end_of_turn``, where ``prefix``
 and ``end_of_turn`` come from the model's own chat template (rendered once with a sentinel answer):
@@ -59,8 +59,12 @@ class SequenceBatch:
         return int(self.response_mask.shape[0])
 
     def to(self, device) -> SequenceBatch:
-        return SequenceBatch({k: v.to(device) for k, v in self.inputs.items()}, self.response_mask.to(device),
-                             self.sample_ids, self.n_truncated)
+        return SequenceBatch(
+            {k: v.to(device) for k, v in self.inputs.items()},
+            self.response_mask.to(device),
+            self.sample_ids,
+            self.n_truncated,
+        )
 
     def rows(self, start: int, stop: int) -> SequenceBatch:
         """Rows ``start:stop``, trimmed to their longest sequence (less padding per forward)."""
@@ -115,8 +119,8 @@ def response_format(processor) -> tuple[str, str]:
     ]
     full = processor.apply_chat_template(messages, tokenize=False)
     at = full.find(_SENTINEL)
-    prefix = full[len(prompt):at] if at >= 0 and full.startswith(prompt) else " "
-    tail = full[at + len(_SENTINEL):] if at >= 0 else ""
+    prefix = full[len(prompt) : at] if at >= 0 and full.startswith(prompt) else " "
+    tail = full[at + len(_SENTINEL) :] if at >= 0 else ""
     specials = sorted((s for s in tok.all_special_tokens if s and s in tail), key=tail.find)
     end = specials[0] if specials else tok.eos_token
     if not end:
@@ -136,8 +140,15 @@ def _response_length(tok, prompt: str, full: str, sample_id: str) -> tuple[int, 
     return len(f_ids) - len(p_ids), f_ids
 
 
-def encode_sequences(processor, *, questions: Sequence[str], answers: Sequence[str], images: Sequence,
-                     sample_ids: Sequence[str], max_length: int | None = None) -> SequenceBatch:
+def encode_sequences(
+    processor,
+    *,
+    questions: Sequence[str],
+    answers: Sequence[str],
+    images: Sequence,
+    sample_ids: Sequence[str],
+    max_length: int | None = None,
+) -> SequenceBatch:
     """Encode N (question, image, answer) sequences, right-padded, with the response mask.
 
     Args:
@@ -159,7 +170,7 @@ def encode_sequences(processor, *, questions: Sequence[str], answers: Sequence[s
             prompt = prompt_text(processor, q)
             full = prompt + prefix + a.strip() + end
             r, f_ids = _response_length(tok, prompt, full, sid)
-            cache[(q, a)] = (full, r, f_ids[len(f_ids) - r:])
+            cache[(q, a)] = (full, r, f_ids[len(f_ids) - r :])
         full, r, tail = cache[(q, a)]
         fulls.append(full)
         resp_len.append(r)
@@ -174,9 +185,10 @@ def encode_sequences(processor, *, questions: Sequence[str], answers: Sequence[s
     for i, (length, r, tail) in enumerate(zip(lengths, resp_len, tails)):
         if int(att[i, :length].sum()) != length:
             raise ValueError("the processor did not right-pad the batch; cannot locate the responses")
-        if ids[i, length - r:length].tolist() != tail:
+        if ids[i, length - r : length].tolist() != tail:
             raise ValueError(
-                f"sample {sample_ids[i]!r}: the processor's tokens of the answer differ from the tokenizer's; "
+                f"sample {sample_ids[i]!r}: the processor's tokens of the answer differ from the "
+                "tokenizer's; "
                 "cannot locate the response exactly"
             )
         start = length - r
@@ -196,8 +208,10 @@ def encode_sequences(processor, *, questions: Sequence[str], answers: Sequence[s
         if k in inputs and inputs[k].dim() == 2:
             inputs[k] = inputs[k][:, :width]
     if n_trunc:
-        warnings.warn(f"{n_trunc} of {n} sequences had their response truncated to max_length={max_length}",
-                      stacklevel=2)
+        warnings.warn(
+            f"{n_trunc} of {n} sequences had their response truncated to max_length={max_length}",
+            stacklevel=2,
+        )
     return SequenceBatch(inputs, mask[:, :width], list(sample_ids), n_trunc)
 
 
@@ -220,8 +234,14 @@ def method_columns(method: str, k: int, mdpo_corruption: str = "hidden") -> tupl
     raise ValueError(f"unknown method {method!r}")
 
 
-def collate_samples(processor, samples: Sequence[ListSample], *, columns: Sequence[int | str],
-                    max_length: int | None = None, crop_key: str = "0") -> SequenceBatch:
+def collate_samples(
+    processor,
+    samples: Sequence[ListSample],
+    *,
+    columns: Sequence[int | str],
+    max_length: int | None = None,
+    crop_key: str = "0",
+) -> SequenceBatch:
     """Load the images of ``samples`` and encode their ``len(columns) + 1`` sequences each.
 
     Row ``b * (C + 1) + j`` is sample b's chosen answer on column j for ``j < C`` and its rejected
@@ -250,5 +270,6 @@ def collate_samples(processor, samples: Sequence[ListSample], *, columns: Sequen
         answers.append(s.rejected)
         images.append(image(0))
         ids.append(s.id)
-    return encode_sequences(processor, questions=questions, answers=answers, images=images, sample_ids=ids,
-                            max_length=max_length)
+    return encode_sequences(
+        processor, questions=questions, answers=answers, images=images, sample_ids=ids, max_length=max_length
+    )

@@ -108,8 +108,16 @@ def load_lists(lists_path: str | Path, *, min_k: int = 2, check_images: bool = T
             if check_images and not p.is_file():
                 raise ManifestError(f"{where}: missing image {rel!r} (looked for {p})")
             paths.append(p)
-        samples.append(ListSample(rid, row["prompt"], row["chosen"], row["rejected"], tuple(paths),
-                                  _row_digest(row["prompt"], row["chosen"], row["rejected"], imgs)))
+        samples.append(
+            ListSample(
+                rid,
+                row["prompt"],
+                row["chosen"],
+                row["rejected"],
+                tuple(paths),
+                _row_digest(row["prompt"], row["chosen"], row["rejected"], imgs),
+            )
+        )
     if not samples:
         raise ManifestError(f"{lists_path}: the lists manifest is empty; nothing to train on")
     return samples
@@ -123,8 +131,13 @@ def load_sample_image(sample: ListSample, k: int):
         raise ManifestError(f"sample {sample.id!r}: image {k} ({sample.images[k]}) unusable: {e}") from None
 
 
-def random_crop_box(width: int, height: int, key: str, scale: tuple[float, float] = (0.01, 0.2),
-                    ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+def random_crop_box(
+    width: int,
+    height: int,
+    key: str,
+    scale: tuple[float, float] = (0.01, 0.2),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
     """``(x0, y0, x1, y1)`` of mDPO's crop, sampled like torchvision's ``RandomResizedCrop``.
 
     Area share uniform in ``scale``, aspect ratio log-uniform in ``ratio``, 10 tries, then the whole
@@ -136,8 +149,8 @@ def random_crop_box(width: int, height: int, key: str, scale: tuple[float, float
     for _ in range(10):
         target = area * rng.uniform(*scale)
         aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
-        cw = int(round(math.sqrt(target * aspect)))
-        ch = int(round(math.sqrt(target / aspect)))
+        cw = round(math.sqrt(target * aspect))
+        ch = round(math.sqrt(target / aspect))
         if 0 < cw <= width and 0 < ch <= height:
             x0, y0 = rng.randint(0, width - cw), rng.randint(0, height - ch)
             return x0, y0, x0 + cw, y0 + ch
@@ -159,8 +172,9 @@ def mdpo_random_crop(image, key: str):
     return image.crop(box).resize(image.size, Image.BILINEAR)
 
 
-def write_synthetic_lists(folder: str | Path, *, n_samples: int = 8, k: int = 5, size: tuple[int, int] = (48, 40),
-                          seed: int = 0) -> Path:
+def write_synthetic_lists(
+    folder: str | Path, *, n_samples: int = 8, k: int = 5, size: tuple[int, int] = (48, 40), seed: int = 0
+) -> Path:
     """A small lists manifest with real hidden-object lists, for tests and benchmarks.
 
     Each sample draws a coloured square on a noise background; list image j blackens the first
@@ -185,24 +199,32 @@ def write_synthetic_lists(folder: str | Path, *, n_samples: int = 8, k: int = 5,
         colour = names[i % len(names)]
         side = max(4, min(w, h) // 2)
         x0, y0 = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
-        base[y0:y0 + side, x0:x0 + side] = colours[colour]
+        base[y0 : y0 + side, x0 : x0 + side] = colours[colour]
         rels = []
         for j in range(k):
             img = base.copy()
             hidden = round(side * j / (k - 1)) if k > 1 else 0
-            img[y0:y0 + hidden, x0:x0 + side] = 0
+            img[y0 : y0 + hidden, x0 : x0 + side] = 0
             rel = f"images/s{i:03d}_{j}.png"
             Image.fromarray(img).save(folder / rel)
             rels.append(rel)
         other = names[(i + 1) % len(names)]
-        rows.append({
-            "id": f"s{i:03d}", "prompt": "What is in the picture?" if i % 2 == 0 else "Describe this image.",
-            "chosen": f"A {colour} square." + (" It is in the middle." if i % 3 == 0 else ""),
-            "rejected": f"A {other} circle.", "images": rels,
-            "visibility": [1 - j / (k - 1) for j in range(k)] if k > 1 else [1.0],
-            "object": {"phrase": f"{colour} square", "source": "synthetic", "box": [x0, y0, x0 + side, y0 + side]},
-            "verified": None,
-        })
+        rows.append(
+            {
+                "id": f"s{i:03d}",
+                "prompt": "What is in the picture?" if i % 2 == 0 else "Describe this image.",
+                "chosen": f"A {colour} square." + (" It is in the middle." if i % 3 == 0 else ""),
+                "rejected": f"A {other} circle.",
+                "images": rels,
+                "visibility": [1 - j / (k - 1) for j in range(k)] if k > 1 else [1.0],
+                "object": {
+                    "phrase": f"{colour} square",
+                    "source": "synthetic",
+                    "box": [x0, y0, x0 + side, y0 + side],
+                },
+                "verified": None,
+            }
+        )
     path = folder / "lists.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -233,4 +255,4 @@ def step_sample_indices(step: int, *, n_samples: int, global_batch: int, seed: i
     perm = torch.randperm(n_samples, generator=g).tolist()
     need = spe * global_batch
     padded = (perm * (need // n_samples + 1))[:need]
-    return padded[pos * global_batch:(pos + 1) * global_batch]
+    return padded[pos * global_batch : (pos + 1) * global_batch]

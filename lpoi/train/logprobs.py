@@ -3,8 +3,9 @@
 All sequences of a step go through as few forwards as memory allows (``micro_batch_sequences`` rows
 per forward, each chunk trimmed to its own longest row). Only the positions that predict a response
 token reach the LM head -- transformers' ``logits_to_keep`` with a boolean mask -- and the log-softmax
-is taken in float32 on those positions only (summed per sequence in float64): for a 32k vocabulary and 600-token image prompts this
-skips ~80 % of the LM-head work and of the float32 logits memory of the naive full-sequence version.
+is taken in float32 on those positions only (summed per sequence in float64): for a 32k vocabulary and
+600-token image prompts this skips ~80 % of the LM-head work and of the float32 logits memory of the
+naive full-sequence version.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ def _kept_logits(model, inputs: dict[str, Tensor], keep: Tensor) -> Tensor:
     if cls not in _NO_LOGITS_TO_KEEP:
         try:
             logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits
-        except TypeError as e:
-            if "logits_to_keep" not in str(e):
+        except (TypeError, IndexError) as e:
+            # older transformers take only an int (TypeError) or index 3-D with the mask (IndexError)
+            if isinstance(e, TypeError) and "logits_to_keep" not in str(e):
                 raise
             _NO_LOGITS_TO_KEEP.add(cls)
         else:
@@ -40,8 +42,10 @@ def _kept_logits(model, inputs: dict[str, Tensor], keep: Tensor) -> Tensor:
                 return logits
             if logits.dim() == 3 and logits.shape[1] == keep.shape[1]:  # the model ignored the mask
                 return logits[keep]
-            raise RuntimeError(f"{cls.__name__} returned logits of shape {tuple(logits.shape)} for a "
-                               f"logits_to_keep mask of shape {tuple(keep.shape)}")
+            raise RuntimeError(
+                f"{cls.__name__} returned logits of shape {tuple(logits.shape)} for a "
+                f"logits_to_keep mask of shape {tuple(keep.shape)}"
+            )
     return model(**inputs, use_cache=False).logits[keep]
 
 
@@ -81,13 +85,25 @@ def sequence_logps(model, batch: SequenceBatch, *, micro_batch_sequences: int | 
 
 class SequenceLogps(nn.Module):
     """``sequence_logps`` as a module, so a DDP/FSDP wrapper sees one forward per micro-step
-    (all chunks inside it) and synchronises gradients once in the following backward."""
+    (all chunks inside it) and synchronises gradients once in the following backward.
+
+    ``reference=True`` computes the frozen base model's log-probs instead: the peft adapter disabled,
+    eval mode, no gradients -- through the same (wrapped) forward, so FSDP gathers its shards as usual.
+    """
 
     def __init__(self, model: nn.Module, micro_batch_sequences: int | None = None):
         super().__init__()
         self.model = model
         self.micro_batch_sequences = micro_batch_sequences
 
-    def forward(self, inputs: dict[str, Tensor], response_mask: Tensor) -> Tensor:
-        return sequence_logps(self.model, SequenceBatch(inputs, response_mask),
-                              micro_batch_sequences=self.micro_batch_sequences)
+    def forward(self, inputs: dict[str, Tensor], response_mask: Tensor, reference: bool = False) -> Tensor:
+        batch = SequenceBatch(inputs, response_mask)
+        if not reference:
+            return sequence_logps(self.model, batch, micro_batch_sequences=self.micro_batch_sequences)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad(), self.model.disable_adapter():
+                return sequence_logps(self.model, batch, micro_batch_sequences=self.micro_batch_sequences)
+        finally:
+            self.model.train(was_training)

@@ -36,7 +36,13 @@ class ReferenceError(ValueError):
 
 
 def reference_meta(*, model_name: str, k: int, max_length: int | None, dtype: str) -> dict:
-    return {"format": FORMAT_VERSION, "model_name": model_name, "k": k, "max_length": max_length, "dtype": dtype}
+    return {
+        "format": FORMAT_VERSION,
+        "model_name": model_name,
+        "k": k,
+        "max_length": max_length,
+        "dtype": dtype,
+    }
 
 
 def _read(path: Path) -> tuple[dict | None, list[dict]]:
@@ -54,9 +60,18 @@ def _read(path: Path) -> tuple[dict | None, list[dict]]:
     return meta, rows
 
 
-def run_reference(lists_path: str | Path, out_path: str | Path, *, model_name: str, dtype: str = "float32",
-                  batch_size: int = 4, micro_batch_sequences: int | None = None, max_length: int | None = None,
-                  device: str | None = None, progress: bool = True) -> dict:
+def run_reference(
+    lists_path: str | Path,
+    out_path: str | Path,
+    *,
+    model_name: str,
+    dtype: str = "float32",
+    batch_size: int = 4,
+    micro_batch_sequences: int | None = None,
+    max_length: int | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict:
     """Compute and store the reference log-probs of every sample of ``lists_path`` (resumable).
 
     Args:
@@ -103,7 +118,7 @@ def run_reference(lists_path: str | Path, out_path: str | Path, *, model_name: s
             bar = _bar(len(todo), progress)
             columns = tuple(range(k))
             for start in range(0, len(todo), batch_size):
-                chunk = todo[start:start + batch_size]
+                chunk = todo[start : start + batch_size]
                 batch = collate_samples(processor, chunk, columns=columns, max_length=max_length).to(device)
                 with torch.no_grad():
                     logps = sequence_logps(model, batch, micro_batch_sequences=micro_batch_sequences)
@@ -117,12 +132,20 @@ def run_reference(lists_path: str | Path, out_path: str | Path, *, model_name: s
             if bar is not None:
                 bar.close()
     secs = time.perf_counter() - t0
-    return {"n_samples": len(samples), "n_computed": n_done, "n_resumed": n_resumed, "k": k,
-            "n_truncated": n_trunc, "seconds": secs, "samples_per_s": n_done / secs if secs > 0 else 0.0}
+    return {
+        "n_samples": len(samples),
+        "n_computed": n_done,
+        "n_resumed": n_resumed,
+        "k": k,
+        "n_truncated": n_trunc,
+        "seconds": secs,
+        "samples_per_s": n_done / secs if secs > 0 else 0.0,
+    }
 
 
-def load_reference(path: str | Path, samples: list[ListSample], *, model_name: str,
-                   max_length: int | None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def load_reference(
+    path: str | Path, samples: list[ListSample], *, model_name: str, max_length: int | None
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Reference log-probs aligned with ``samples``: ``(list (N, K) float64, rejected (N,), meta)``.
 
     Raises:
@@ -131,8 +154,10 @@ def load_reference(path: str | Path, samples: list[ListSample], *, model_name: s
     """
     path = Path(path)
     if not path.exists():
-        raise ReferenceError(f"reference log-probs not found: {path} (run the reference stage first, "
-                             "or use train.reference: online)")
+        raise ReferenceError(
+            f"reference log-probs not found: {path} (run the reference stage first, "
+            "or use train.reference: online)"
+        )
     meta, rows = _read(path)
     if meta is None:
         raise ReferenceError(f"{path}: no meta header line; re-run the reference stage")
@@ -149,10 +174,14 @@ def load_reference(path: str | Path, samples: list[ListSample], *, model_name: s
     for s in samples:
         r = by_id.get(s.id)
         if r is None:
-            raise ReferenceError(f"{path}: no reference log-probs for sample {s.id!r}; re-run the reference stage")
+            raise ReferenceError(
+                f"{path}: no reference log-probs for sample {s.id!r}; re-run the reference stage"
+            )
         if r.get("digest") != s.digest:
-            raise ReferenceError(f"{path}: the reference row of sample {s.id!r} was computed from a different "
-                                 "manifest row (text or images changed); re-run the reference stage")
+            raise ReferenceError(
+                f"{path}: the reference row of sample {s.id!r} was computed from a different "
+                "manifest row (text or images changed); re-run the reference stage"
+            )
         if len(r["list"]) != k:
             raise ReferenceError(f"{path}: sample {s.id!r} has {len(r['list'])} list log-probs, expected {k}")
         lst.append(r["list"])

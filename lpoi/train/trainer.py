@@ -23,7 +23,6 @@ reproduces the uninterrupted loss curve (tested). Metrics go to dvclive, one row
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -42,7 +41,7 @@ from torch import Tensor
 from lpoi.io import atomic_write_json, sha256_file
 from lpoi.train.collate import CROP, SequenceBatch, collate_samples, method_columns
 from lpoi.train.data import ListSample, load_lists, step_sample_indices, steps_per_epoch
-from lpoi.train.logprobs import SequenceLogps, sequence_logps
+from lpoi.train.logprobs import SequenceLogps
 from lpoi.train.losses import METHODS, preference_loss
 from lpoi.train.reference import load_reference
 
@@ -53,6 +52,7 @@ __all__ = [
     "VISION_MODULES",
     "NonFiniteLossError",
     "lora_config",
+    "merge_adapter",
     "train",
 ]
 
@@ -62,11 +62,24 @@ PRECISIONS = {"fp32": ("float32", "no"), "bf16": ("bfloat16", "bf16"), "fp16": (
 SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 """``train.scheduler`` -> transformers scheduler (all with linear warmup over ``warmup_ratio``)."""
 
-VISION_MODULES = ("vision_model", "connector", "vision_tower", "multi_modal_projector", "visual", "mm_projector")
+VISION_MODULES = (
+    "vision_model",
+    "connector",
+    "vision_tower",
+    "multi_modal_projector",
+    "visual",
+    "mm_projector",
+)
 """Module names of the image side: Idefics2 ``vision_model`` + ``connector`` (perceiver), LLaVA
 ``vision_tower`` + ``multi_modal_projector``, Qwen-VL ``visual``, LLaVA-original ``mm_projector``."""
 
-LORA_DEFAULTS = {"r": 8, "alpha": 8, "dropout": 0.05, "target_modules": "all-linear", "exclude_vision_tower": False}
+LORA_DEFAULTS = {
+    "r": 8,
+    "alpha": 8,
+    "dropout": 0.05,
+    "target_modules": "all-linear",
+    "exclude_vision_tower": False,
+}
 """The paper's LoRA (r 8, alpha 8, all linear layers); dropout as in the official configs."""
 
 CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
@@ -76,8 +89,14 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or inf; the message names the batch's sample ids."""
 
 
-def lora_config(*, r: int = 8, alpha: float = 8, dropout: float = 0.05, target_modules: str | list[str] = "all-linear",
-                exclude_vision_tower: bool = False):
+def lora_config(
+    *,
+    r: int = 8,
+    alpha: float = 8,
+    dropout: float = 0.05,
+    target_modules: str | list[str] = "all-linear",
+    exclude_vision_tower: bool = False,
+):
     """A peft ``LoraConfig``; ``exclude_vision_tower`` keeps the image encoder and projector frozen.
 
     ``all-linear`` (the paper) adapts every linear layer except the LM head, image side included;
@@ -92,8 +111,14 @@ def lora_config(*, r: int = 8, alpha: float = 8, dropout: float = 0.05, target_m
     exclude = None
     if exclude_vision_tower:
         exclude = r".*\b(" + "|".join(VISION_MODULES) + r")\..*"
-    return LoraConfig(r=int(r), lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
-                      exclude_modules=exclude, bias="none")
+    return LoraConfig(
+        r=int(r),
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules,
+        exclude_modules=exclude,
+        bias="none",
+    )
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -109,8 +134,13 @@ class _StepCollator:
     def __call__(self, items):
         epochs = {e for e, _ in items}
         idx = [i for _, i in items]
-        batch = collate_samples(self.processor, [self.samples[i] for i in idx], columns=self.columns,
-                                max_length=self.max_length, crop_key=f"{self.seed}:{min(epochs)}")
+        batch = collate_samples(
+            self.processor,
+            [self.samples[i] for i in idx],
+            columns=self.columns,
+            max_length=self.max_length,
+            crop_key=f"{self.seed}:{min(epochs)}",
+        )
         return idx, batch
 
 
@@ -122,8 +152,17 @@ class _Items(torch.utils.data.Dataset):
         return 0
 
 
-def _micro_batches(start_step: int, total_steps: int, *, n: int, batch_size: int, grad_accum: int, world: int,
-                   rank: int, seed: int) -> list[list[tuple[int, int]]]:
+def _micro_batches(
+    start_step: int,
+    total_steps: int,
+    *,
+    n: int,
+    batch_size: int,
+    grad_accum: int,
+    world: int,
+    rank: int,
+    seed: int,
+) -> list[list[tuple[int, int]]]:
     """This process's micro-batches, in order, for steps ``start_step..total_steps-1``."""
     g = batch_size * world * grad_accum
     spe = steps_per_epoch(n, g)
@@ -133,7 +172,7 @@ def _micro_batches(start_step: int, total_steps: int, *, n: int, batch_size: int
         epoch = step // spe
         for a in range(grad_accum):
             lo = (a * world + rank) * batch_size
-            out.append([(epoch, i) for i in idx[lo:lo + batch_size]])
+            out.append([(epoch, i) for i in idx[lo : lo + batch_size]])
     return out
 
 
@@ -159,8 +198,11 @@ def _rng_state() -> dict:
     import numpy as np
 
     np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])]}
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -178,12 +220,12 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _save_checkpoint(root: Path, step: int, *, accelerator, peft_model, optimizer, scheduler, state: dict,
-                     keep: int) -> None:
+def _save_checkpoint(
+    root: Path, step: int, *, accelerator, peft_model, optimizer, scheduler, state: dict, keep: int
+) -> None:
     """Write ``root/step-N`` atomically: everything goes to a temp folder renamed at the end."""
-    from safetensors.torch import save_file
-
     from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
 
     tmp = root / f".tmp-step-{step}"
     final = root / f"step-{step}"
@@ -211,9 +253,8 @@ def _save_checkpoint(root: Path, step: int, *, accelerator, peft_model, optimize
 
 
 def _load_checkpoint(path: Path, *, accelerator, peft_model, optimizer, scheduler) -> dict:
-    from safetensors.torch import load_file
-
     from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
 
     sd = load_file(path / "adapter.safetensors", device=str(accelerator.device))
     set_peft_model_state_dict(peft_model, sd)
@@ -242,45 +283,71 @@ def _truncate_live(live_dir: Path, last_step: int) -> None:
 # ---------------------------------------------------------------------------------------------- the loop
 
 
-def _validate(method, reference, scheduler, precision, mdpo_corruption, lr, epochs, max_steps, batch_size,
-              grad_accum, warmup_ratio, save_steps, logging_steps, beta):
-    if method not in METHODS:
-        raise ValueError(f"train.method must be one of {list(METHODS)}, got {method!r}")
-    if reference not in ("precomputed", "online"):
-        raise ValueError(f"train.reference must be 'precomputed' or 'online', got {reference!r}")
-    if scheduler not in SCHEDULERS:
-        raise ValueError(f"train.scheduler must be one of {list(SCHEDULERS)}, got {scheduler!r}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"train.precision must be one of {list(PRECISIONS)}, got {precision!r}")
-    if mdpo_corruption not in ("hidden", "crop"):
-        raise ValueError(f"train.mdpo_corruption must be 'hidden' or 'crop', got {mdpo_corruption!r}")
-    if not lr > 0:
-        raise ValueError(f"train.lr must be > 0, got {lr}")
-    if not beta > 0:
-        raise ValueError(f"train.beta must be > 0, got {beta}")
-    if max_steps is None and not epochs > 0:
-        raise ValueError(f"train.epochs must be > 0, got {epochs}")
-    if max_steps is not None and max_steps < 1:
-        raise ValueError(f"train.max_steps must be >= 1 or null, got {max_steps}")
-    for name, v in (("batch_size", batch_size), ("grad_accum", grad_accum), ("logging_steps", logging_steps)):
-        if int(v) < 1:
-            raise ValueError(f"train.{name} must be >= 1, got {v}")
-    if not 0 <= warmup_ratio < 1:
-        raise ValueError(f"train.warmup_ratio must be in [0, 1), got {warmup_ratio}")
-    if save_steps < 0:
-        raise ValueError(f"train.save_steps must be >= 0, got {save_steps}")
+def _validate(p: Mapping) -> None:
+    """Check ``train()``'s arguments (``p`` = its locals); messages name the ``train.*`` param."""
+    choices = {
+        "method": METHODS,
+        "reference": ("precomputed", "online"),
+        "scheduler": tuple(SCHEDULERS),
+        "precision": tuple(PRECISIONS),
+        "mdpo_corruption": ("hidden", "crop"),
+    }
+    for name, allowed in choices.items():
+        if p[name] not in allowed:
+            raise ValueError(f"train.{name} must be one of {list(allowed)}, got {p[name]!r}")
+    for name in ("lr", "beta"):
+        if not p[name] > 0:  # also rejects NaN
+            raise ValueError(f"train.{name} must be > 0, got {p[name]}")
+    if p["max_steps"] is None and not p["epochs"] > 0:
+        raise ValueError(f"train.epochs must be > 0, got {p['epochs']}")
+    if p["max_steps"] is not None and p["max_steps"] < 1:
+        raise ValueError(f"train.max_steps must be >= 1 or null, got {p['max_steps']}")
+    for name in ("batch_size", "grad_accum", "logging_steps"):
+        if int(p[name]) < 1:
+            raise ValueError(f"train.{name} must be >= 1, got {p[name]}")
+    if not 0 <= p["warmup_ratio"] < 1:
+        raise ValueError(f"train.warmup_ratio must be in [0, 1), got {p['warmup_ratio']}")
+    if p["save_steps"] < 0:
+        raise ValueError(f"train.save_steps must be >= 0, got {p['save_steps']}")
 
 
-def train(*, lists_path: str | Path, reference_path: str | Path | None, out_dir: str | Path, model_name: str,
-          method: str = "lpoi", beta: float = 0.1, weights: Mapping[str, float] | None = None, delta: float = 0.0,
-          reference: str = "precomputed", lr: float = 5e-6, epochs: float = 1, max_steps: int | None = None,
-          batch_size: int = 1, grad_accum: int = 1, warmup_ratio: float = 0.0, scheduler: str = "cosine",
-          precision: str = "fp32", gradient_checkpointing: bool = False, micro_batch_sequences: int | None = None,
-          max_length: int | None = None, lora: Mapping | None = None, seed: int = 0, save_steps: int = 50,
-          merge: bool = False, mdpo_corruption: str = "hidden", live_dir: str | Path | None = None,
-          logging_steps: int = 1, max_grad_norm: float = 1.0, weight_decay: float = 0.0, num_workers: int = 0,
-          checkpoint_dir: str | Path | None = None, keep_checkpoints: int = 2, progress: bool = True,
-          callback: Callable[[int, dict], None] | None = None) -> dict:
+def train(
+    *,
+    lists_path: str | Path,
+    reference_path: str | Path | None,
+    out_dir: str | Path,
+    model_name: str,
+    method: str = "lpoi",
+    beta: float = 0.1,
+    weights: Mapping[str, float] | None = None,
+    delta: float = 0.0,
+    reference: str = "precomputed",
+    lr: float = 5e-6,
+    epochs: float = 1,
+    max_steps: int | None = None,
+    batch_size: int = 1,
+    grad_accum: int = 1,
+    warmup_ratio: float = 0.0,
+    scheduler: str = "cosine",
+    precision: str = "fp32",
+    gradient_checkpointing: bool = False,
+    micro_batch_sequences: int | None = None,
+    max_length: int | None = None,
+    lora: Mapping | None = None,
+    seed: int = 0,
+    save_steps: int = 50,
+    merge: bool = False,
+    mdpo_corruption: str = "hidden",
+    live_dir: str | Path | None = None,
+    logging_steps: int = 1,
+    max_grad_norm: float = 1.0,
+    weight_decay: float = 0.0,
+    num_workers: int = 0,
+    checkpoint_dir: str | Path | None = None,
+    keep_checkpoints: int = 2,
+    progress: bool = True,
+    callback: Callable[[int, dict], None] | None = None,
+) -> dict:
     """Train a LoRA adapter with ``method`` on the lists manifest; returns a summary.
 
     Args (``train.*`` params unless noted):
@@ -319,14 +386,13 @@ def train(*, lists_path: str | Path, reference_path: str | Path | None, out_dir:
         NonFiniteLossError: a NaN/inf loss, naming the batch's sample ids.
     """
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, set_seed
+    from accelerate.utils import DistributedDataParallelKwargs, DistributedType, set_seed
     from peft import get_peft_model
     from transformers import get_scheduler
 
     from lpoi.models import load_vlm
 
-    _validate(method, reference, scheduler, precision, mdpo_corruption, lr, epochs, max_steps, batch_size,
-              grad_accum, warmup_ratio, save_steps, logging_steps, beta)
+    _validate(locals())
     lora_kw = {**LORA_DEFAULTS, **(dict(lora) if lora else {})}
     unknown = sorted(set(lora_kw) - set(LORA_DEFAULTS))
     if unknown:
@@ -339,7 +405,13 @@ def train(*, lists_path: str | Path, reference_path: str | Path | None, out_dir:
     # LoRA on all linear layers adapts some layers the forward never uses (LLaVA-1.5 reads the vision
     # tower's second-to-last layer, so its last layer gets no gradient): DDP must be told.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    accelerator = Accelerator(mixed_precision=mixed, cpu=_no_accelerator(), kwargs_handlers=[ddp])
+    accelerator = Accelerator(
+        mixed_precision=mixed,
+        cpu=_no_accelerator(),
+        kwargs_handlers=[ddp],
+        gradient_accumulation_steps=grad_accum,
+    )
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     set_seed(seed)
 
@@ -348,16 +420,19 @@ def train(*, lists_path: str | Path, reference_path: str | Path | None, out_dir:
     k = samples[0].k
     columns = method_columns(method, k, mdpo_corruption)
     n_cols = len(columns)
-    list_cols = [c for c in columns if c != CROP]
     ref_list = ref_rej = None
     if reference == "precomputed":
         if reference_path is None:
             raise ValueError("train.reference is 'precomputed' but no reference_path was given")
-        ref_list, ref_rej, meta = load_reference(reference_path, samples, model_name=model_name,
-                                                 max_length=max_length)
+        ref_list, ref_rej, meta = load_reference(
+            reference_path, samples, model_name=model_name, max_length=max_length
+        )
         if meta.get("dtype") != dtype and main:
-            warnings.warn(f"reference log-probs were computed in {meta.get('dtype')} but training runs in {dtype}; "
-                          "the rewards start slightly off zero", stacklevel=2)
+            warnings.warn(
+                f"reference log-probs were computed in {meta.get('dtype')} but training runs in {dtype}; "
+                "the rewards start slightly off zero",
+                stacklevel=2,
+            )
     global_batch = batch_size * world * grad_accum
     spe = steps_per_epoch(len(samples), global_batch)
     total_steps = int(max_steps) if max_steps is not None else max(1, math.ceil(epochs * spe))
@@ -367,7 +442,10 @@ def train(*, lists_path: str | Path, reference_path: str | Path | None, out_dir:
     model, processor = load_vlm(model_name, dtype=dtype)
     model.to(accelerator.device)
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     set_seed(seed)  # again: loading may consume random numbers (a tiny model built on first use does)
     peft_model = get_peft_model(model, lora_config(**lora_kw))
@@ -376,32 +454,67 @@ def train(*, lists_path: str | Path, reference_path: str | Path | None, out_dir:
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     # The scheduler is stepped by hand once per optimizer step: accelerate's wrapper would step it once
     # per process, which assumes a per-process step count.
-    sched = get_scheduler(SCHEDULERS[scheduler], optimizer, num_warmup_steps=warmup_steps,
-                          num_training_steps=total_steps)
+    sched = get_scheduler(
+        SCHEDULERS[scheduler], optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps
+    )
+    if accelerator.state.deepspeed_plugin is not None:  # no prepared data loader to read it from
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = batch_size
     wrapper, optimizer = accelerator.prepare(wrapper, optimizer)
+    if sharded and save_steps:
+        warnings.warn(
+            "periodic checkpoints are written for single-process and DDP runs only; with FSDP/DeepSpeed "
+            "the run is not resumable (save_steps ignored)",
+            stacklevel=2,
+        )
+        save_steps = 0
 
     # ---- resume
-    cfg = dict(lists_sha256=sha256_file(lists_path), model_name=model_name, method=method, beta=beta,
-               weights=dict(weights) if weights else None, delta=delta, reference=reference, lr=lr, epochs=epochs,
-               max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, world=world,
-               warmup_ratio=warmup_ratio, scheduler=scheduler, precision=precision, max_length=max_length,
-               lora=lora_kw, seed=seed, mdpo_corruption=mdpo_corruption, max_grad_norm=max_grad_norm,
-               weight_decay=weight_decay)
+    cfg = dict(
+        lists_sha256=sha256_file(lists_path),
+        model_name=model_name,
+        method=method,
+        beta=beta,
+        weights=dict(weights) if weights else None,
+        delta=delta,
+        reference=reference,
+        lr=lr,
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        world=world,
+        warmup_ratio=warmup_ratio,
+        scheduler=scheduler,
+        precision=precision,
+        max_length=max_length,
+        lora=lora_kw,
+        seed=seed,
+        mdpo_corruption=mdpo_corruption,
+        max_grad_norm=max_grad_norm,
+        weight_decay=weight_decay,
+    )
     fingerprint = _fingerprint(cfg)
     start_step = 0
     latest = _latest_checkpoint(ckpt_root)
     if latest is not None:
         state = json.loads((latest[1] / "trainer_state.json").read_text())
         if state.get("fingerprint") == fingerprint:
-            state = _load_checkpoint(latest[1], accelerator=accelerator, peft_model=peft_model,
-                                     optimizer=optimizer, scheduler=sched)
+            state = _load_checkpoint(
+                latest[1],
+                accelerator=accelerator,
+                peft_model=peft_model,
+                optimizer=optimizer,
+                scheduler=sched,
+            )
             start_step = int(state["step"])
             if main:
                 print(f"[train] resuming from {latest[1]} (step {start_step}/{total_steps})", flush=True)
         else:
             if main:
-                warnings.warn(f"checkpoints in {ckpt_root} come from a different configuration; starting afresh",
-                              stacklevel=2)
+                warnings.warn(
+                    f"checkpoints in {ckpt_root} come from a different configuration; starting afresh",
+                    stacklevel=2,
+                )
                 shutil.rmtree(ckpt_root, ignore_errors=True)
     accelerator.wait_for_everyone()
     if main and ckpt_root.is_dir():
@@ -419,12 +532,23 @@ def train(*, lists_path: str | Path, reference_path: str | Path | None, out_dir:
             live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None)
 
     # ---- loop
-    batches = _micro_batches(start_step, total_steps, n=len(samples), batch_size=batch_size, grad_accum=grad_accum,
-                             world=world, rank=rank, seed=seed)
+    batches = _micro_batches(
+        start_step,
+        total_steps,
+        n=len(samples),
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        world=world,
+        rank=rank,
+        seed=seed,
+    )
     loader = torch.utils.data.DataLoader(
-        _Items(), batch_sampler=batches, num_workers=num_workers,
+        _Items(),
+        batch_sampler=batches,
+        num_workers=num_workers,
         collate_fn=_StepCollator(processor, samples, columns, max_length, seed),
-        generator=torch.Generator().manual_seed(seed))  # its own RNG: the global one drives dropout and resumes
+        generator=torch.Generator().manual_seed(seed),
+    )  # its own RNG: the global one drives dropout and resumes
     it = iter(loader)
     col_names = [f"reward_{c}" for c in columns]
     history: list[dict] = []
@@ -442,18 +566,25 @@ def train(*, lists_path: str | Path, reference_path: str | Path | None, out_dir:
             idx, batch = next(it)
             batch = batch.to(accelerator.device)
             n_truncated += batch.n_truncated
-            sync = a == grad_accum - 1
-            with contextlib.nullcontext() if sync else accelerator.no_sync(wrapper):
+            # accelerate's accumulation: no gradient all-reduce until the last micro-step, the loss scaled
+            # by 1/grad_accum in backward (DeepSpeed scales it itself)
+            with accelerator.accumulate(wrapper):
                 policy = wrapper(batch.inputs, batch.response_mask).view(len(idx), n_cols + 1)
-                ref = _reference(batch, idx, columns, list_cols, ref_list, ref_rej, peft_model, accelerator,
-                                 micro_batch_sequences)
-                out = preference_loss(method, policy_list_logps=policy[:, :n_cols],
-                                      policy_rejected_logps=policy[:, n_cols],
-                                      reference_list_logps=ref[:, :n_cols], reference_rejected_logps=ref[:, n_cols],
-                                      beta=beta, weights=weights, delta=delta)
+                ref = _reference(batch, idx, columns, ref_list, ref_rej, wrapper, accelerator.device)
+                out = preference_loss(
+                    method,
+                    policy_list_logps=policy[:, :n_cols],
+                    policy_rejected_logps=policy[:, n_cols],
+                    reference_list_logps=ref[:, :n_cols],
+                    reference_rejected_logps=ref[:, n_cols],
+                    beta=beta,
+                    weights=weights,
+                    delta=delta,
+                )
                 _check_finite(out["loss"], policy, [samples[i].id for i in idx], step, accelerator)
-                accelerator.backward(out["loss"] / grad_accum)
+                accelerator.backward(out["loss"])
             _accumulate(sums, out, col_names)
+        assert accelerator.sync_gradients, "micro-steps out of step with accelerate's accumulation counter"
         grad_norm = accelerator.clip_grad_norm_(params, max_grad_norm) if max_grad_norm > 0 else None
         optimizer.step()
         sched.step()
@@ -475,10 +606,16 @@ def train(*, lists_path: str | Path, reference_path: str | Path | None, out_dir:
                 live.log_metric(name, value)
             live.next_step()
         if save_steps and (step + 1) % save_steps == 0 and step + 1 < total_steps:
-            _save_checkpoint(ckpt_root, step + 1, accelerator=accelerator, peft_model=peft_model,
-                             optimizer=optimizer, scheduler=sched, keep=keep_checkpoints,
-                             state={"step": step + 1, "fingerprint": fingerprint, "config": cfg,
-                                    "live_step": step + 1})
+            _save_checkpoint(
+                ckpt_root,
+                step + 1,
+                accelerator=accelerator,
+                peft_model=peft_model,
+                optimizer=optimizer,
+                scheduler=sched,
+                keep=keep_checkpoints,
+                state={"step": step + 1, "fingerprint": fingerprint, "config": cfg, "live_step": step + 1},
+            )
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}")
@@ -492,35 +629,72 @@ def train(*, lists_path: str | Path, reference_path: str | Path | None, out_dir:
     adapter_dir, merged_dir = out_dir / "adapter", None
     seconds = time.perf_counter() - t_start
     steps_run = total_steps - start_step
+    unwrapped = accelerator.unwrap_model(wrapper).model
+    full_sd = None
+    if sharded:  # every process takes part in gathering the sharded weights
+        full_sd = {
+            k.removeprefix("model."): v
+            for k, v in accelerator.get_state_dict(wrapper).items()
+            if "lora_" in k
+        }
     if main:
-        unwrapped = accelerator.unwrap_model(wrapper).model
         tmp = out_dir / ".adapter.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        unwrapped.save_pretrained(tmp, safe_serialization=True)
+        unwrapped.save_pretrained(tmp, safe_serialization=True, state_dict=full_sd)
         shutil.rmtree(adapter_dir, ignore_errors=True)
         os.replace(tmp, adapter_dir)
         if merge:
             merged_dir = out_dir / "merged"
-            tmp = out_dir / ".merged.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            merged = unwrapped.merge_and_unload()
-            merged.save_pretrained(tmp, safe_serialization=True)
-            processor.save_pretrained(tmp)
-            shutil.rmtree(merged_dir, ignore_errors=True)
-            os.replace(tmp, merged_dir)
+            if sharded:  # the sharded model cannot be merged in place: reload base + adapter
+                merge_adapter(model_name=model_name, adapter_dir=adapter_dir, out_dir=merged_dir, dtype=dtype)
+            else:
+                _save_merged(unwrapped.merge_and_unload(), processor, merged_dir)
         shutil.rmtree(ckpt_root, ignore_errors=True)
         if live is not None:
             live.log_metric("train_seconds", seconds, plot=False)
-            live.log_metric("train_samples_per_s", steps_run * global_batch / seconds if seconds else 0.0, plot=False)
+            live.log_metric(
+                "train_samples_per_s", steps_run * global_batch / seconds if seconds else 0.0, plot=False
+            )
             live.log_metric("n_truncated", n_truncated, plot=False)
             live.end()
     accelerator.wait_for_everyone()
     return {
-        "steps": total_steps, "resumed_from": start_step, "final": history[-1] if history else {},
-        "history": history, "adapter_dir": str(adapter_dir), "merged_dir": str(merged_dir) if merged_dir else None,
-        "seconds": seconds, "samples_per_s": steps_run * global_batch / seconds if seconds else 0.0,
-        "n_truncated": n_truncated, "global_batch": global_batch,
+        "steps": total_steps,
+        "resumed_from": start_step,
+        "final": history[-1] if history else {},
+        "history": history,
+        "adapter_dir": str(adapter_dir),
+        "merged_dir": str(merged_dir) if merged_dir else None,
+        "seconds": seconds,
+        "samples_per_s": steps_run * global_batch / seconds if seconds else 0.0,
+        "n_truncated": n_truncated,
+        "global_batch": global_batch,
     }
+
+
+def _save_merged(model, processor, merged_dir: Path) -> None:
+    tmp = merged_dir.parent / f".{merged_dir.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    processor.save_pretrained(tmp)
+    shutil.rmtree(merged_dir, ignore_errors=True)
+    os.replace(tmp, merged_dir)
+
+
+def merge_adapter(
+    *, model_name: str, adapter_dir: str | Path, out_dir: str | Path, dtype: str = "float32"
+) -> Path:
+    """Base model + LoRA adapter -> merged full weights and processor in ``out_dir`` (safetensors).
+
+    The merged model loads with plain ``from_pretrained`` (no peft needed at generation time)."""
+    from peft import PeftModel
+
+    from lpoi.models import load_vlm
+
+    model, processor = load_vlm(model_name, dtype=dtype)
+    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    _save_merged(merged, processor, Path(out_dir))
+    return Path(out_dir)
 
 
 def _no_accelerator() -> bool:
@@ -533,46 +707,47 @@ def _no_accelerator() -> bool:
     return not ((mps is not None and mps.is_available()) or (xpu is not None and xpu.is_available()))
 
 
-def _reference(batch: SequenceBatch, idx: list[int], columns, list_cols, ref_list, ref_rej, peft_model, accelerator,
-               micro_batch_sequences) -> Tensor:
+def _reference(batch: SequenceBatch, idx: list[int], columns, ref_list, ref_rej, wrapper, device) -> Tensor:
     """Reference log-probs ``(B, C + 1)`` of the batch: from the file, or online with the adapter off."""
     b, c1 = len(idx), len(columns) + 1
-    if ref_list is not None:
-        ref = torch.empty(b, c1, dtype=torch.float64)
-        for j, col in enumerate(columns):
-            if col != CROP:
-                ref[:, j] = ref_list[idx, int(col)]
-        ref[:, -1] = ref_rej[idx]
-        ref = ref.to(accelerator.device)
-        online_rows = [r * c1 + j for r in range(b) for j, col in enumerate(columns) if col == CROP]
-        if not online_rows:
-            return ref
-        flat = ref.view(-1).clone()
-        flat[online_rows] = _online_logps(batch.select(online_rows), peft_model, accelerator, micro_batch_sequences)
-        return flat.view(b, c1)
-    return _online_logps(batch, peft_model, accelerator, micro_batch_sequences).view(b, c1)
+    if ref_list is None:
+        return _online_logps(batch, wrapper).view(b, c1)
+    ref = torch.empty(b, c1, dtype=torch.float64)
+    for j, col in enumerate(columns):
+        if col != CROP:
+            ref[:, j] = ref_list[idx, int(col)]
+    ref[:, -1] = ref_rej[idx]
+    ref = ref.to(device)
+    online_rows = [r * c1 + j for r in range(b) for j, col in enumerate(columns) if col == CROP]
+    if not online_rows:
+        return ref
+    flat = ref.view(-1).clone()
+    flat[online_rows] = _online_logps(batch.select(online_rows), wrapper)
+    return flat.view(b, c1)
 
 
-def _online_logps(batch: SequenceBatch, peft_model, accelerator, micro_batch_sequences) -> Tensor:
-    """The frozen base model's log-probs: the same weights with the LoRA adapter disabled (eval mode)."""
-    was_training = peft_model.training
-    peft_model.eval()
-    try:
-        with torch.no_grad(), peft_model.disable_adapter(), accelerator.autocast():
-            return sequence_logps(peft_model, batch, micro_batch_sequences=micro_batch_sequences)
-    finally:
-        peft_model.train(was_training)
+def _online_logps(batch: SequenceBatch, wrapper) -> Tensor:
+    """The frozen base model's log-probs: the same weights with the LoRA adapter disabled (eval mode),
+    through the prepared module so autocast, DDP and FSDP behave as in the policy forward."""
+    with torch.no_grad():
+        return wrapper(batch.inputs, batch.response_mask, reference=True)
 
 
 def _check_finite(loss: Tensor, policy: Tensor, ids: list[str], step: int, accelerator) -> None:
     ok = torch.isfinite(loss.detach()).all() & torch.isfinite(policy.detach()).all()
-    flags = accelerator.gather(ok.float().reshape(1)) if accelerator.num_processes > 1 else ok.reshape(1).float()
+    flags = (
+        accelerator.gather(ok.float().reshape(1)) if accelerator.num_processes > 1 else ok.reshape(1).float()
+    )
     if bool((flags > 0).all()):
         return
     if not bool(ok):
-        raise NonFiniteLossError(f"non-finite loss ({float(loss.detach())}) at optimizer step {step + 1} on samples {ids}; "
-                                 "check these rows' answers and images, or lower the learning rate")
-    raise NonFiniteLossError(f"non-finite loss on another process at optimizer step {step + 1}; see its error")
+        raise NonFiniteLossError(
+            f"non-finite loss ({float(loss.detach())}) at optimizer step {step + 1} on samples {ids}; "
+            "check these rows' answers and images, or lower the learning rate"
+        )
+    raise NonFiniteLossError(
+        f"non-finite loss on another process at optimizer step {step + 1}; see its error"
+    )
 
 
 def _accumulate(sums: dict[str, float], out: dict[str, Tensor], col_names: list[str]) -> None:

@@ -43,9 +43,18 @@ def _images(sizes, seed=0):
     return [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
 
 
-QUESTIONS = ["What is in the picture?", "Describe this image.", "Is there a dog?", "What color is the object?"]
-ANSWERS = ["A red car.", "The image shows a cat sleeping on a sofa near a table with a cup and a plate.", "No",
-           "It is blue."]
+QUESTIONS = [
+    "What is in the picture?",
+    "Describe this image.",
+    "Is there a dog?",
+    "What color is the object?",
+]
+ANSWERS = [
+    "A red car.",
+    "The image shows a cat sleeping on a sofa near a table with a cup and a plate.",
+    "No",
+    "It is blue.",
+]
 SIZES = [(40, 50), (32, 32), (60, 20), (24, 36)]
 
 
@@ -58,7 +67,9 @@ def _naive(model, processor, question, answer, image, end, max_length=None):
     ids = e_full["input_ids"][0]
     assert ids[:n_prompt].tolist() == e_prompt["input_ids"][0].tolist()
     if max_length is not None and ids.shape[0] > max_length:
-        e_full = {k: (v[:, :max_length] if k in ("input_ids", "attention_mask") else v) for k, v in e_full.items()}
+        e_full = {
+            k: (v[:, :max_length] if k in ("input_ids", "attention_mask") else v) for k, v in e_full.items()
+        }
         ids = ids[:max_length]
     with torch.no_grad():
         logp = torch.log_softmax(model(**e_full).logits[0].double(), -1)
@@ -69,8 +80,13 @@ def test_response_format_and_exact_boundary(vlm):
     name, model, processor = vlm
     assert response_format(processor) == EXPECTED_FORMAT[name]
     end = EXPECTED_FORMAT[name][1]
-    batch = encode_sequences(processor, questions=QUESTIONS, answers=ANSWERS, images=_images(SIZES),
-                             sample_ids=["a", "b", "c", "d"])
+    batch = encode_sequences(
+        processor,
+        questions=QUESTIONS,
+        answers=ANSWERS,
+        images=_images(SIZES),
+        sample_ids=["a", "b", "c", "d"],
+    )
     tok = tokenizer_of(processor)
     for i, (q, a, im) in enumerate(zip(QUESTIONS, ANSWERS, _images(SIZES))):
         _, n_resp = _naive(model, processor, q, a, im, end)
@@ -88,8 +104,9 @@ def test_sequence_logps_equals_naive_unpadded(vlm, micro):
     name, model, processor = vlm
     end = EXPECTED_FORMAT[name][1]
     images = _images(SIZES)
-    batch = encode_sequences(processor, questions=QUESTIONS, answers=ANSWERS, images=images,
-                             sample_ids=["a", "b", "c", "d"])
+    batch = encode_sequences(
+        processor, questions=QUESTIONS, answers=ANSWERS, images=images, sample_ids=["a", "b", "c", "d"]
+    )
     assert len(set(batch.inputs["attention_mask"].sum(-1).tolist())) > 1  # mixed lengths: padding present
     with torch.no_grad():
         got = sequence_logps(model, batch, micro_batch_sequences=micro)
@@ -102,14 +119,21 @@ def test_truncation_cuts_the_response_only(vlm, recwarn):
     name, model, processor = vlm
     end = EXPECTED_FORMAT[name][1]
     images = _images(SIZES[:2])
-    full = encode_sequences(processor, questions=QUESTIONS[:2], answers=ANSWERS[:2], images=images,
-                            sample_ids=["a", "b"])
+    full = encode_sequences(
+        processor, questions=QUESTIONS[:2], answers=ANSWERS[:2], images=images, sample_ids=["a", "b"]
+    )
     lengths = full.inputs["attention_mask"].sum(-1).tolist()
     prompt_len = [int(length - full.response_mask[i].sum()) for i, length in enumerate(lengths)]
     resp_len = [int(m.sum()) for m in full.response_mask]
     max_length = max(prompt_len) + 2  # both prompts fit; at least the longer answer is cut
-    cut = encode_sequences(processor, questions=QUESTIONS[:2], answers=ANSWERS[:2], images=images,
-                           sample_ids=["a", "b"], max_length=max_length)
+    cut = encode_sequences(
+        processor,
+        questions=QUESTIONS[:2],
+        answers=ANSWERS[:2],
+        images=images,
+        sample_ids=["a", "b"],
+        max_length=max_length,
+    )
     assert cut.n_truncated == sum(length > max_length for length in lengths) >= 1
     assert any("truncated" in str(w.message) for w in recwarn)
     for i in range(2):  # the prompt is intact; the response keeps what fits
@@ -117,12 +141,20 @@ def test_truncation_cuts_the_response_only(vlm, recwarn):
     assert cut.inputs["input_ids"].shape[1] <= max_length
     with torch.no_grad():
         got = sequence_logps(model, cut)
-    want = [_naive(model, processor, q, a, im, end, max_length=max_length)[0]
-            for q, a, im in zip(QUESTIONS[:2], ANSWERS[:2], images)]
+    want = [
+        _naive(model, processor, q, a, im, end, max_length=max_length)[0]
+        for q, a, im in zip(QUESTIONS[:2], ANSWERS[:2], images)
+    ]
     np.testing.assert_allclose(got.numpy(), want, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match=r"sample 'b'.*no room"):
-        encode_sequences(processor, questions=QUESTIONS[1:2], answers=ANSWERS[1:2], images=images[1:],
-                         sample_ids=["b"], max_length=prompt_len[1])
+        encode_sequences(
+            processor,
+            questions=QUESTIONS[1:2],
+            answers=ANSWERS[1:2],
+            images=images[1:],
+            sample_ids=["b"],
+            max_length=prompt_len[1],
+        )
 
 
 def test_collate_layout_shares_the_original_chosen_row(tmp_path, vlm):
@@ -136,16 +168,23 @@ def test_collate_layout_shares_the_original_chosen_row(tmp_path, vlm):
     end = EXPECTED_FORMAT[name][1]
     for b, s in enumerate(lists):
         for j in range(3):
-            want, _ = _naive(model, processor, s.prompt, s.chosen, Image.open(s.images[j]).convert("RGB"), end)
+            want, _ = _naive(
+                model, processor, s.prompt, s.chosen, Image.open(s.images[j]).convert("RGB"), end
+            )
             assert abs(float(got[b, j]) - want) < 1e-5
         want, _ = _naive(model, processor, s.prompt, s.rejected, Image.open(s.images[0]).convert("RGB"), end)
         assert abs(float(got[b, 3]) - want) < 1e-5
 
 
 def test_gradients_reach_every_row(vlm):
-    name, model, processor = vlm
-    batch = encode_sequences(processor, questions=QUESTIONS[:2], answers=ANSWERS[:2], images=_images(SIZES[:2]),
-                             sample_ids=["a", "b"])
+    _, model, processor = vlm
+    batch = encode_sequences(
+        processor,
+        questions=QUESTIONS[:2],
+        answers=ANSWERS[:2],
+        images=_images(SIZES[:2]),
+        sample_ids=["a", "b"],
+    )
     head = model.get_output_embeddings().weight
     head.grad = None
     for row in range(2):

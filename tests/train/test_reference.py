@@ -44,7 +44,9 @@ def test_values_equal_one_sequence_at_a_time(lists, full_ref):
     """Each stored value == log pi(answer | image, prompt) summed over the answer tokens, computed alone."""
     out, stats = full_ref
     meta, rows = _rows(out)
-    assert meta == {"meta": {"format": 1, "model_name": MODEL, "k": 3, "max_length": None, "dtype": "float32"}}
+    assert meta == {
+        "meta": {"format": 1, "model_name": MODEL, "k": 3, "max_length": None, "dtype": "float32"}
+    }
     assert stats["n_samples"] == stats["n_computed"] == 5 and stats["n_resumed"] == 0 and stats["k"] == 3
     model, processor = load_vlm(MODEL)
     samples = load_lists(lists)
@@ -54,7 +56,8 @@ def test_values_equal_one_sequence_at_a_time(lists, full_ref):
         img = Image.open(s.images[k]).convert("RGB")
         pt = prompt_text(processor, s.prompt)
         n_prompt = processor(text=[pt], images=[[img]], return_tensors="pt", **processor_kwargs(processor))[
-            "input_ids"].shape[1]
+            "input_ids"
+        ].shape[1]
         enc = processor(text=[pt + " " + answer + "</s>"], images=[[img]], return_tensors="pt")
         with torch.no_grad():
             logp = torch.log_softmax(model(**enc).logits[0].double(), -1)
@@ -78,7 +81,9 @@ def test_resume_after_kill_skips_finished_rows(lists, full_ref, tmp_path):
     meta_b, rows_b = _rows(partial)
     assert meta_a == meta_b and [r["id"] for r in rows_a] == [r["id"] for r in rows_b]
     for a, b in zip(rows_a, rows_b):
-        np.testing.assert_allclose(a["list"] + [a["rejected"]], b["list"] + [b["rejected"]], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(
+            a["list"] + [a["rejected"]], b["list"] + [b["rejected"]], atol=1e-5, rtol=0
+        )
     again = run_reference(lists, partial, model_name=MODEL, progress=False)  # finished: nothing to do
     assert again["n_computed"] == 0 and again["n_resumed"] == 5
 
@@ -97,7 +102,7 @@ def test_changed_tokenisation_recomputes(lists, full_ref, tmp_path):
 def test_load_reference_checks(lists, full_ref, tmp_path):
     out, _ = full_ref
     samples = load_lists(lists)
-    lst, rej, meta = load_reference(out, samples, model_name=MODEL, max_length=None)
+    lst, rej, _ = load_reference(out, samples, model_name=MODEL, max_length=None)
     _, rows = _rows(out)
     assert lst.shape == (5, 3) and rej.shape == (5,) and lst.dtype == torch.float64
     assert lst[2, 1].item() == rows[2]["list"][1] and rej[4].item() == rows[4]["rejected"]

@@ -42,9 +42,21 @@ def data(tmp_path_factory):
 
 def _run(data, out, **kw):
     lists, ref = data
-    args = dict(lists_path=lists, reference_path=ref, out_dir=out, model_name=LLAVA, method="lpoi", beta=1.0,
-                lr=3e-3, batch_size=2, scheduler="constant", save_steps=0, progress=False, seed=0,
-                lora={"r": 8, "alpha": 16, "dropout": 0.0})
+    args = dict(
+        lists_path=lists,
+        reference_path=ref,
+        out_dir=out,
+        model_name=LLAVA,
+        method="lpoi",
+        beta=1.0,
+        lr=3e-3,
+        batch_size=2,
+        scheduler="constant",
+        save_steps=0,
+        progress=False,
+        seed=0,
+        lora={"r": 8, "alpha": 16, "dropout": 0.0},
+    )
     args.update(kw)
     return train(**args)
 
@@ -64,8 +76,9 @@ def test_precomputed_and_online_reference_give_the_same_losses(data, tmp_path):
     assert _losses(pre)[0] == pytest.approx(2 * math.log(2) + math.log(120), abs=1e-6)
     assert abs(pre["history"][2]["reward_0"]) > 1e-2  # policy != reference by step 3: a real comparison
     np.testing.assert_allclose(_losses(pre), _losses(on), atol=1e-5, rtol=0)
-    np.testing.assert_allclose([h["reward_2"] for h in pre["history"]], [h["reward_2"] for h in on["history"]],
-                               atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        [h["reward_2"] for h in pre["history"]], [h["reward_2"] for h in on["history"]], atol=1e-5, rtol=0
+    )
 
 
 class _Killed(RuntimeError):
@@ -73,8 +86,15 @@ class _Killed(RuntimeError):
 
 
 def test_resume_reproduces_the_uninterrupted_curve(data, tmp_path):
-    common = dict(max_steps=6, batch_size=1, grad_accum=2, save_steps=2, scheduler="cosine", warmup_ratio=0.2,
-                  lora={"r": 4, "alpha": 16, "dropout": 0.1})  # dropout: the RNG state must be restored too
+    common = dict(
+        max_steps=6,
+        batch_size=1,
+        grad_accum=2,
+        save_steps=2,
+        scheduler="cosine",
+        warmup_ratio=0.2,
+        lora={"r": 4, "alpha": 16, "dropout": 0.1},
+    )  # dropout: the RNG state must be restored too
     full = _run(data, tmp_path / "full", live_dir=tmp_path / "live_full", **common)
 
     def kill_at_5(step, metrics):
@@ -137,9 +157,17 @@ def _evaluate(model_dir_or_adapter, data, base=LLAVA, merged=False):
     samples = load_lists(lists)
     ref_list, ref_rej, _ = load_reference(ref, samples, model_name=base, max_length=None)
     with torch.no_grad():
-        logps = sequence_logps(model, collate_samples(processor, samples, columns=range(5))).view(len(samples), 6)
-    return preference_loss("lpoi", policy_list_logps=logps[:, :5], policy_rejected_logps=logps[:, 5],
-                           reference_list_logps=ref_list, reference_rejected_logps=ref_rej, beta=1.0), logps
+        logps = sequence_logps(model, collate_samples(processor, samples, columns=range(5))).view(
+            len(samples), 6
+        )
+    return preference_loss(
+        "lpoi",
+        policy_list_logps=logps[:, :5],
+        policy_rejected_logps=logps[:, 5],
+        reference_list_logps=ref_list,
+        reference_rejected_logps=ref_rej,
+        beta=1.0,
+    ), logps
 
 
 @pytest.fixture(scope="module")
@@ -182,9 +210,27 @@ def test_dvclive_logs_every_step(trained):
     out, _ = trained
     live = out / "live"
     metrics = json.loads((live / "metrics.json").read_text())
-    want = {"loss", "loss_dpo", "loss_list", "loss_anchor", "reward_0", "reward_1", "reward_2", "reward_3",
-            "reward_4", "reward_rejected", "margin", "ranking_accuracy", "reward_accuracy", "lr", "samples_per_s",
-            "grad_norm", "train_seconds", "train_samples_per_s", "n_truncated"}
+    want = {
+        "loss",
+        "loss_dpo",
+        "loss_list",
+        "loss_anchor",
+        "reward_0",
+        "reward_1",
+        "reward_2",
+        "reward_3",
+        "reward_4",
+        "reward_rejected",
+        "margin",
+        "ranking_accuracy",
+        "reward_accuracy",
+        "lr",
+        "samples_per_s",
+        "grad_norm",
+        "train_seconds",
+        "train_samples_per_s",
+        "n_truncated",
+    }
     assert want <= set(metrics) and metrics["step"] == 40
     for name in ("loss", "ranking_accuracy", "reward_4", "lr"):
         rows = _tsv(live / "plots" / "metrics" / f"{name}.tsv")
@@ -194,22 +240,51 @@ def test_dvclive_logs_every_step(trained):
 # ---------------------------------------------------------------------------------------------- methods
 
 
-def test_mdpo_crop_and_dpo_first_step_losses(tmp_path):
-    """On tiny Idefics2: the crop column's reference is computed online, so its reward starts at 0."""
+def test_mdpo_first_step_losses_and_the_crop_reference(data, tmp_path):
+    """mDPO's crop column gets its reference online (adapter off), so its reward starts at exactly 0 --
+    while the crop does change the base model's log-prob, so a reference taken from another image would
+    show up as a non-zero reward."""
+    from lpoi.models import load_vlm
+    from lpoi.train.collate import CROP, collate_samples
+    from lpoi.train.data import load_lists
+    from lpoi.train.logprobs import sequence_logps
+
+    crop = _run(data, tmp_path / "crop", method="mdpo", mdpo_corruption="crop", max_steps=1, beta=0.1)
+    assert crop["final"]["loss"] == pytest.approx(3 * math.log(2), abs=1e-6)
+    assert crop["final"]["reward_crop"] == pytest.approx(0.0, abs=1e-6)
+    model, processor = load_vlm(LLAVA)
+    first = step_sample_indices(0, n_samples=8, global_batch=2, seed=0)
+    samples = [load_lists(data[0])[i] for i in first]
+    with torch.no_grad():
+        base = sequence_logps(model, collate_samples(processor, samples, columns=(0, CROP), crop_key="0:0"))
+    base = base.view(2, 3)
+    assert float((0.1 * (base[:, 1] - base[:, 0])).abs().mean()) > 1e-4
+
+    hidden = _run(data, tmp_path / "hidden", method="mdpo", max_steps=1, beta=0.1)
+    assert hidden["final"]["loss"] == pytest.approx(3 * math.log(2), abs=1e-6)
+    rewards = {k for k in hidden["final"] if k.startswith("reward_") and k != "reward_accuracy"}
+    assert rewards == {"reward_0", "reward_4", "reward_rejected"}
+
+
+def test_dpo_on_idefics2(tmp_path):
     lists = write_synthetic_lists(tmp_path / "d", n_samples=4, k=3)
     ref = tmp_path / "ref.jsonl"
     run_reference(lists, ref, model_name=IDEFICS2, progress=False)
-    common = dict(lists_path=lists, reference_path=ref, model_name=IDEFICS2, batch_size=2, max_steps=1,
-                  save_steps=0, progress=False, lr=1e-3)
-    crop = train(out_dir=tmp_path / "crop", method="mdpo", mdpo_corruption="crop", **common)
-    assert crop["final"]["loss"] == pytest.approx(3 * math.log(2), abs=1e-6)
-    assert crop["final"]["reward_crop"] == pytest.approx(0.0, abs=1e-6)
-    hidden = train(out_dir=tmp_path / "hidden", method="mdpo", **common)
-    assert hidden["final"]["loss"] == pytest.approx(3 * math.log(2), abs=1e-6)
-    assert set(k for k in hidden["final"] if k.startswith("reward_")) >= {"reward_0", "reward_2"}
-    dpo = train(out_dir=tmp_path / "dpo", method="dpo", **common)
-    assert dpo["final"]["loss"] == pytest.approx(math.log(2), abs=1e-6)
-    assert "loss_list" not in dpo["final"]
+    dpo = train(
+        lists_path=lists,
+        reference_path=ref,
+        out_dir=tmp_path / "dpo",
+        model_name=IDEFICS2,
+        method="dpo",
+        batch_size=2,
+        max_steps=2,
+        save_steps=0,
+        progress=False,
+        lr=1e-2,
+    )
+    assert dpo["history"][0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert dpo["history"][1]["loss"] != dpo["history"][0]["loss"]  # the update changed the policy
+    assert "loss_list" not in dpo["final"] and "ranking_accuracy" not in dpo["final"]
 
 
 def test_lora_can_exclude_the_vision_side():
@@ -217,7 +292,10 @@ def test_lora_can_exclude_the_vision_side():
 
     from lpoi.models import load_vlm
 
-    for name, vision in ((IDEFICS2, ("vision_model", "connector")), (LLAVA, ("vision_tower", "multi_modal_projector"))):
+    for name, vision in (
+        (IDEFICS2, ("vision_model", "connector")),
+        (LLAVA, ("vision_tower", "multi_modal_projector")),
+    ):
         assert set(vision) <= set(VISION_MODULES)
         for exclude in (False, True):
             model, _ = load_vlm(name)
@@ -289,7 +367,7 @@ def test_data_order_is_a_function_of_seed_and_step():
     one = _micro_batches(0, 3, n=n, batch_size=4, grad_accum=1, world=1, rank=0, seed=7)
     two = [_micro_batches(0, 3, n=n, batch_size=1, grad_accum=2, world=2, rank=r, seed=7) for r in (0, 1)]
     for step in range(3):
-        merged = sorted(i for r in (0, 1) for mb in two[r][2 * step:2 * step + 2] for _, i in mb)
+        merged = sorted(i for r in (0, 1) for mb in two[r][2 * step : 2 * step + 2] for _, i in mb)
         assert merged == sorted(i for _, i in one[step])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
