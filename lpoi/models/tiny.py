@@ -186,9 +186,24 @@ def _build_idefics2(dest: Path, seed: int) -> None:
     )
     _seed(seed)
     model = Idefics2ForConditionalGeneration(cfg).eval()
+    _widen_connector(model.model.connector)
     _set_generation_defaults(model, tok, eos_extra=["<end_of_utterance>"])
     model.save_pretrained(dest)
     proc.save_pretrained(dest)
+
+
+def _widen_connector(connector, gain: float = 4.0) -> None:
+    """At the default init (std 0.02) the tiny Idefics2 connector passes almost nothing of the image through
+    (the original and a black image change the next-token log-probs by ~3e-5), so the listwise loss could not
+    learn anything on the embedded default. A fan-in-scaled init restores an image signal (~0.07)."""
+    import math
+
+    import torch
+
+    with torch.no_grad():
+        for mod in connector.modules():
+            if isinstance(mod, torch.nn.Linear):
+                mod.weight.normal_(0.0, gain / math.sqrt(mod.in_features))
 
 
 def _build_llava(dest: Path, seed: int) -> None:
