@@ -52,19 +52,29 @@ def fingerprint(params: dict[str, Any], inputs: list[str | os.PathLike] = ()) ->
 
 
 def resumable_dir(path: str | os.PathLike, fp: str) -> Path:
-    """Create ``path`` or reuse it when its fingerprint matches ``fp``; empty it otherwise (and say so)."""
+    """Create ``path`` or reuse it when its fingerprint matches ``fp``; empty it otherwise (and say so).
+
+    Shards of one stage (``--shard i/n``) start together on the same folder: the check-and-clear runs under
+    an exclusive lock, so the first shard clears a stale folder and the others find the new fingerprint.
+    """
+    import fcntl
+
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     marker = path / FINGERPRINT
-    if path.exists():
-        old = json.loads(marker.read_text()).get("fingerprint") if marker.exists() else None
-        if old != fp:
-            if any(path.iterdir()):
-                print(f"[lpoi] {path}: inputs or params changed since the last run; starting afresh", file=sys.stderr)
-            shutil.rmtree(path)
-        else:
-            print(f"[lpoi] {path}: resuming (finished samples are skipped)", file=sys.stderr)
-    path.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(marker, {"fingerprint": fp})
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            old = json.loads(marker.read_text()).get("fingerprint") if marker.exists() else None
+            if old != fp:
+                if any(path.iterdir()):
+                    print(f"[lpoi] {path}: inputs or params changed since the last run; starting afresh",
+                          file=sys.stderr)
+                shutil.rmtree(path)
+            else:
+                print(f"[lpoi] {path}: resuming (finished samples are skipped)", file=sys.stderr)
+        path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(marker, {"fingerprint": fp})
     return path
 
 

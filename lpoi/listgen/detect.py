@@ -52,8 +52,8 @@ from lpoi.io import ImageRejected, load_image
 from lpoi.listgen.shard import (
     StageOutput,
     count_shard_rows,
-    iter_blocks,
     parse_shard,
+    pending_blocks,
     prefetch_map,
     resolve_device,
 )
@@ -371,16 +371,10 @@ def run_detect(
             tqdm(total=count_shard_rows(prepared_path, shard, batch_size), disable=not progress, desc="detect",
                  unit="sample") as bar:
 
-        def blocks():
-            for rows in iter_blocks(prepared_path, shard, batch_size):
-                if all(out.done(r["id"]) for r in rows):
-                    stats["skipped"] += len(rows)
-                    bar.update(len(rows))
-                    continue
-                yield rows
 
         load = lambda rows: _load_block(rows, max_candidates, processor, max_text_len)
-        for blk in prefetch_map(load, blocks(), workers=num_workers):
+        todo = pending_blocks(prepared_path, shard, batch_size, out, stats, bar)
+        for blk in prefetch_map(load, todo, workers=num_workers):
             dets = detect_encoded(model, blk["enc"], box_threshold=box_threshold, text_threshold=text_threshold)
             need = [i for i, ds in enumerate(dets) if not ds]
             found = {}

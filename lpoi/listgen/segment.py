@@ -39,8 +39,8 @@ from lpoi.io import ImageRejected, load_image
 from lpoi.listgen.shard import (
     StageOutput,
     count_shard_rows,
-    iter_blocks,
     parse_shard,
+    pending_blocks,
     prefetch_map,
     resolve_device,
 )
@@ -235,13 +235,6 @@ def run_segment(
                  unit="sample") as bar:
         base = out.out_path.parent
 
-        def blocks():
-            for rows in iter_blocks(detect_path, shard, batch_size):
-                if all(out.done(r["id"]) for r in rows):
-                    stats["skipped"] += len(rows)
-                    bar.update(len(rows))
-                    continue
-                yield rows
 
         load = lambda rows: _load_block(rows, max_masks_per_sample, processor if mask_kind == "sam" else None)
         # Mask PNGs are encoded and fsync'ed by writer threads (zlib and fsync release the GIL) while the
@@ -268,7 +261,8 @@ def run_segment(
             return False
 
         stop = False
-        for blk in prefetch_map(load, blocks(), workers=num_workers):
+        todo = pending_blocks(detect_path, shard, batch_size, out, stats, bar)
+        for blk in prefetch_map(load, todo, workers=num_workers):
             picks = {r["id"]: _picks(r, max_masks_per_sample) for r in blk["rows"]}
             sam: dict[str, tuple[np.ndarray, np.ndarray]] = {}
             if mask_kind == "sam":

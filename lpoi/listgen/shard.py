@@ -54,6 +54,7 @@ __all__ = [
     "parse_shard",
     "prefetch_map",
     "resolve_device",
+    "pending_blocks",
     "shard_path",
     "shard_rows",
 ]
@@ -326,3 +327,14 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def pending_blocks(path, shard, batch_size: int, out: "StageOutput", stats: dict, bar) -> Iterator[list[dict]]:
+    """This shard's blocks of ``path`` that still hold an unfinished row; finished blocks are counted in
+    ``stats["skipped"]`` and ticked off ``bar`` (a resumed run skips them without loading anything)."""
+    for rows in iter_blocks(path, shard, batch_size):
+        if all(out.done(r["id"]) for r in rows):
+            stats["skipped"] += len(rows)
+            bar.update(len(rows))
+            continue
+        yield rows

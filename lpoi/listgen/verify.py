@@ -44,8 +44,8 @@ from lpoi.io import ImageRejected, load_image
 from lpoi.listgen.shard import (
     StageOutput,
     count_shard_rows,
-    iter_blocks,
     parse_shard,
+    pending_blocks,
     prefetch_map,
     resolve_device,
 )
@@ -279,16 +279,10 @@ def run_verify(
                      unit="sample") as bar:
             out_dir = out.out_path.parent
 
-            def blocks():
-                for rows in iter_blocks(segment_path, shard, batch_size):
-                    if all(out.done(r["id"]) for r in rows):
-                        stats["skipped"] += len(rows)
-                        bar.update(len(rows))
-                        continue
-                    yield rows
 
             load = lambda rows: _load_block(rows, seg_dir, prepared, max_tries)
-            for blk in prefetch_map(load, blocks(), workers=num_workers):
+            todo = pending_blocks(segment_path, shard, batch_size, out, stats, bar)
+            for blk in prefetch_map(load, todo, workers=num_workers):
                 results = _decide_block(blk, decide if enabled else None, max_tries, fill, stats)
                 for row in blk["rows"]:
                     sid = row["id"]

@@ -43,6 +43,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from lpoi.eval.answers import require_usable
 from lpoi.eval.judge import Judge
 from lpoi.io import UnsafePathError, atomic_write_json, read_json, read_jsonl, safe_join, write_jsonl
 
@@ -329,14 +330,7 @@ def score_file(
             continue
         seen.add(i)
         answers.append((i, resp))
-    if generation_errors and sum(generation_errors.values()) == n_rows:
-        raise ValueError(
-            f"{answers_path}: all {n_rows} answer rows are generation errors ({dict(generation_errors)}), "
-            "nothing to score; fix the images and regenerate (generate with retry_errors=True retries those items)"
-        )
-    if not answers:
-        also = f", generation errors: {dict(generation_errors)}" if generation_errors else ""
-        raise ValueError(f"{answers_path}: no usable answers (rejects: {dict(rejects) or 'file empty'}{also})")
+    require_usable(answers_path, n_rows, generation_errors, rejects, len(answers))
     answers.sort()
 
     replies = judge.complete_many([build_prompt(template[i], resp) for i, resp in answers])

@@ -62,6 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lpoi.eval.answers import require_usable
 from lpoi.eval.judge import Judge
 from lpoi.io import (
     MAX_PIXELS,
@@ -662,14 +663,7 @@ def score_file(
             continue
         answers.append({"line": lineno, "image_id": iid, "response": resp.replace("Assistant:", "").strip(),
                         "question": row.get("question")})
-    if generation_errors and sum(generation_errors.values()) == n_rows:
-        raise ValueError(
-            f"{answers_path}: all {n_rows} answer rows are generation errors ({dict(generation_errors)}), "
-            "nothing to score; fix the images and regenerate (generate with retry_errors=True retries those items)"
-        )
-    if not answers:
-        also = f", generation errors: {dict(generation_errors)}" if generation_errors else ""
-        raise ValueError(f"{answers_path}: no usable answers (rejects: {dict(rejects) or 'file empty'}{also})")
+    require_usable(answers_path, n_rows, generation_errors, rejects, len(answers))
 
     cache_root = Path(cache_dir) if cache_dir is not None else Path(out_path).parent / ".objhal_cache"
     gt, unknown = load_ground_truth(
