@@ -26,12 +26,28 @@ def load(args):
         sys.exit(f"error: {e}")
 
 
-def run(main) -> None:
-    """Clear one-line errors for the failures a user can fix; tracebacks for everything else."""
-    from lpoi.io import UnsafePathError
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Failures a user fixes from the message alone (bad data, paths, params, missing weights)."""
+    from lpoi.io import ImageRejected, UnsafePathError
+    from lpoi.listgen.prepare import RejectRatioExceeded
     from lpoi.models import ModelNotFound
 
+    errors: list[type[BaseException]] = [FileNotFoundError, UnsafePathError, ImageRejected, ModelNotFound,
+                                         RejectRatioExceeded]
+    for module, name in (("lpoi.eval.generate", "AdapterError"), ("lpoi.train.reference", "ReferenceError"),
+                         ("lpoi.eval.judge", "JudgeConfigError"), ("lpoi.listgen.objects", "NltkDataMissing")):
+        try:
+            errors.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+def run(main) -> None:
+    """Clear one-line errors for the failures a user can fix; tracebacks for everything else."""
     try:
         main()
-    except (FileNotFoundError, UnsafePathError, ModelNotFound) as e:
-        sys.exit(f"error: {e}")
+    except Exception as e:
+        if isinstance(e, _user_errors()):
+            sys.exit(f"error: {e}")
+        raise

@@ -17,11 +17,8 @@ def main():
     from lpoi.stage import Stopwatch, write_metrics
 
     clock = Stopwatch()
-    try:
-        summary = run_prepare(args.pairs, args.images, f"{args.out}/prepared.jsonl", f"{args.out}/rejects.jsonl",
-                              p.max_reject_ratio, max_pixels=p.max_pixels, min_side=p.min_side)
-    finally:
-        pass
+    summary = run_prepare(args.pairs, args.images, f"{args.out}/prepared.jsonl", f"{args.out}/rejects.jsonl",
+                          p.max_reject_ratio, max_pixels=p.max_pixels, min_side=p.min_side)
     write_metrics(args.metrics, {**summary, "samples_per_s": clock.rate(summary["records_in"])})
 
 
