@@ -24,14 +24,6 @@ from lpoi.listgen.shard import merge_shards, shard_path
 from lpoi.models import load_detector
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (and a loaded 2-core CI box makes OpenMP spin-waits pathological)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def det():

@@ -17,13 +17,6 @@ from lpoi.listgen.shard import merge_shards, shard_path
 from lpoi.models import load_segmenter
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def sam():

@@ -17,13 +17,6 @@ from lpoi.models import load_vlm
 from lpoi.models.chat import encode_prompts, prompt_text, tokenizer_of, yes_no_token_ids
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def vlm():

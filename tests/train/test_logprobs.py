@@ -23,15 +23,6 @@ FAMILIES = ["tiny/idefics2", "tiny/llava"]
 EXPECTED_FORMAT = {"tiny/idefics2": (" ", "<end_of_utterance>"), "tiny/llava": (" ", "</s>")}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matmuls: extra OpenMP threads only add synchronisation on a small shared CI box.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module", params=FAMILIES)
 def vlm(request):
     model, processor = load_vlm(request.param)

@@ -15,13 +15,6 @@ from lpoi.train.reference import ReferenceError, load_reference, run_reference
 MODEL = "tiny/llava"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def lists(tmp_path_factory):

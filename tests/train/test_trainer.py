@@ -23,13 +23,6 @@ from lpoi.train.trainer import VISION_MODULES, NonFiniteLossError, _micro_batche
 LLAVA, IDEFICS2 = "tiny/llava", "tiny/idefics2"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
