@@ -156,9 +156,16 @@ class TrainParams(_Section):
     gradient_checkpointing: bool = False
     micro_batch_sequences: int = Field(12, ge=1)
     lora: LoraParams = LoraParams()
-    save_steps: int = Field(50, ge=1)
+    save_steps: int = Field(50, ge=0)
+    """Checkpoint every N optimizer steps (0: never); checkpoints are removed when training ends."""
     merge: bool = False
     seed: int = 0
+    max_grad_norm: float = Field(1.0, ge=0)
+    """Gradient clipping (0: off)."""
+    weight_decay: float = Field(0.0, ge=0)
+    num_workers: int = Field(0, ge=0)
+    """DataLoader workers for image decoding and tokenisation."""
+    logging_steps: int = Field(1, ge=1)
 
     @field_validator("beta")
     @classmethod

@@ -30,7 +30,9 @@ def main():
           grad_accum=t.grad_accum, warmup_ratio=t.warmup_ratio, scheduler=t.scheduler, precision=t.precision,
           gradient_checkpointing=t.gradient_checkpointing, micro_batch_sequences=t.micro_batch_sequences,
           max_length=p.reference.max_length, lora=t.lora.model_dump(), seed=t.seed, save_steps=t.save_steps,
-          merge=t.merge, mdpo_corruption=t.mdpo_corruption, live_dir=args.live, checkpoint_dir=ckpt)
+          merge=t.merge, mdpo_corruption=t.mdpo_corruption, live_dir=args.live, checkpoint_dir=ckpt,
+          max_grad_norm=t.max_grad_norm, weight_decay=t.weight_decay, num_workers=t.num_workers,
+          logging_steps=t.logging_steps)
     ckpt.mkdir(parents=True, exist_ok=True)  # dvc.yaml declares it; the trainer clears it when done
 
 
