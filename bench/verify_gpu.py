@@ -32,7 +32,12 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     from PIL import Image, ImageDraw
-    from transformers import Idefics2Config, Idefics2ForConditionalGeneration, Idefics2ImageProcessor, Idefics2Processor
+    from transformers import (
+        Idefics2Config,
+        Idefics2ForConditionalGeneration,
+        Idefics2ImageProcessor,
+        Idefics2Processor,
+    )
 
     from lpoi.listgen.verify import verify_scores
     from lpoi.models import load_processor

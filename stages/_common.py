@@ -35,7 +35,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [FileNotFoundError, UnsafePathError, ImageRejected, ModelNotFound,
                                          RejectRatioExceeded]
     for module, name in (("lpoi.eval.generate", "AdapterError"), ("lpoi.train.reference", "ReferenceError"),
-                         ("lpoi.eval.judge", "JudgeConfigError"), ("lpoi.listgen.objects", "NltkDataMissing")):
+                         ("lpoi.eval.judge", "JudgeConfigError"), ("lpoi.nltk_data", "NltkDataMissing")):
         try:
             errors.append(getattr(__import__(module, fromlist=[name]), name))
         except (ImportError, AttributeError):

@@ -29,10 +29,11 @@ Candidates are deduplicated by head lemma, keeping the first occurrence (and so 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from functools import lru_cache
 from typing import Any
+
+from lpoi.nltk_data import NLTK_RESOURCES, NltkDataMissing, ensure_nltk_data
 
 __all__ = [
     "COCO_CLASSES",
@@ -90,56 +91,13 @@ STOP_ADJECTIVES: frozenset[str] = frozenset(
     """.split()  # noqa: SIM905
 )
 
-NLTK_RESOURCES = {
-    "punkt_tab": "tokenizers/punkt_tab/english/",
-    "averaged_perceptron_tagger_eng": "taggers/averaged_perceptron_tagger_eng/",
-    "wordnet": "corpora/wordnet",
-}
-
 _TAG_PLACEHOLDER = re.compile(r"<[^<>\s]{1,40}>")  # "<image>", "<Image>" tokens in LLaVA/mDPO prompts
 _WORD = re.compile(r"[A-Za-z][A-Za-z-]*")
 
 
-class NltkDataMissing(RuntimeError):
-    """Offline NLTK data is not installed where NLTK looks for it."""
-
-
 def ensure_nltk(download: bool = False) -> None:
-    """Check that punkt_tab, averaged_perceptron_tagger_eng and wordnet are installed.
-
-    With ``download=True`` the missing ones are fetched with ``nltk.download`` (needs network);
-    otherwise a clear error says how to install them.
-    """
-    import nltk
-
-    def _missing() -> list[str]:
-        out = []
-        for name, res in NLTK_RESOURCES.items():
-            try:
-                nltk.data.find(res)
-            except LookupError:
-                if name == "wordnet":  # also shipped zipped
-                    try:
-                        nltk.data.find("corpora/wordnet.zip")
-                        continue
-                    except LookupError:
-                        pass
-                out.append(name)
-        return out
-
-    missing = _missing()
-    if missing and download:
-        for name in missing:
-            print(f"[lpoi] downloading NLTK data '{name}'")
-            nltk.download(name, quiet=True)
-        missing = _missing()
-    if missing:
-        raise NltkDataMissing(
-            f"NLTK data missing: {', '.join(missing)}. Point NLTK_DATA at a folder that has them "
-            f"(NLTK_DATA={os.environ.get('NLTK_DATA', '<unset>')}; searched {list(nltk.data.path)}), "
-            f"or install them with: python -m nltk.downloader {' '.join(missing)}  "
-            f"(or nltk.download(name) for each)"
-        )
+    """punkt_tab, averaged_perceptron_tagger_eng and wordnet, for candidate extraction (see lpoi.nltk_data)."""
+    ensure_nltk_data(NLTK_RESOURCES, purpose="critical-object extraction", download=download)
 
 
 @lru_cache(maxsize=1)

@@ -24,7 +24,6 @@ from lpoi.listgen.shard import merge_shards, shard_path
 from lpoi.models import load_detector
 
 
-
 @pytest.fixture(scope="module")
 def det():
     return load_detector("tiny/grounding-dino")

@@ -17,7 +17,6 @@ from lpoi.listgen.shard import merge_shards, shard_path
 from lpoi.models import load_segmenter
 
 
-
 @pytest.fixture(scope="module")
 def sam():
     return load_segmenter("tiny/sam")

@@ -17,7 +17,6 @@ from lpoi.models import load_vlm
 from lpoi.models.chat import encode_prompts, prompt_text, tokenizer_of, yes_no_token_ids
 
 
-
 @pytest.fixture(scope="module")
 def vlm():
     return load_vlm("tiny/idefics2")

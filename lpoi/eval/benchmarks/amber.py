@@ -115,6 +115,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from lpoi.io import atomic_write_json, read_json, read_jsonl, safe_join
+from lpoi.nltk_data import NLTK_RESOURCES
+from lpoi.nltk_data import ensure_nltk_data as _ensure
 
 __all__ = [
     "CATEGORIES",
@@ -165,13 +167,6 @@ _TYPE_TO_CATEGORY = {
     "discriminative-attribute-action": "action",
 }
 CATEGORIES = ("overall", "existence", "attribute", "state", "number", "action", "relation")
-
-# NLTK resources used by word_tokenize / pos_tag / WordNetLemmatizer (nltk >= 3.9 names)
-NLTK_RESOURCES = {
-    "punkt_tab": "tokenizers/punkt_tab/english/",
-    "averaged_perceptron_tagger_eng": "taggers/averaged_perceptron_tagger_eng/",
-    "wordnet": "corpora/wordnet",  # nltk.data.find also accepts corpora/wordnet.zip
-}
 
 
 # ============================================================================ ids, queries, images
@@ -362,46 +357,10 @@ def load_safe_words(data_dir: str | os.PathLike) -> list[str]:
 def ensure_nltk_data(
     download: bool = True, *, index_url: str | None = None, download_dir: str | os.PathLike | None = None
 ) -> None:
-    """Make sure punkt_tab, averaged_perceptron_tagger_eng and wordnet are findable by NLTK.
-
-    Missing ones are downloaded when ``download`` (saying so on stderr) into ``download_dir`` (default:
-    NLTK's own choice, the first writable folder of ``nltk.data.path`` or ``~/nltk_data``) from
-    ``index_url`` (default: ``$NLTK_DOWNLOAD_URL``, as NLTK's CLI, else NLTK's server). If they are
-    still missing (offline, or ``download=False``), a RuntimeError says exactly what to install and
-    where NLTK looked.
-    """
-    import nltk
-    from nltk.downloader import Downloader
-
-    def missing() -> list[str]:
-        out = []
-        for name, resource in NLTK_RESOURCES.items():
-            try:
-                nltk.data.find(resource)
-            except LookupError:
-                out.append(name)
-        return out
-
-    todo = missing()
-    if todo and download:
-        index_url = index_url or os.environ.get("NLTK_DOWNLOAD_URL") or None
-        fetch = Downloader(server_index_url=index_url).download if index_url else nltk.download
-        for name in todo:
-            print(f"lpoi: NLTK data '{name}' not found; downloading it for the AMBER scorer", file=sys.stderr)
-            try:
-                ok = fetch(name, download_dir=None if download_dir is None else str(download_dir), quiet=True)
-            except Exception as e:  # noqa: BLE001 - the downloader raises assorted network errors
-                ok = False
-                print(f"lpoi: NLTK download of '{name}' raised {type(e).__name__}: {e}", file=sys.stderr)
-            print(f"lpoi: NLTK data '{name}': {'downloaded' if ok else 'download FAILED'}", file=sys.stderr)
-        todo = missing()
-    if todo:
-        raise RuntimeError(
-            f"NLTK data missing for the AMBER scorer: {', '.join(todo)}"
-            f"{' (the download failed: offline?)' if download else ' (downloads disabled)'}. "
-            f"Install it with `python -m nltk.downloader {' '.join(todo)}`, or copy those packages into a "
-            f"folder and set the NLTK_DATA environment variable to it. NLTK searched: {list(nltk.data.path)}"
-        )
+    """Make sure punkt_tab, averaged_perceptron_tagger_eng and wordnet are findable by NLTK, downloading
+    the missing ones when ``download`` (see :func:`lpoi.nltk_data.ensure_nltk_data`)."""
+    _ensure(NLTK_RESOURCES, purpose="the AMBER scorer", download=download, index_url=index_url,
+            download_dir=download_dir)
 
 
 @functools.lru_cache(maxsize=1)

@@ -43,9 +43,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from lpoi.eval.answers import require_usable
+from lpoi.eval.answers import answer_rows, reject, require_usable
 from lpoi.eval.judge import Judge
-from lpoi.io import UnsafePathError, atomic_write_json, read_json, read_jsonl, safe_join, write_jsonl
+from lpoi.io import UnsafePathError, atomic_write_json, read_json, safe_join, write_jsonl
 
 __all__ = [
     "JUDGE_TEMPLATE",
@@ -304,33 +304,20 @@ def score_file(
     seen: set[int] = set()
     answers: list[tuple[int, str]] = []
     generation_errors: Counter = Counter()
-    n_rows = 0
-    for lineno, row in enumerate(read_jsonl(answers_path), 1):
-        n_rows += 1
-        error = row.get("error")
-        if error:  # generation could not use the image: not an answer, never sent to the judge
-            generation_errors[error if isinstance(error, str) else repr(error)] += 1
-            continue
+    for lineno, row in answer_rows(answers_path, generation_errors):  # error rows never reach the judge
         i, resp = row.get("id"), row.get("response")
         if isinstance(i, bool) or not isinstance(i, int):
-            rejects["bad_id"] += 1
-            log.warning("%s:%d: rejected (bad_id): id must be an integer, got %r", answers_path, lineno, i)
-            continue
-        if not 0 <= i < len(template):
-            rejects["id_out_of_range"] += 1
-            log.warning("%s:%d: rejected (id_out_of_range): %d not in [0, %d)", answers_path, lineno, i, len(template))
-            continue
-        if i in seen:
-            rejects["duplicate_id"] += 1
-            log.warning("%s:%d: rejected (duplicate_id): id %d already answered", answers_path, lineno, i)
-            continue
-        if not isinstance(resp, str):
-            rejects["bad_response"] += 1
-            log.warning("%s:%d: rejected (bad_response): response must be a string", answers_path, lineno)
-            continue
-        seen.add(i)
-        answers.append((i, resp))
-    require_usable(answers_path, n_rows, generation_errors, rejects, len(answers))
+            reject(rejects, answers_path, lineno, "bad_id", f"id must be an integer, got {i!r}")
+        elif not 0 <= i < len(template):
+            reject(rejects, answers_path, lineno, "id_out_of_range", f"{i} not in [0, {len(template)})")
+        elif i in seen:
+            reject(rejects, answers_path, lineno, "duplicate_id", f"id {i} already answered")
+        elif not isinstance(resp, str):
+            reject(rejects, answers_path, lineno, "bad_response", "response must be a string")
+        else:
+            seen.add(i)
+            answers.append((i, resp))
+    require_usable(answers_path, generation_errors, rejects, len(answers))
     answers.sort()
 
     replies = judge.complete_many([build_prompt(template[i], resp) for i, resp in answers])

@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lpoi.eval.answers import require_usable
+from lpoi.eval.answers import answer_rows, reject, require_usable
 from lpoi.eval.judge import Judge
 from lpoi.io import (
     MAX_PIXELS,
@@ -77,6 +77,7 @@ from lpoi.io import (
     to_rgb,
     write_jsonl,
 )
+from lpoi.nltk_data import ensure_nltk_data
 
 __all__ = [
     "EXTRACT_PROMPT",
@@ -136,36 +137,10 @@ Assume that the answer is correct, please identify all visible objects that are 
 
 
 def ensure_nltk(resources: Sequence[str] = ("tokenizers/punkt_tab", "corpora/wordnet"), download: bool = True) -> None:
-    """Make sure the NLTK data the CHAIR parsing needs is there; download it (and say so) if allowed."""
-    import nltk
-
-    for res in resources:
-        if _nltk_has(nltk, res):
-            continue
-        pkg = res.rsplit("/", 1)[-1]
-        if download:
-            log.warning("NLTK data %r is missing: downloading it with nltk.download(%r)", pkg, pkg)
-            try:
-                nltk.download(pkg, quiet=True, raise_on_error=True)
-            except Exception as e:  # noqa: BLE001 - offline, proxy, ...
-                log.warning("nltk.download(%r) failed: %s", pkg, e)
-            if _nltk_has(nltk, res):
-                continue
-        raise RuntimeError(
-            f"NLTK data {pkg!r} ({res}) not found in {list(nltk.data.path)}. Install it with "
-            f"`python -m nltk.downloader {pkg}`, or set NLTK_DATA to a folder that holds it "
-            "(tests and CI use ../shared/nltk_data)."
-        )
-
-
-def _nltk_has(nltk, res: str) -> bool:
-    for name in (res, res + ".zip"):
-        try:
-            nltk.data.find(name)
-            return True
-        except LookupError:
-            continue
-    return False
+    """Make sure the NLTK data the CHAIR parsing needs is there (see lpoi.nltk_data); ``resources`` are
+    ``nltk.data.find`` paths."""
+    ensure_nltk_data({r.rsplit("/", 1)[-1]: r for r in resources}, purpose="the Object HalBench scorer",
+                     download=download)
 
 
 _lemmatizer = None
@@ -643,27 +618,18 @@ def score_file(
     rejects: Counter = Counter()
     generation_errors: Counter = Counter()
     answers: list[dict] = []
-    n_rows = 0
-    for lineno, row in enumerate(read_jsonl(answers_path), 1):
-        n_rows += 1
-        error = row.get("error")
-        if error:  # generation could not use the image: not an answer, never scored
-            generation_errors[error if isinstance(error, str) else repr(error)] += 1
-            continue
+    for lineno, row in answer_rows(answers_path, generation_errors):  # error rows are never scored
         iid, resp = row.get("image_id"), row.get("response")
         if isinstance(iid, str) and iid.strip().isdigit():
             iid = int(iid)  # the official does int(image_id)
         if isinstance(iid, bool) or not isinstance(iid, int):
-            rejects["bad_image_id"] += 1
-            log.warning("%s:%d: rejected (bad_image_id): %r", answers_path, lineno, iid)
-            continue
-        if not isinstance(resp, str):
-            rejects["bad_response"] += 1
-            log.warning("%s:%d: rejected (bad_response): response must be a string", answers_path, lineno)
-            continue
-        answers.append({"line": lineno, "image_id": iid, "response": resp.replace("Assistant:", "").strip(),
-                        "question": row.get("question")})
-    require_usable(answers_path, n_rows, generation_errors, rejects, len(answers))
+            reject(rejects, answers_path, lineno, "bad_image_id", repr(iid))
+        elif not isinstance(resp, str):
+            reject(rejects, answers_path, lineno, "bad_response", "response must be a string")
+        else:
+            answers.append({"line": lineno, "image_id": iid, "response": resp.replace("Assistant:", "").strip(),
+                            "question": row.get("question")})
+    require_usable(answers_path, generation_errors, rejects, len(answers))
 
     cache_root = Path(cache_dir) if cache_dir is not None else Path(out_path).parent / ".objhal_cache"
     gt, unknown = load_ground_truth(
@@ -691,8 +657,7 @@ def score_file(
         kept = []
         for a in answers:
             if not isinstance(a["question"], str):
-                rejects["missing_question"] += 1
-                log.warning("%s:%d: rejected (missing_question) for the llm extractor", answers_path, a["line"])
+                reject(rejects, answers_path, a["line"], "missing_question", "the llm extractor needs the question")
             else:
                 kept.append(a)
         answers = kept
