@@ -6,6 +6,7 @@ point leaves either the old file or the new one under the final name, never a pa
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ __all__ = [
     "ImageRejected",
     "JsonlAppender",
     "UnsafePathError",
+    "atomic_open",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
@@ -76,13 +78,16 @@ def safe_join(root: str | os.PathLike, rel: str) -> Path:
 # ---------------------------------------------------------------------------------------------- writes
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w"):
+    """Write ``path`` through a temp file in the same folder: on a clean exit it is fsynced and moved into
+    place (``os.replace``); on an exception it is removed, so ``path`` is never left half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -90,6 +95,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_open(path, "wb") as f:
+        f.write(data)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

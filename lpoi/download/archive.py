@@ -13,14 +13,13 @@ from __future__ import annotations
 import fnmatch
 import os
 import stat
-import tempfile
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from lpoi.download.errors import UnsafeArchiveError
-from lpoi.io import UnsafePathError, safe_join
+from lpoi.io import UnsafePathError, atomic_open, safe_join
 
 __all__ = ["DEFAULT_MAX_RATIO", "DEFAULT_MAX_TOTAL", "ExtractResult", "safe_extract"]
 
@@ -173,11 +172,9 @@ def _target_name(name: str, flatten: bool, strip: int) -> str:
 
 
 def _extract_one(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, bar) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     written = 0
     try:
-        with os.fdopen(fd, "wb") as out, zf.open(info) as src:
+        with atomic_open(target, "wb") as out, zf.open(info) as src:
             while chunk := src.read(1 << 20):
                 written += len(chunk)
                 if written > info.file_size:  # a header that understates the size: stop before filling the disk
@@ -185,10 +182,5 @@ def _extract_one(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, bar) 
                         "size_lie", f"member {info.filename!r} produced more than its declared {info.file_size} bytes")
                 out.write(chunk)
                 bar.update(len(chunk))
-        os.replace(tmp, target)
     except zipfile.BadZipFile as e:  # bad CRC (e.g. a header understating the size: zipfile truncates)
-        Path(tmp).unlink(missing_ok=True)
         raise UnsafeArchiveError("corrupt", f"member {info.filename!r}: {e}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

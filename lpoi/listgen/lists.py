@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lpoi.io import read_jsonl
+from lpoi.io import atomic_open, read_jsonl
 
 __all__ = ["run_lists"]
 
@@ -52,9 +52,7 @@ def run_lists(prepared_path: str | os.PathLike, verify_path: str | os.PathLike, 
     stats: dict[str, int] = {}
     reasons: Counter[str] = Counter()
     n_ok, hidden = 0, 0.0
-    tmp_lists, tmp_rej = out_dir / ".lists.jsonl.tmp", out_dir / ".rejects.jsonl.tmp"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(tmp_lists, "w", encoding="utf-8") as fl, open(tmp_rej, "w", encoding="utf-8") as fr:
+    with atomic_open(out_dir / "lists.jsonl") as fl, atomic_open(out_dir / "rejects.jsonl") as fr:
         for entry in iter_build_lists(tasks(), out_dir / "images", size=size, mode=mode, fill=fill,
                                       highlight=highlight, mask_kind=mask_kind, num_workers=num_workers,
                                       stats=stats):
@@ -76,11 +74,6 @@ def run_lists(prepared_path: str | os.PathLike, verify_path: str | os.PathLike, 
             fl.write(json.dumps(row, ensure_ascii=False) + "\n")
             n_ok += 1
             hidden += float(entry["mask_area"])
-        for f in (fl, fr):
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp_lists, out_dir / "lists.jsonl")
-    os.replace(tmp_rej, out_dir / "rejects.jsonl")
     if n_ok == 0:
         raise ValueError(f"no list could be built (rejects by reason: {dict(reasons) or 'none'}); "
                          f"see {out_dir / 'rejects.jsonl'} and the rejects of the earlier stages")

@@ -51,7 +51,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,6 +61,7 @@ from lpoi.io import (
     MIN_SIDE,
     ImageRejected,
     UnsafePathError,
+    atomic_open,
     atomic_write_bytes,
     load_image,
     read_records,
@@ -291,31 +291,6 @@ def prepare_records(
         )
 
 
-class _AtomicLines:
-    """Stream JSON lines into a temp file next to ``path``; ``commit()`` moves it into place."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        self.f = os.fdopen(fd, "w", encoding="utf-8")
-
-    def write(self, row: dict) -> None:
-        self.f.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-    def commit(self) -> None:
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        self.f.close()
-        os.replace(self.tmp, self.path)
-
-    def abort(self) -> None:
-        if not self.f.closed:
-            self.f.close()
-        if os.path.exists(self.tmp):
-            os.unlink(self.tmp)
-
-
 def run_prepare(
     pairs_path: str | os.PathLike,
     images_root: str | os.PathLike,
@@ -345,8 +320,7 @@ def run_prepare(
         out_dir_images = prepared_path.parent / "prepared_images"
     n_in = n_out = n_norm = 0
     reasons: Counter[str] = Counter()
-    ok_w, rej_w = _AtomicLines(prepared_path), _AtomicLines(rejects_path)
-    try:
+    with atomic_open(prepared_path) as ok_f, atomic_open(rejects_path) as rej_f:
         for kind, row in prepare_records(
             pairs_path,
             images_root,
@@ -359,16 +333,10 @@ def run_prepare(
             if kind == "ok":
                 n_out += 1
                 n_norm += row["normalised"]
-                ok_w.write(row)
+                ok_f.write(json.dumps(row, ensure_ascii=False) + "\n")
             else:
                 reasons[row["reason"]] += 1
-                rej_w.write(row)
-        ok_w.commit()
-        rej_w.commit()
-    except BaseException:
-        ok_w.abort()
-        rej_w.abort()
-        raise
+                rej_f.write(json.dumps(row, ensure_ascii=False) + "\n")
     n_rej = n_in - n_out
     summary = {
         "records_in": n_in,

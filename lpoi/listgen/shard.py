@@ -38,11 +38,10 @@ import argparse
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from lpoi.io import read_jsonl
+from lpoi.io import atomic_open, read_jsonl
 
 __all__ = [
     "ShardError",
@@ -156,36 +155,25 @@ def merge_shards(
     iters = [read_jsonl(p) for p in paths]
     heads: list[dict | None] = [next(it, None) for it in iters]
     counts = [0] * len(paths)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for src in read_jsonl(order_source_path):
-                sid = src.get(key)
-                hits = [s for s, h in enumerate(heads) if h is not None and h.get(key) == sid]
-                if len(hits) > 1:
-                    raise ShardError(f"id {sid!r} appears in more than one shard: {[str(paths[s]) for s in hits]}")
-                for s in hits:
-                    f.write(json.dumps(heads[s], ensure_ascii=False) + "\n")
-                    counts[s] += 1
-                    heads[s] = next(iters[s], None)
-                    if heads[s] is not None and heads[s].get(key) == sid:
-                        raise ShardError(f"{paths[s]}: id {sid!r} appears twice")
-            left = [(paths[s], h.get(key)) for s, h in enumerate(heads) if h is not None]
-            if left:
-                p, sid = left[0]
-                raise ShardError(
-                    f"{p}: row with id {sid!r} is not in {order_source_path} or is out of order "
-                    "(shard files from a different run or input?)"
-                )
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(out_path) as f:
+        for src in read_jsonl(order_source_path):
+            sid = src.get(key)
+            hits = [s for s, h in enumerate(heads) if h is not None and h.get(key) == sid]
+            if len(hits) > 1:
+                raise ShardError(f"id {sid!r} appears in more than one shard: {[str(paths[s]) for s in hits]}")
+            for s in hits:
+                f.write(json.dumps(heads[s], ensure_ascii=False) + "\n")
+                counts[s] += 1
+                heads[s] = next(iters[s], None)
+                if heads[s] is not None and heads[s].get(key) == sid:
+                    raise ShardError(f"{paths[s]}: id {sid!r} appears twice")
+        left = [(paths[s], h.get(key)) for s, h in enumerate(heads) if h is not None]
+        if left:
+            p, sid = left[0]
+            raise ShardError(
+                f"{p}: row with id {sid!r} is not in {order_source_path} or is out of order "
+                "(shard files from a different run or input?)"
+            )
     return {"rows": sum(counts), "per_shard": counts}
 
 
