@@ -72,20 +72,24 @@ def load_processor(name: str, **kw):
     return _from_pretrained(AutoProcessor, name, "processor", **kw)
 
 
+def _load_with_processor(loader, name: str, what: str, dtype: str, device: str | None,
+                         trust_remote_code: bool = False, **kw):
+    _quiet_transformers()
+    model = _from_pretrained(loader, name, what, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code, **kw)
+    processor = load_processor(name, trust_remote_code=trust_remote_code)
+    if device:
+        model.to(device)
+    return model.eval(), processor
+
+
 def load_vlm(name: str, dtype: str = "float32", device: str | None = None, trust_remote_code: bool = False,
              attn_implementation: str | None = None):
     """(model, processor) for any image-text-to-text model (Idefics2, LLaVA-1.5, ...), in eval mode."""
     from transformers import AutoModelForImageTextToText
 
-    _quiet_transformers()
-    kw = {"dtype": torch_dtype(dtype), "trust_remote_code": trust_remote_code}
-    if attn_implementation:
-        kw["attn_implementation"] = attn_implementation
-    model = _from_pretrained(AutoModelForImageTextToText, name, "vision-language model", **kw)
-    processor = load_processor(name, trust_remote_code=trust_remote_code)
-    if device:
-        model.to(device)
-    return model.eval(), processor
+    kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    return _load_with_processor(AutoModelForImageTextToText, name, "vision-language model", dtype, device,
+                                trust_remote_code=trust_remote_code, **kw)
 
 
 def load_causal_lm(name: str, dtype: str = "float32", device: str | None = None):
@@ -98,15 +102,6 @@ def load_causal_lm(name: str, dtype: str = "float32", device: str | None = None)
     if device:
         model.to(device)
     return model.eval(), tok
-
-
-def _load_with_processor(loader, name: str, what: str, dtype: str, device: str | None):
-    _quiet_transformers()
-    model = _from_pretrained(loader, name, what, dtype=torch_dtype(dtype))
-    processor = load_processor(name)
-    if device:
-        model.to(device)
-    return model.eval(), processor
 
 
 def load_detector(name: str, dtype: str = "float32", device: str | None = None):
