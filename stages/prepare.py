@@ -17,8 +17,7 @@ def main():
     from lpoi.stage import Stopwatch, write_metrics
 
     clock = Stopwatch()
-    summary = run_prepare(args.pairs, args.images, f"{args.out}/prepared.jsonl", f"{args.out}/rejects.jsonl",
-                          p.max_reject_ratio, max_pixels=p.max_pixels, min_side=p.min_side)
+    summary = run_prepare(args.pairs, args.images, f"{args.out}/prepared.jsonl", f"{args.out}/rejects.jsonl", p)
     write_metrics(args.metrics, {**summary, "samples_per_s": clock.rate(summary["records_in"])})
 
 
