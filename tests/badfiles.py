@@ -122,10 +122,12 @@ def rec(img: str, prompt: str = "What is there?", chosen: str = "A cup.", reject
     return {"img_path": img, "prompt": prompt, "chosen": chosen, "rejected": rejected, **extra}
 
 
-def build_corpus(tmp_path: Path, scene_size: tuple[int, int] = (32, 24)):
+def build_corpus(tmp_path: Path, scene_size: tuple[int, int] = (32, 24), budget: bool = False):
     """Images under ``tmp_path/images`` and the cases ``[(record, outcome)]``: one or more per prepare
     reject reason, every pixel mode that must be converted, texts and shapes at the limits of the
-    default :class:`lpoi.config.PrepareParams`. Returns ``(images_root, cases)``."""
+    default :class:`lpoi.config.PrepareParams`. ``budget``: outcomes for a run with the stage's
+    :class:`~lpoi.listgen.prepare.PromptBudget` (tiny/idefics2, max_length 512). Returns
+    ``(images_root, cases)``."""
     root = tmp_path / "images"
     (root / "sub").mkdir(parents=True)
     outside = tmp_path / "outside"
@@ -201,8 +203,12 @@ def build_corpus(tmp_path: Path, scene_size: tuple[int, int] = (32, 24)):
         (rec("ok3.png", prompt="<image>\nWhat is there?", chosen="Three."), "duplicate_record"),
         (rec("ph.png", prompt="<image>\nWhat is on the <Image> table?", chosen="A red <image> cup.",
              id="ph"), "ok"),
-        (rec("long.png", prompt="Describe the scene. " * 199, chosen="A red box on a table. " * 363,
-             rejected="A green ball on a chair. " * 320, id="at-the-limits"), "ok"),  # just under the bounds
+        # answers just under max_answer_chars (reference truncates them); a prompt of ~370 tiny tokens
+        (rec("long.png", prompt="Describe the scene. " * 50, chosen="A red box on a table. " * 363,
+             rejected="A green ball on a chair. " * 320, id="at-the-limits"), "ok"),
+        # 2000 characters: within max_prompt_chars, but ~720 tiny tokens > reference.max_length 512
+        (rec("long.png", prompt="Describe the scene. " * 100, id="many-tokens"),
+         "prompt_too_long" if budget else "ok"),
         (rec("uni.png", prompt="Wie heißt das Ding? 🍎 هذا <fake_token_around_image></s>", chosen="Ein Würfel.",
              id="a/../../b" + "x" * 200), "ok"),  # unicode, other special tokens, an id unfit for a file name
         (rec("wide20.png", id="wide"), "ok"),

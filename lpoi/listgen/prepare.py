@@ -29,6 +29,9 @@ Checks, in order (the first failing one is the reject ``reason``):
 ``too_small``             a side under ``min_side`` px (after EXIF orientation)
 ``extreme_aspect_ratio``  long side / short side above ``max_aspect_ratio`` (the detector and SAM
                           processors fail on such strips; see :class:`lpoi.config.PrepareParams`)
+``prompt_too_long``       with a :class:`PromptBudget`: the prompt, in the base model's tokens with its
+                          image's, leaves no room for an answer within ``reference.max_length``
+                          (reference and train would stop on it)
 ========================  =====================================================================
 
 Every reject row carries the record's ``index`` (0-based input position) and its ``id``: the given one
@@ -88,6 +91,7 @@ from lpoi.io import (
 )
 
 __all__ = [
+    "PromptBudget",
     "REJECT_REASONS",
     "REQUIRED_FIELDS",
     "RejectRatioExceeded",
@@ -120,6 +124,7 @@ REJECT_REASONS = (
     "too_large",
     "too_small",
     "extreme_aspect_ratio",
+    "prompt_too_long",
 )
 # lpoi.io.load_image's reasons -> this stage's reject codes
 _IMAGE_REASON = {
@@ -278,6 +283,78 @@ def _check_image(path: Path, p: PrepareParams):
     return img
 
 
+class PromptBudget:
+    """A prompt's length in the base model's tokens as reference and train encode it: the chat template with
+    one image, the image's tokens included (:func:`lpoi.models.chat.prompt_text`, then the processor).
+
+    A character bound cannot promise the prompt fits ``reference.max_length`` (English runs ~3 characters
+    per token with the tiny tokenizers, random text ~1), and a prompt that leaves no room for a single
+    answer token stops the whole reference stage. So every prompt goes through the processor itself, with
+    a blank image (the text path is the processors' own: Idefics2's, for one, also inserts a space after
+    the image). Idefics2's image processor scales even a blank image to 980 px (~80 ms a call), so a small
+    processing ``size`` is passed where it leaves the ids unchanged: checked at start-up against the
+    processor as configured, on two prompts and two image sizes (a processor whose count follows the
+    processed size fails the check and runs as configured). When the count depends on the image size, the
+    blank image has the record's size.
+    """
+
+    _PROBES = ("", "What is there?")
+    _SMALL = ({"size": {"longest_edge": 16, "shortest_edge": 16}}, {"size": {"shortest_edge": 16}})
+
+    def __init__(self, processor, max_length: int, model_name: str = "the base model"):
+        self.max_length, self.model_name = int(max_length), model_name
+        self._processor = processor
+        self._kwargs: dict | None = None  # set by _probe on first use
+        self.fixed = True
+
+    @classmethod
+    def for_model(cls, name: str, max_length: int, trust_remote_code: bool = False) -> PromptBudget:
+        """The budget of a model by name; its processor is loaded on the first prompt (a bad input file
+        fails at once, without loading a model)."""
+        from lpoi.models import load_processor
+
+        return cls(lambda: load_processor(name, trust_remote_code=trust_remote_code), max_length, name)
+
+    @property
+    def processor(self):
+        if not hasattr(self._processor, "apply_chat_template"):  # the loader of for_model
+            self._processor = self._processor()
+        return self._processor
+
+    def _probe(self) -> None:
+        plain = {(q, sz): self._ids(q, sz, {}) for q in self._PROBES for sz in ((32, 32), (96, 40))}
+        self.fixed = all(plain[(q, (32, 32))] == plain[(q, (96, 40))] for q in self._PROBES)
+        self._kwargs = {}
+        for kw in self._SMALL:
+            try:
+                if all(self._ids(q, sz, kw) == ids for (q, sz), ids in plain.items()):
+                    self._kwargs = kw
+                    break
+            except Exception:  # noqa: BLE001 - a processor that refuses the option: count without it
+                continue
+
+    def _ids(self, question: str, size: tuple[int, int], kwargs: dict) -> list[int]:
+        from PIL import Image
+
+        from lpoi.models.chat import processor_kwargs, prompt_text
+
+        enc = self.processor(text=[prompt_text(self.processor, question)], images=[[Image.new("RGB", size)]],
+                             **processor_kwargs(self.processor), **kwargs)
+        return list(enc["input_ids"][0])
+
+    def tokens(self, prompt: str, size: tuple[int, int] = (32, 32)) -> int:
+        if self._kwargs is None:
+            self._probe()
+        return len(self._ids(prompt, (32, 32) if self.fixed else size, self._kwargs))
+
+    def check(self, prompt: str, size: tuple[int, int]) -> None:
+        n = self.tokens(prompt, size)
+        if n >= self.max_length:
+            raise _Reject("prompt_too_long", f"the prompt takes {n} tokens of {self.model_name} (the image's "
+                                             f"included), leaving no room for an answer within "
+                                             f"reference.max_length = {self.max_length}")
+
+
 # ---------------------------------------------------------------------------------------------- stream
 
 
@@ -286,12 +363,14 @@ def prepare_records(
     images_root: str | os.PathLike,
     params: PrepareParams | None = None,
     *,
+    budget: PromptBudget | None = None,
     out_dir_images: str | os.PathLike | None = None,
     compress_level: int = 6,
 ) -> Iterator[tuple[str, dict]]:
     """Validate records one by one; yield ``("ok", prepared_row)`` or ``("reject", reject_row)`` in input order.
 
-    ``params`` bounds sizes and lengths (defaults: :class:`lpoi.config.PrepareParams`).
+    ``params`` bounds sizes and lengths (defaults: :class:`lpoi.config.PrepareParams`); ``budget`` (the
+    stage passes one for ``model.name`` and ``reference.max_length``) rejects prompts too long for them.
     ``prepared_row``: ``{"id", "image", "image_path", "prompt", "chosen", "rejected", "width", "height",
     "image_sha256", "normalised", "placeholders_removed"}`` — ``image`` is img_path as given (normalised
     to posix form), ``image_path`` is the file later stages read (the source, or the normalised PNG copy
@@ -336,6 +415,8 @@ def prepare_records(
             if rid in seen_ids:
                 raise _Reject("duplicate_id", f"id {rid!r} already used by an earlier record")
             img = _check_image(path, p)
+            if budget is not None:
+                budget.check(fields["prompt"], img.size)
             normalised = False
             image_path = path
             if out_dir is not None and _needs_normalising(path):
@@ -372,6 +453,7 @@ def run_prepare(
     rejects_path: str | os.PathLike,
     params: PrepareParams | None = None,
     *,
+    budget: PromptBudget | None = None,
     out_dir_images: str | os.PathLike | None = None,
     compress_level: int = 6,
 ) -> dict:
@@ -394,7 +476,7 @@ def run_prepare(
     reasons: Counter[str] = Counter()
     with atomic_open(prepared_path) as ok_f, atomic_open(rejects_path) as rej_f:
         for kind, row in prepare_records(
-            pairs_path, images_root, p, out_dir_images=out_dir_images, compress_level=compress_level
+            pairs_path, images_root, p, budget=budget, out_dir_images=out_dir_images, compress_level=compress_level
         ):
             n_in += 1
             if kind == "ok":

@@ -100,6 +100,59 @@ def test_text_bounds_and_aspect_ratio_follow_the_params(tmp_path):
     assert [k for k, _ in prepare_records(pairs, root, loose)] == ["ok", "ok"]
 
 
+@pytest.mark.parametrize("model", ["tiny/idefics2", "tiny/llava"])
+def test_prompt_budget_counts_what_the_reference_encodes(model, tmp_path):
+    """PromptBudget's count is exactly where encode_sequences (reference and train) starts the answer, and
+    its limit is exactly where encode_sequences gives up: a prompt of max_length - 1 tokens passes, one of
+    max_length tokens is the error prepare now rejects in advance."""
+    from lpoi.listgen.prepare import PromptBudget, _Reject
+    from lpoi.train.collate import encode_sequences
+
+    prompts = ["What is there?", "Describe the scene. " * 40, "Qxv zpl wkj 93 fr#! " * 30, "Wie heißt das? 🍎 هذا",
+               "<fake_token_around_image> a </s> b"]
+    budget = PromptBudget.for_model(model, 512)
+    img = Image.new("RGB", (48, 40), (10, 20, 30))
+    for q in prompts:
+        n = budget.tokens(q, img.size)
+        enc = encode_sequences(budget.processor, questions=[q], answers=["A cat."], images=[img], sample_ids=["s"])
+        assert n == int(enc.response_mask[0].nonzero()[0])  # first answer token = prompt length
+        encode_sequences(budget.processor, questions=[q], answers=["A cat."], images=[img], sample_ids=["s"],
+                         max_length=n + 1)  # one token left for the answer: fine
+        with pytest.raises(ValueError, match="leaves no room"):
+            encode_sequences(budget.processor, questions=[q], answers=["A cat."], images=[img], sample_ids=["s"],
+                             max_length=n)
+        budget.max_length = n + 1
+        budget.check(q, img.size)
+        budget.max_length = n
+        with pytest.raises(_Reject, match="no room for an answer within reference.max_length"):
+            budget.check(q, img.size)
+    assert budget.fixed  # neither family's count depends on the image size
+
+
+def test_prompt_budget_small_size_is_only_used_where_it_changes_nothing():
+    """With the real Idefics2 image processor (980 px) the small processing size keeps every id and makes
+    a count much cheaper (measured ~80 ms -> ~3 ms here)."""
+    import time
+
+    from transformers import Idefics2ImageProcessor
+
+    from lpoi.listgen.prepare import PromptBudget
+    from lpoi.models import load_processor
+
+    proc = load_processor("tiny/idefics2")
+    proc.image_processor = Idefics2ImageProcessor(do_image_splitting=False)  # the hub model's settings
+    budget = PromptBudget(proc, 2048)
+    budget.tokens("x")
+    assert budget._kwargs
+    q = "Describe the scene in detail."
+    t0 = time.perf_counter()
+    full = budget._ids(q, (640, 480), {})
+    t_full = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    assert budget.tokens(q, (640, 480)) == len(full)
+    assert time.perf_counter() - t0 < t_full / 3
+
+
 def test_no_record_accepted_fails_even_when_all_may_be_rejected(tmp_path):
     root = tmp_path / "img"
     root.mkdir()
