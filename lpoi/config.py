@@ -218,6 +218,9 @@ class JudgeParams(_Section):
     """Name of the environment variable holding the key (never the key itself); null for keyless local servers."""
     max_concurrency: int = Field(4, ge=1)
     timeout: float = Field(60, gt=0)
+    """Seconds per socket operation (connect, each read) of the openai backend."""
+    deadline: float = Field(180, gt=0)
+    """Most seconds one request may take in all, however slowly the server sends (each retry gets its own)."""
     max_retries: int = Field(6, ge=0)
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(1, ge=1)
