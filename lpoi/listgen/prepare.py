@@ -451,7 +451,7 @@ def run_prepare(
     images_root: str | os.PathLike,
     prepared_path: str | os.PathLike,
     rejects_path: str | os.PathLike,
-    params: PrepareParams | None = None,
+    params: PrepareParams | float | None = None,
     *,
     budget: PromptBudget | None = None,
     out_dir_images: str | os.PathLike | None = None,
@@ -459,7 +459,9 @@ def run_prepare(
 ) -> dict:
     """Write ``prepared.jsonl`` and ``rejects.jsonl`` (both atomically) and return a summary.
 
-    ``out_dir_images`` (normalised PNG copies) defaults to ``<prepared_path's folder>/prepared_images``.
+    ``params``: the ``prepare`` section (a bare number is read as its ``max_reject_ratio``, the other bounds
+    at their defaults). ``out_dir_images`` (normalised PNG copies) defaults to ``<prepared_path's
+    folder>/prepared_images``.
     Summary: ``{"records_in", "records_out", "rejected", "reject_ratio", "rejects_by_reason",
     "normalised_images", "placeholders_removed", "max_reject_ratio"}``.
 
@@ -468,6 +470,8 @@ def run_prepare(
     read the rejects), and :class:`lpoi.io.InputError` when the input holds no records at all or is not
     a list of records.
     """
+    if isinstance(params, (int, float)):  # the former signature: a bare max_reject_ratio (callers in tests)
+        params = PrepareParams(max_reject_ratio=params)
     p = params if params is not None else PrepareParams()
     prepared_path, rejects_path = Path(prepared_path), Path(rejects_path)
     if out_dir_images is None:
