@@ -79,9 +79,24 @@ class BenchParams(_Section):
 
 class PrepareParams(_Section):
     max_reject_ratio: float = Field(0.2, ge=0, le=1)
-    """Fail the stage when more than this share of records is rejected (a wrong images root, usually)."""
+    """Fail the stage when more than this share of records is rejected (a wrong images root, usually);
+    it always fails when no record at all is accepted."""
     min_side: int = Field(8, ge=1)
+    """px (after EXIF orientation)."""
     max_pixels: int = Field(50_000_000, ge=64)
+    """Decompression-bomb limit, read from the header before decoding."""
+    max_aspect_ratio: float = Field(20.0, ge=1)
+    """Longer side / shorter side. The detector and SAM processors scale the long side down to their
+    ``longest_edge`` (1333 / 1024 px; 120 / 64 px for the tiny ones) and stop with a zero-height size once
+    the short side rounds to 0 px (ratio above ~2 x longest_edge: 128 for the tiny SAM). 20 keeps every
+    processor clear of that and keeps the short side >= 66 px in Grounding DINO's 1333 px input, while
+    passing panoramas and tall screenshots."""
+    max_prompt_chars: int = Field(4000, ge=1)
+    """Characters in the prompt (after removing ``<image>`` placeholders). verify does not truncate (a 1 MB
+    prompt asked it for 107 GB); LLaVA/mDPO questions are a few hundred characters."""
+    max_answer_chars: int = Field(8000, ge=1)
+    """Characters in each of chosen and rejected (reference and train truncate at ``max_length`` tokens,
+    verify does not)."""
 
 
 class DetectParams(_Section):
@@ -203,6 +218,9 @@ class JudgeParams(_Section):
     """Name of the environment variable holding the key (never the key itself); null for keyless local servers."""
     max_concurrency: int = Field(4, ge=1)
     timeout: float = Field(60, gt=0)
+    """Seconds per socket operation (connect, each read) of the openai backend."""
+    deadline: float = Field(180, gt=0)
+    """Most seconds one request may take in all, however slowly the server sends (each retry gets its own)."""
     max_retries: int = Field(6, ge=0)
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(1, ge=1)

@@ -8,23 +8,30 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
+import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "CorruptLineError",
     "ImageRejected",
+    "InputError",
     "JsonlAppender",
     "UnsafePathError",
     "atomic_open",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "check_image_integrity",
     "load_image",
+    "parse_jsonl_line",
     "read_json",
     "read_jsonl",
     "read_records",
@@ -35,6 +42,25 @@ __all__ = [
 
 MAX_PIXELS = 50_000_000  # decompression-bomb limit (50 MP), see issue 3
 MIN_SIDE = 8  # px; smaller images cannot hold a detectable object
+
+
+class InputError(ValueError):
+    """A data file that cannot be read as documented (encoding, JSON syntax, shape); the message names the
+    file, and the line where there is one, and says what was expected. Stages print it as a one-line error."""
+
+
+class CorruptLineError(InputError):
+    """A JSONL line that is not one JSON object (``path``, ``lineno`` say where).
+
+    In a resumable append file (:class:`JsonlAppender`) this is never the trace of a kill (that leaves a
+    partial *last* line without its newline, which is cut off and recomputed): the file was edited, or
+    written by two processes at once, so nothing in it can be trusted line by line.
+    """
+
+    def __init__(self, path: str | os.PathLike, lineno: int, what: str):
+        super().__init__(f"{path}:{lineno}: {what}")
+        self.path = Path(path)
+        self.lineno = lineno
 
 
 class UnsafePathError(ValueError):
@@ -86,6 +112,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w"):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _mode_like_open(path))  # mkstemp makes 0600; others on a shared cluster must read it
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
@@ -95,6 +122,34 @@ def atomic_open(path: str | os.PathLike, mode: str = "w"):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _mode_like_open(path: Path) -> int:
+    """The permissions ``open(path, "w")`` would leave: an existing file keeps its own, a new one gets
+    0666 minus the umask."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux exposes it (``/proc/self/status``); else
+    set and restored at once under a lock (``os.umask`` is the only portable getter)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        old = os.umask(0o022)
+        os.umask(old)
+    return old
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -122,6 +177,9 @@ class JsonlAppender:
 
     On open, a trailing partial line (the process was killed mid-write) is cut off, and the
     values of ``key`` already present are available as ``done`` so the caller skips them.
+    A complete line (newline included) that is not a JSON object raises :class:`CorruptLineError`
+    naming the file and line instead of being dropped: a kill cannot produce one, so the file was
+    edited or written twice at once, and recomputing that one line would hide it.
     """
 
     def __init__(self, path: str | os.PathLike, key: str = "id"):
@@ -132,12 +190,12 @@ class JsonlAppender:
         if self.path.exists():
             raw = self.path.read_bytes()
             cut = raw.rfind(b"\n") + 1
+            for lineno, line in enumerate(raw[:cut].split(b"\n")[:-1], 1):  # validate before truncating
+                if line.strip():
+                    self.done.add(_hashable(parse_jsonl_line(line, self.path, lineno).get(key)))
             if cut != len(raw):  # partial last line from a kill: drop it, it gets recomputed
                 with open(self.path, "r+b") as f:
                     f.truncate(cut)
-            for line in raw[:cut].decode("utf-8").splitlines():
-                if line.strip():
-                    self.done.add(_hashable(json.loads(line).get(key)))
         self._f = open(self.path, "a", encoding="utf-8")
 
     def write(self, row: dict) -> None:
@@ -163,54 +221,149 @@ def _hashable(v: Any) -> Any:
 # ---------------------------------------------------------------------------------------------- reads
 
 
+def parse_jsonl_line(line: str | bytes, path: str | os.PathLike, lineno: int) -> dict:
+    """One JSONL line as a dict; anything else raises :class:`CorruptLineError` naming file and line."""
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise CorruptLineError(path, lineno, f"not UTF-8 text (byte 0x{line[e.start]:02x} at column "
+                                                 f"{e.start + 1})") from None
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise CorruptLineError(path, lineno, f"invalid JSON (truncated or corrupt line): {e.msg} at column "
+                                             f"{e.colno}") from None
+    if not isinstance(obj, dict):
+        raise CorruptLineError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
 def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        text = _decode(path, path.read_bytes())
     except FileNotFoundError:
         raise FileNotFoundError(f"file not found: {path}") from None
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+        raise InputError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
-    """Stream JSON objects, one per non-empty line; errors name the file and line."""
+    """Stream JSON objects, one per non-empty line (UTF-8); errors (:class:`CorruptLineError`) name the
+    file and line."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"file not found: {path}")
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+            if line.strip():
+                yield parse_jsonl_line(line, path, lineno)
+
+
+def _encoding(head: bytes) -> str:
+    """The encoding of a JSON text, detected as :func:`json.loads` does for bytes (RFC 8259 §8.1): UTF-8
+    with or without a BOM, UTF-16/32 by their BOM or the zero bytes around the first ASCII characters."""
+    return json.detect_encoding(head)
+
+
+def _decode(path: Path, raw: bytes) -> str:
+    enc = _encoding(raw[:4])
+    try:
+        return raw.decode(enc)
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise InputError(
+            f"{path}:{line}: not {enc.upper().replace('-SIG', '')} text (byte 0x{raw[e.start]:02x} at offset "
+            f"{e.start}); save the file as UTF-8"
+        ) from None
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(lineno, text)`` of every line. UTF-8 (the normal case) is streamed and decoded line by line, so
+    an error names its line; UTF-16/32 files (rare: Windows tools) are decoded whole."""
+    with open(path, "rb") as f:
+        enc = _encoding(f.read(4))
+    if enc not in ("utf-8", "utf-8-sig"):
+        yield from enumerate(_decode(path, path.read_bytes()).splitlines(), 1)
+        return
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield obj
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                                 f"{e.start + 1}); save the file as UTF-8") from None
 
 
-def read_records(path: str | os.PathLike) -> Iterator[Any]:
-    """A JSON list or JSONL file, by content (the LPOI/mDPO data ships as a JSON list)."""
+def read_records(path: str | os.PathLike, record_keys: Iterable[str] = ()) -> Iterator[Any]:
+    """The records of a JSON list or JSONL file, told apart by content (the LPOI/mDPO data ships as a list).
+
+    Encoding: as :func:`json.loads` on bytes (UTF-8, or UTF-16/32 with a BOM or detectable from the first
+    characters): the standard library reads them, so a file saved by a Windows tool works; anything else
+    that is not UTF-8 is an :class:`InputError` naming the file and line. JSONL lines may be anything
+    JSON (the caller rejects non-objects one by one), but a file that holds a single JSON value which is
+    neither a list nor an object with one of ``record_keys`` (e.g. ``{"data": [...]}``, a pretty-printed
+    wrapper, a bare string) is an :class:`InputError` saying a list is expected.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        head = f.read(4096).lstrip()
-    if head.startswith("["):
+    lines = _lines(path)
+    first = next(((n, t) for n, t in lines if t.strip()), None)
+    if first is None:
+        return
+    if first[1].lstrip().startswith("["):
         data = read_json(path)
+        if not isinstance(data, list):
+            raise InputError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
         yield from data
-    else:
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
+        return
+    try:
+        head = json.loads(first[1])
+    except json.JSONDecodeError as e:
+        yield _single_value(path, e, first[0], record_keys)  # a pretty-printed object, or an error
+        return
+    second = next(((n, t) for n, t in lines if t.strip()), None)
+    if second is None:
+        yield _check_single(path, head, record_keys)
+        return
+    yield head
+    for lineno, text in itertools.chain([second], lines):
+        if not text.strip():
+            continue
+        try:
+            yield json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}:{lineno}: invalid JSON: {e.msg} at column {e.colno}") from None
+
+
+def _single_value(path: Path, line_error: json.JSONDecodeError, lineno: int, record_keys) -> Any:
+    """The file's first line is not JSON by itself: the whole file may be one (multi-line) JSON value."""
+    try:
+        value = read_json(path)
+    except InputError:
+        raise InputError(f"{path}:{lineno}: invalid JSON: {line_error.msg} at column {line_error.colno} "
+                         "(expected a JSON list or JSONL: one record per line)") from None
+    return _check_single(path, value, record_keys)
+
+
+def _check_single(path: Path, value: Any, record_keys) -> Any:
+    keys = set(record_keys)
+    if isinstance(value, dict) and (not keys or keys & value.keys()):
+        return value  # JSONL with a single record
+    if isinstance(value, dict):
+        shown = ", ".join(sorted(map(str, value))[:8])
+        lists = [k for k, v in value.items() if isinstance(v, list)]
+        hint = f"; the records may be the list under {lists[0]!r}" if lists else ""
+        raise InputError(f"{path}: expected a JSON list of records (or JSONL, one per line), got a JSON object "
+                         f"with keys {shown}{hint}")
+    raise InputError(f"{path}: expected a JSON list of records (or JSONL, one per line), got a JSON "
+                     f"{type(value).__name__}")
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -227,8 +380,10 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SIDE):
     """Open, fully decode, apply EXIF orientation and convert to 8-bit RGB.
 
-    Raises :class:`ImageRejected` with reason ``missing``, ``unreadable``, ``truncated``,
-    ``too_large`` or ``too_small``.
+    Raises :class:`ImageRejected` with reason ``missing``, ``unreadable``, ``truncated``, ``corrupt``,
+    ``bad_checksum`` (a PNG chunk CRC; checked before decoding, as Pillow's decoder skips the IDAT ones),
+    ``too_large`` or ``too_small``. JPEG damage that libjpeg papers over is not seen here: see
+    :func:`check_image_integrity`.
     """
     from PIL import Image, ImageOps
 
@@ -242,6 +397,8 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, min_side: 
             w, h = img.size
             if w * h > max_pixels:
                 raise ImageRejected("too_large", f"{w}x{h} = {w * h} px exceeds {max_pixels}")
+            if img.format == "PNG":
+                _check_png_crcs(path)
             img.load()  # full decode: truncated files raise here (LOAD_TRUNCATED_IMAGES stays False)
     except ImageRejected:
         raise
@@ -249,7 +406,10 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, min_side: 
         raise ImageRejected("too_large", str(e)) from None
     except OSError as e:
         msg = str(e)
-        reason = "truncated" if "truncated" in msg.lower() or "broken data stream" in msg.lower() else "unreadable"
+        # Pillow: "image file is truncated" when the data ends early; "broken data stream" when the
+        # decoder meets data it cannot decode (a zlib/deflate error in a PNG, a bad marker in a JPEG)
+        low = msg.lower()
+        reason = "truncated" if "truncated" in low else "corrupt" if "broken data stream" in low else "unreadable"
         raise ImageRejected(reason, f"{path}: {msg}") from None
     except Exception as e:  # PIL raises assorted errors on garbage
         raise ImageRejected("unreadable", f"{path}: {type(e).__name__}: {e}") from None
@@ -258,6 +418,77 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, min_side: 
     if min(img.size) < min_side:
         raise ImageRejected("too_small", f"{img.size[0]}x{img.size[1]} has a side < {min_side} px")
     return img
+
+
+# libjpeg's warnings for damaged entropy-coded data (jerror.h: JWRN_HIT_MARKER, JWRN_EXTRANEOUS_DATA,
+# JWRN_HUFF_BAD_CODE, JWRN_ARITH_BAD_CODE, JWRN_MUST_RESYNC, JWRN_JPEG_EOF, JWRN_NOT_SEQUENTIAL,
+# JWRN_BOGUS_PROGRESSION). Benign ones (unknown JFIF revision, Adobe transform) are not listed.
+_LIBJPEG_CORRUPT = ("Corrupt JPEG data", "Premature end of JPEG file", "Invalid SOS parameters",
+                    "Inconsistent progression sequence")
+_STDERR_LOCK = threading.Lock()
+
+
+def _check_png_crcs(path: Path) -> None:
+    """Every chunk's CRC (``Image.verify``, no decompression); other problems are left to the decoder."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except SyntaxError as e:
+        if "checksum" in str(e):
+            raise ImageRejected("bad_checksum", f"{path}: {e}") from None
+    except Exception:  # noqa: BLE001 - truncation and the rest are judged by the full decode
+        pass
+
+
+def check_image_integrity(path: str | os.PathLike) -> None:
+    """Reject JPEG damage that decoding with Pillow lets through; call after :func:`load_image` accepted
+    the file (it has checked the size, so the extra decode is bounded).
+
+    libjpeg only *warns* about corrupt entropy-coded data (bad Huffman code, premature end of a data
+    segment, stray bytes before a marker), fills the rest with grey or garbage and goes on; Pillow drops
+    those warnings. OpenCV's decoder (also libjpeg-turbo) prints them on the C ``stderr``, so the file is
+    decoded there (at 1/8 scale: every coefficient is still entropy-decoded, ~3x cheaper than a full
+    decode) with file descriptor 2 pointed at a temp file for the call; anything else captured is written
+    back to ``stderr``. Raises :class:`ImageRejected` (reason ``corrupt``). Corruption that happens to
+    decode to valid codes is invisible to any decoder and passes. Other formats: nothing to do.
+    """
+    from PIL import Image
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            fmt = im.format
+    except Exception:  # noqa: BLE001 - not an image: load_image says so
+        return
+    if fmt in ("JPEG", "MPO"):
+        found = _libjpeg_warnings(path.read_bytes())
+        if found:
+            raise ImageRejected("corrupt", f"{path}: the JPEG decoder reports {found[0]!r}")
+
+
+def _libjpeg_warnings(data: bytes) -> list[str]:
+    import cv2
+    import numpy as np
+
+    flags = cv2.IMREAD_REDUCED_GRAYSCALE_8 | cv2.IMREAD_IGNORE_ORIENTATION
+    with _STDERR_LOCK, tempfile.TemporaryFile() as cap:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(cap.fileno(), 2)
+            cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        cap.seek(0)
+        text = cap.read().decode("utf-8", errors="replace")
+    found = [ln.strip() for ln in text.splitlines() if ln.strip().startswith(_LIBJPEG_CORRUPT)]
+    rest = "".join(ln + "\n" for ln in text.splitlines() if ln.strip() and not ln.strip().startswith(_LIBJPEG_CORRUPT))
+    if rest:
+        sys.stderr.write(rest)
+    return found
 
 
 def to_rgb(img):

@@ -28,12 +28,12 @@ def load(args):
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Failures a user fixes from the message alone (bad data, paths, params, missing weights)."""
-    from lpoi.io import ImageRejected, UnsafePathError
+    from lpoi.io import ImageRejected, InputError, UnsafePathError
     from lpoi.listgen.prepare import RejectRatioExceeded
     from lpoi.models import ModelNotFound
 
     errors: list[type[BaseException]] = [FileNotFoundError, UnsafePathError, ImageRejected, ModelNotFound,
-                                         RejectRatioExceeded]
+                                         RejectRatioExceeded, InputError]
     for module, name in (("lpoi.eval.generate", "AdapterError"), ("lpoi.train.reference", "ReferenceError"),
                          ("lpoi.eval.judge", "JudgeConfigError"), ("lpoi.nltk_data", "NltkDataMissing")):
         try:

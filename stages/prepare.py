@@ -11,14 +11,16 @@ def main():
     ap.add_argument("--out", required=True, help="output folder (prepared.jsonl, rejects.jsonl, prepared_images/)")
     ap.add_argument("--metrics", required=True, help="metrics JSON to write")
     args = ap.parse_args()
-    p = _common.load(args).prepare
+    cfg = _common.load(args)
 
-    from lpoi.listgen.prepare import run_prepare
+    from lpoi.listgen.prepare import PromptBudget, run_prepare
     from lpoi.stage import Stopwatch, write_metrics
 
     clock = Stopwatch()
+    # prompts must leave room for an answer in the base model's tokens, or reference and train stop on them
+    budget = PromptBudget.for_model(cfg.model.name, cfg.reference.max_length, cfg.model.trust_remote_code)
     summary = run_prepare(args.pairs, args.images, f"{args.out}/prepared.jsonl", f"{args.out}/rejects.jsonl",
-                          p.max_reject_ratio, max_pixels=p.max_pixels, min_side=p.min_side)
+                          cfg.prepare, budget=budget)
     write_metrics(args.metrics, {**summary, "samples_per_s": clock.rate(summary["records_in"])})
 
 

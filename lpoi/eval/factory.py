@@ -12,7 +12,8 @@ def make_judge(p, cache_dir: str | os.PathLike | None = None, device: str = "cpu
 
     if p.backend == "openai":
         return OpenAIJudge(p.base_url, p.model, api_key_env=p.api_key_env, cache_dir=cache_dir,
-                           max_concurrency=p.max_concurrency, timeout=p.timeout, max_retries=p.max_retries,
+                           max_concurrency=p.max_concurrency, timeout=p.timeout, deadline=p.deadline,
+                           max_retries=p.max_retries,
                            progress=True)
     from lpoi.models import load_causal_lm
 

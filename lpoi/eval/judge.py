@@ -13,17 +13,26 @@ line (where it lands in shell history and process lists). Here:
 - **Disk cache**: one JSON file per reply, keyed by sha256 of (endpoint, model, messages,
   temperature, max_tokens), written atomically. A re-run costs no API calls; a killed run resumes
   where it stopped. Errors are never cached (a re-run retries them).
-- **Retries** with exponential backoff and jitter on HTTP 408, 429, 5xx, timeouts and connection errors,
-  honouring ``Retry-After`` (seconds or an HTTP date, capped at ``retry_after_max``), at most
-  ``max_retries`` retries; then the item is recorded as an error, never an endless loop.
+- **Retries** with exponential backoff and jitter on HTTP 408, 429, 5xx, timeouts and connection errors
+  (a connection closed before the whole body arrived included), honouring ``Retry-After`` (seconds or
+  an HTTP date, capped at ``retry_after_max``), at most ``max_retries`` retries; then the item is
+  recorded as an error, never an endless loop.
+- **Deadline**: ``timeout`` bounds each socket operation, so a server that trickles a byte at a time
+  would hold a request for ever; ``deadline`` bounds one request (connect to last byte) by shutting its
+  socket down when the time is up (a timer; the request then counts as a timed-out, retryable attempt).
 - **Malformed replies** (body not JSON, no ``choices``, no string content) are recorded as a
   :class:`JudgeReply` with a machine-readable ``error`` and counted by the caller; never a crash.
 - **Bounded concurrency**: at most ``max_concurrency`` requests in flight (a thread pool).
 - **The API key** is read from the environment variable named by ``api_key_env`` and lives only in
-  a private holder (redacted ``repr``/``str``, not picklable) used to build the ``Authorization`` header. It is not in ``repr``, the cache,
-  log messages or error details (server error bodies are scrubbed of it, and of any 8-character
-  piece of it, before they are recorded). Redirects are refused so the header never follows one
-  to another host.
+  a private holder (redacted ``repr``/``str``, not picklable) used to build the ``Authorization`` header.
+  It is not in ``repr``, the cache, log messages, error details or replies: everything a server sends
+  back (error bodies, and the reply text itself, which a proxy that echoes request headers fills with
+  it) is scrubbed of the key, and of any 8-character piece of it, before it is stored, logged or
+  returned; cached texts are scrubbed again when read. Redirects are refused so the header never
+  follows one to another host.
+- **URLs**: ``/chat/completions`` is appended to the base URL's path, keeping its query string
+  (Azure-style ``...?api-version=...``); the query is left out of logs, labels and cache keys, as it may
+  carry credentials.
 """
 
 from __future__ import annotations
@@ -230,7 +239,8 @@ class OpenAIJudge:
     is ``{"model", "messages", "temperature", "max_tokens"}`` (temperature 0 like the official
     ``eval_gpt_mmhal.py``). ``api_key_env=None`` sends no ``Authorization`` header (local servers).
 
-    Parameters: ``timeout`` is per socket operation in seconds; the wait before retry ``n`` (1-based)
+    Parameters: ``timeout`` is per socket operation in seconds, ``deadline`` the most seconds one request
+    may take in all (each retry gets its own); the wait before retry ``n`` (1-based)
     is ``Retry-After`` when the server sends one (capped at ``retry_after_max``), else
     ``min(backoff_max, backoff_base * 2**(n-1))`` scaled by a random factor in [0.5, 1] (jitter).
     """
@@ -244,6 +254,7 @@ class OpenAIJudge:
         cache_dir: str | os.PathLike | None = None,
         max_concurrency: int = 4,
         timeout: float = 60.0,
+        deadline: float = 180.0,
         max_retries: int = 6,
         backoff_base: float = 1.0,
         backoff_max: float = 60.0,
@@ -264,13 +275,15 @@ class OpenAIJudge:
         for name, val, lo in (("max_concurrency", max_concurrency, 1), ("max_retries", max_retries, 0)):
             if not isinstance(val, int) or val < lo:
                 raise JudgeConfigError(f"judge.{name} must be an integer >= {lo}, got {val!r}")
-        for name, val in (("timeout", timeout), ("backoff_base", backoff_base), ("backoff_max", backoff_max)):
+        for name, val in (("timeout", timeout), ("deadline", deadline), ("backoff_base", backoff_base),
+                          ("backoff_max", backoff_max)):
             if not (isinstance(val, (int, float)) and val > 0 and math.isfinite(val)):
                 raise JudgeConfigError(f"judge.{name} must be a positive number, got {val!r}")
 
-        url = base_url.strip().rstrip("/")
-        if not url.endswith("/chat/completions"):
-            url += "/chat/completions"
+        path = parts.path.rstrip("/")
+        if not path.endswith("/chat/completions"):
+            path += "/chat/completions"
+        url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
         self._url = url
         self.endpoint = _redact_url(url)  # what we log, cache-key and label with
         self.model = model
@@ -288,6 +301,7 @@ class OpenAIJudge:
         self.cache = _ReplyCache(cache_dir) if cache_dir is not None else None
         self.max_concurrency = max_concurrency
         self.timeout = float(timeout)
+        self.deadline = float(deadline)
         self.max_retries = max_retries
         self.backoff_base = float(backoff_base)
         self.backoff_max = float(backoff_max)
@@ -300,13 +314,13 @@ class OpenAIJudge:
         self._rng_lock = threading.Lock()
         self._stats_lock = threading.Lock()
         self.stats: Counter = Counter()  # requests, retries, cache_hits, errors, replies
-        self._opener = urllib.request.build_opener(_NoRedirect())
         self._sleep = time.sleep
 
     def __repr__(self) -> str:
         return (
             f"OpenAIJudge(endpoint={self.endpoint!r}, model={self.model!r}, api_key_env={self.api_key_env!r}, "
-            f"max_concurrency={self.max_concurrency}, timeout={self.timeout}, max_retries={self.max_retries})"
+            f"max_concurrency={self.max_concurrency}, timeout={self.timeout}, deadline={self.deadline}, "
+            f"max_retries={self.max_retries})"
         )
 
     # ------------------------------------------------------------------------------------ public
@@ -336,8 +350,8 @@ class OpenAIJudge:
         todo: dict[str, list[int]] = {}
         for i, key in enumerate(keys):
             text = self.cache.get(key) if self.cache is not None else None
-            if text is not None:
-                out[i] = JudgeReply(text=text, cached=True)
+            if text is not None:  # scrubbed again: a cache written before replies were scrubbed
+                out[i] = JudgeReply(text=self._scrub(text), cached=True)
                 self._count("cache_hits")
             else:
                 todo.setdefault(key, []).append(i)
@@ -426,13 +440,33 @@ class OpenAIJudge:
             return _parse_completion(raw, attempt, self._scrub)
 
     def _post(self, data: bytes) -> tuple[int, bytes]:
+        expired = _Transient("deadline", f"no complete reply within the {self.deadline:g} s deadline")
+        with _Deadline(self.deadline) as deadline:
+            try:
+                status, raw = self._post_once(data, deadline)
+            except _Transient:
+                if deadline.expired:  # the timer shut the socket: say why, not "connection reset"
+                    raise expired from None
+                raise
+        if deadline.expired:  # cut inside the headers, http.client sees a reply without Content-Length
+            raise expired
+        return status, raw
+
+    def _post_once(self, data: bytes, deadline: _Deadline) -> tuple[int, bytes]:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self._key is not None:
             headers["Authorization"] = f"Bearer {self._key.reveal()}"
         req = urllib.request.Request(self._url, data=data, headers=headers, method="POST")
+        opener = urllib.request.build_opener(_NoRedirect(), _WatchedHTTPHandler(deadline),
+                                             _WatchedHTTPSHandler(deadline))
         try:
-            with self._opener.open(req, timeout=self.timeout) as resp:
-                return resp.status, _read_capped(resp)
+            with opener.open(req, timeout=min(self.timeout, self.deadline)) as resp:
+                raw = _read_capped(resp)
+                missing = getattr(resp, "length", None)  # Content-Length bytes not received
+                if missing:
+                    raise _Transient("connection", f"connection closed mid-body ({len(raw)} bytes received, "
+                                                   f"{missing} missing)")
+                return resp.status, raw
         except urllib.error.HTTPError as e:
             try:
                 raw = _read_capped(e)
@@ -472,6 +506,77 @@ class _TooLarge(Exception):
     pass
 
 
+class _Deadline:
+    """Shuts down the sockets of one request when ``seconds`` have passed since it started (a timer thread).
+
+    A blocked read then returns end-of-file or fails, and the request ends as a connection error that
+    :meth:`OpenAIJudge._post` reports as the deadline. Sockets connected after expiry are shut at once.
+    """
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.expired = False
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._socks.append(sock)
+            if self.expired:
+                _shutdown(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._socks:
+                _shutdown(sock)
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already closed
+        pass
+
+
+def _watched(base: type[http.client.HTTPConnection], deadline: _Deadline) -> type[http.client.HTTPConnection]:
+    """``base`` whose socket is handed to ``deadline`` as soon as it is connected (TLS and proxies included)."""
+
+    class Watched(base):  # type: ignore[misc, valid-type]
+        def connect(self):
+            super().connect()
+            deadline.watch(self.sock)
+
+    return Watched
+
+
+class _WatchedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline):
+        super().__init__()
+        self._deadline = deadline
+
+    def http_open(self, req):
+        return self.do_open(_watched(http.client.HTTPConnection, self._deadline), req)
+
+
+class _WatchedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline):
+        super().__init__()
+        self._deadline = deadline
+
+    def https_open(self, req):
+        return self.do_open(_watched(http.client.HTTPSConnection, self._deadline), req, context=self._context)
+
+
 def _read_capped(resp) -> bytes:
     raw = resp.read(MAX_RESPONSE_BYTES + 1)
     if len(raw) > MAX_RESPONSE_BYTES:
@@ -499,7 +604,7 @@ def _parse_completion(raw: bytes, attempts: int, scrub) -> JudgeReply:
         content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
     if not isinstance(content, str):
         return JudgeReply(None, "empty_content", f"message content is {type(content).__name__}", attempts=attempts)
-    return JudgeReply(text=content, attempts=attempts)
+    return JudgeReply(text=scrub(content), attempts=attempts)  # a proxy may echo the request's headers
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):

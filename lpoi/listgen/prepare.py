@@ -8,24 +8,44 @@ skipped unreadable images with a bare ``except``).
 
 Checks, in order (the first failing one is the reject ``reason``):
 
-===================  ==========================================================================
-``not_an_object``    the record is not a JSON object
-``missing_field``    one of img_path/prompt/chosen/rejected is absent (or null)
-``bad_type``         a field (or the optional id) is not a string (id: string or integer)
-``empty_field``      a field is an empty or whitespace-only string
-``unsafe_path``      img_path is absolute, contains ``..``, or resolves (symlinks) outside the root
-``missing_image``    no such file under the images root
-``duplicate_record`` same image bytes + prompt + chosen + rejected as an accepted record
-``duplicate_id``     the id (given or derived) was already used by an accepted record
-``unreadable_image`` not an image PIL can decode
-``truncated_image``  the file ends before the image data does (full decode, no LOAD_TRUNCATED_IMAGES)
-``too_large``        more than ``max_pixels`` (decompression bombs); read from the header, before decoding
-``too_small``        a side under ``min_side`` px (after EXIF orientation)
-===================  ==========================================================================
+========================  =====================================================================
+``not_an_object``         the record is not a JSON object
+``missing_field``         one of img_path/prompt/chosen/rejected is absent (or null)
+``bad_type``              a field (or the optional id) is not a string (id: string or integer)
+``empty_field``           a field is an empty or whitespace-only string (after removing placeholders)
+``text_too_long``         the prompt has more than ``max_prompt_chars`` characters, or chosen/rejected
+                          more than ``max_answer_chars`` (verify does not truncate)
+``no_preference``         chosen and rejected are the same text (up to whitespace)
+``unsafe_path``           img_path is absolute, contains ``..``, or resolves (symlinks) outside the root
+``missing_image``         no such file under the images root
+``duplicate_record``      same image bytes + prompt + chosen + rejected as an accepted record
+``duplicate_id``          the id (given or derived) was already used by an accepted record
+``unreadable_image``      not an image PIL can decode
+``truncated_image``       the file ends before the image data does (full decode, no LOAD_TRUNCATED_IMAGES)
+``corrupt_image``         the decoder meets data it cannot decode, or (JPEG) reports corrupt
+                          entropy-coded data it papered over (:func:`lpoi.io.check_image_integrity`)
+``bad_checksum``          a PNG chunk's CRC does not match its data
+``too_large``             more than ``max_pixels`` (decompression bombs); read from the header, before decoding
+``too_small``             a side under ``min_side`` px (after EXIF orientation)
+``extreme_aspect_ratio``  long side / short side above ``max_aspect_ratio`` (the detector and SAM
+                          processors fail on such strips; see :class:`lpoi.config.PrepareParams`)
+``prompt_too_long``       with a :class:`PromptBudget`: the prompt, in the base model's tokens with its
+                          image's, leaves no room for an answer within ``reference.max_length``
+                          (reference and train would stop on it)
+========================  =====================================================================
+
+Every reject row carries the record's ``index`` (0-based input position) and its ``id``: the given one
+whenever the record has a valid one, else the derived one once the image bytes are known, else null.
+
+``<image>`` placeholders (LLaVA-format data puts ``<image>\n`` before most questions) are removed from
+the prompt and both answers, once, here: every later stage places the image through the model's chat
+template, and a stray ``<image>`` makes the processor count two images for one (reference and train
+stop). A placeholder is removed with the spaces and the one line break around it; the text is then
+stripped. Records changed this way are counted in ``placeholders_removed``.
 
 Stable ids: a given id is kept (integers are string-ified); otherwise the id is the first 16 hex
-digits of ``sha256(image_sha256 + "\\0" + prompt + "\\0" + chosen + "\\0" + rejected)`` where
-``image_sha256`` is the hex sha256 of the image file's bytes — the same record always gets the same id,
+digits of ``sha256(image_sha256 + "\\0" + prompt + "\\0" + chosen + "\\0" + rejected)`` (the texts after
+placeholder removal, as later stages see them) where ``image_sha256`` is the hex sha256 of the image file's bytes — the same record always gets the same id,
 wherever it sits in the file. The full digest is the duplicate-record key.
 
 Pixels for later stages: every stage must see 8-bit RGB with the EXIF orientation applied. When the
@@ -56,13 +76,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from lpoi.config import PrepareParams
 from lpoi.io import (
-    MAX_PIXELS,
-    MIN_SIDE,
     ImageRejected,
+    InputError,
     UnsafePathError,
     atomic_open,
     atomic_write_bytes,
+    check_image_integrity,
     load_image,
     read_records,
     safe_join,
@@ -70,6 +91,7 @@ from lpoi.io import (
 )
 
 __all__ = [
+    "PromptBudget",
     "REJECT_REASONS",
     "REQUIRED_FIELDS",
     "RejectRatioExceeded",
@@ -78,6 +100,7 @@ __all__ = [
     "prepare_records",
     "run_prepare",
     "safe_stem",
+    "strip_placeholders",
 ]
 
 log = logging.getLogger(__name__)
@@ -88,29 +111,40 @@ REJECT_REASONS = (
     "missing_field",
     "bad_type",
     "empty_field",
+    "text_too_long",
+    "no_preference",
     "unsafe_path",
     "missing_image",
     "duplicate_record",
     "duplicate_id",
     "unreadable_image",
     "truncated_image",
+    "corrupt_image",
+    "bad_checksum",
     "too_large",
     "too_small",
+    "extreme_aspect_ratio",
+    "prompt_too_long",
 )
 # lpoi.io.load_image's reasons -> this stage's reject codes
 _IMAGE_REASON = {
     "missing": "missing_image",
     "unreadable": "unreadable_image",
     "truncated": "truncated_image",
+    "corrupt": "corrupt_image",
+    "bad_checksum": "bad_checksum",
     "too_large": "too_large",
     "too_small": "too_small",
 }
 _SAFE_STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _EXIF_ORIENTATION = 0x0112
+# "<image>" with the spaces/tabs around it and at most one line break after it
+_PLACEHOLDER = re.compile(r"[ \t]*<image>[ \t]*(?:\r?\n)?", re.IGNORECASE)
 
 
 class RejectRatioExceeded(RuntimeError):
-    """More records were rejected than ``prepare.max_reject_ratio`` allows (raised after writing both files)."""
+    """More records were rejected than ``prepare.max_reject_ratio`` allows, or none was accepted (raised
+    after writing both files)."""
 
 
 class _Reject(Exception):
@@ -179,23 +213,25 @@ def _norm_rel(rel: str) -> str:
     return Path(rel).as_posix()
 
 
-def _check_fields(rec: Any) -> dict[str, str]:
-    if not isinstance(rec, dict):
-        raise _Reject("not_an_object", f"expected a JSON object, got {type(rec).__name__}")
-    missing = [k for k in REQUIRED_FIELDS if rec.get(k) is None]
-    if missing:
-        raise _Reject("missing_field", f"missing field(s): {', '.join(missing)}")
-    bad = [f"{k} ({type(rec[k]).__name__})" for k in REQUIRED_FIELDS if not isinstance(rec[k], str)]
-    if bad:
-        raise _Reject("bad_type", f"field(s) must be strings: {', '.join(bad)}")
-    empty = [k for k in REQUIRED_FIELDS if not rec[k].strip()]
-    if empty:
-        raise _Reject("empty_field", f"empty field(s): {', '.join(empty)}")
-    return {k: rec[k] for k in REQUIRED_FIELDS}
+def strip_placeholders(text: str) -> str:
+    r"""``text`` without ``<image>`` placeholders (any case); unchanged when it holds none.
+
+    >>> strip_placeholders("<image>\nWhat is this?"), strip_placeholders("Look at <image> closely.")
+    ('What is this?', 'Look at closely.')
+    """
+    if "<" not in text or not _PLACEHOLDER.search(text):
+        return text
+
+    def repl(m: re.Match) -> str:  # a space only where the placeholder sat between two words of a line
+        before = m.string[m.start() - 1] if m.start() else "\n"
+        after = m.string[m.end()] if m.end() < len(m.string) else "\n"
+        return " " if not (before.isspace() or after.isspace()) else ""
+
+    return _PLACEHOLDER.sub(repl, text).strip()
 
 
-def _given_id(rec: dict) -> str | None:
-    if "id" not in rec or rec["id"] is None:
+def _given_id(rec: Any) -> str | None:
+    if not isinstance(rec, dict) or rec.get("id") is None:
         return None
     v = rec["id"]
     if isinstance(v, bool) or not isinstance(v, (str, int)):
@@ -206,29 +242,147 @@ def _given_id(rec: dict) -> str | None:
     return s
 
 
+def _check_fields(rec: Any) -> dict[str, str]:
+    if not isinstance(rec, dict):
+        raise _Reject("not_an_object", f"expected a JSON object, got {type(rec).__name__}")
+    missing = [k for k in REQUIRED_FIELDS if rec.get(k) is None]
+    if missing:
+        raise _Reject("missing_field", f"missing field(s): {', '.join(missing)}")
+    bad = [f"{k} ({type(rec[k]).__name__})" for k in REQUIRED_FIELDS if not isinstance(rec[k], str)]
+    if bad:
+        raise _Reject("bad_type", f"field(s) must be strings: {', '.join(bad)}")
+    fields = {k: rec[k] if k == "img_path" else strip_placeholders(rec[k]) for k in REQUIRED_FIELDS}
+    empty = [k for k in REQUIRED_FIELDS if not fields[k].strip()]
+    if empty:
+        raise _Reject("empty_field", f"empty field(s) (placeholders removed): {', '.join(empty)}")
+    return fields
+
+
+def _check_text(fields: dict[str, str], p: PrepareParams) -> None:
+    for key, limit, name in (("prompt", p.max_prompt_chars, "max_prompt_chars"),
+                             ("chosen", p.max_answer_chars, "max_answer_chars"),
+                             ("rejected", p.max_answer_chars, "max_answer_chars")):
+        if len(fields[key]) > limit:
+            raise _Reject("text_too_long", f"{key} has {len(fields[key])} characters, more than "
+                                           f"prepare.{name} = {limit}")
+    if fields["chosen"].split() == fields["rejected"].split():
+        raise _Reject("no_preference", "chosen and rejected are the same text (up to whitespace)")
+
+
+def _check_image(path: Path, p: PrepareParams):
+    """The decoded 8-bit RGB image, or a reject (decoder errors, integrity, size, shape)."""
+    try:
+        img = load_image(path, max_pixels=p.max_pixels, min_side=p.min_side)
+        check_image_integrity(path)
+    except ImageRejected as e:
+        raise _Reject(_IMAGE_REASON.get(e.reason, "unreadable_image"), e.detail) from None
+    w, h = img.size
+    if max(w, h) / min(w, h) > p.max_aspect_ratio:
+        raise _Reject("extreme_aspect_ratio", f"{w}x{h}: aspect ratio {max(w, h) / min(w, h):.4g} exceeds "
+                                              f"prepare.max_aspect_ratio = {p.max_aspect_ratio:g}")
+    return img
+
+
+class PromptBudget:
+    """A prompt's length in the base model's tokens as reference and train encode it: the chat template with
+    one image, the image's tokens included (:func:`lpoi.models.chat.prompt_text`, then the processor).
+
+    A character bound cannot promise the prompt fits ``reference.max_length`` (English runs ~3 characters
+    per token with the tiny tokenizers, random text ~1), and a prompt that leaves no room for a single
+    answer token stops the whole reference stage. So every prompt goes through the processor itself, with
+    a blank image (the text path is the processors' own: Idefics2's, for one, also inserts a space after
+    the image). Idefics2's image processor scales even a blank image to 980 px (~80 ms a call), so a small
+    processing ``size`` is passed where it leaves the ids unchanged: checked at start-up against the
+    processor as configured, on two prompts and two image sizes (a processor whose count follows the
+    processed size fails the check and runs as configured). When the count depends on the image size, the
+    blank image has the record's size.
+    """
+
+    _PROBES = ("", "What is there?")
+    _SMALL = ({"size": {"longest_edge": 16, "shortest_edge": 16}}, {"size": {"shortest_edge": 16}})
+
+    def __init__(self, processor, max_length: int, model_name: str = "the base model"):
+        self.max_length, self.model_name = int(max_length), model_name
+        self._processor = processor
+        self._kwargs: dict | None = None  # set by _probe on first use
+        self.fixed = True
+
+    @classmethod
+    def for_model(cls, name: str, max_length: int, trust_remote_code: bool = False) -> PromptBudget:
+        """The budget of a model by name; its processor is loaded on the first prompt (a bad input file
+        fails at once, without loading a model)."""
+        from lpoi.models import load_processor
+
+        return cls(lambda: load_processor(name, trust_remote_code=trust_remote_code), max_length, name)
+
+    @property
+    def processor(self):
+        if not hasattr(self._processor, "apply_chat_template"):  # the loader of for_model
+            self._processor = self._processor()
+        return self._processor
+
+    def _probe(self) -> None:
+        plain = {(q, sz): self._ids(q, sz, {}) for q in self._PROBES for sz in ((32, 32), (96, 40))}
+        self.fixed = all(plain[(q, (32, 32))] == plain[(q, (96, 40))] for q in self._PROBES)
+        self._kwargs = {}
+        for kw in self._SMALL:
+            try:
+                if all(self._ids(q, sz, kw) == ids for (q, sz), ids in plain.items()):
+                    self._kwargs = kw
+                    break
+            except Exception:  # noqa: BLE001 - a processor that refuses the option: count without it
+                continue
+
+    def _ids(self, question: str, size: tuple[int, int], kwargs: dict) -> list[int]:
+        from PIL import Image
+
+        from lpoi.models.chat import processor_kwargs, prompt_text
+
+        enc = self.processor(text=[prompt_text(self.processor, question)], images=[[Image.new("RGB", size)]],
+                             **processor_kwargs(self.processor), **kwargs)
+        return list(enc["input_ids"][0])
+
+    def tokens(self, prompt: str, size: tuple[int, int] = (32, 32)) -> int:
+        if self._kwargs is None:
+            self._probe()
+        return len(self._ids(prompt, (32, 32) if self.fixed else size, self._kwargs))
+
+    def check(self, prompt: str, size: tuple[int, int]) -> None:
+        n = self.tokens(prompt, size)
+        if n >= self.max_length:
+            raise _Reject("prompt_too_long", f"the prompt takes {n} tokens of {self.model_name} (the image's "
+                                             f"included), leaving no room for an answer within "
+                                             f"reference.max_length = {self.max_length}")
+
+
 # ---------------------------------------------------------------------------------------------- stream
 
 
 def prepare_records(
     records_path: str | os.PathLike,
     images_root: str | os.PathLike,
+    params: PrepareParams | None = None,
     *,
+    budget: PromptBudget | None = None,
     out_dir_images: str | os.PathLike | None = None,
-    max_pixels: int = MAX_PIXELS,
-    min_side: int = MIN_SIDE,
     compress_level: int = 6,
 ) -> Iterator[tuple[str, dict]]:
     """Validate records one by one; yield ``("ok", prepared_row)`` or ``("reject", reject_row)`` in input order.
 
+    ``params`` bounds sizes and lengths (defaults: :class:`lpoi.config.PrepareParams`); ``budget`` (the
+    stage passes one for ``model.name`` and ``reference.max_length``) rejects prompts too long for them.
     ``prepared_row``: ``{"id", "image", "image_path", "prompt", "chosen", "rejected", "width", "height",
-    "image_sha256", "normalised"}`` — ``image`` is img_path as given (normalised to posix form),
-    ``image_path`` is the file later stages read (the source, or the normalised PNG copy under
-    ``out_dir_images``; see the module docstring), ``width``/``height`` are after EXIF orientation.
-    ``reject_row``: ``{"index", "id", "reason", "detail"}`` with ``index`` the 0-based input position.
+    "image_sha256", "normalised", "placeholders_removed"}`` — ``image`` is img_path as given (normalised
+    to posix form), ``image_path`` is the file later stages read (the source, or the normalised PNG copy
+    under ``out_dir_images``; see the module docstring), ``width``/``height`` are after EXIF orientation,
+    the texts are without placeholders. ``reject_row``: ``{"index", "id", "reason", "detail"}`` with
+    ``index`` the 0-based input position.
 
     With ``out_dir_images=None`` nothing is written and ``image_path`` is always the source path
-    (validation only; readers must then use :func:`lpoi.io.load_image`).
+    (validation only; readers must then use :func:`lpoi.io.load_image`). A file that is not a list of
+    records (a JSON object, not UTF-8/16/32) raises :class:`lpoi.io.InputError`.
     """
+    p = params if params is not None else PrepareParams()
     root = Path(images_root)
     if not root.is_dir():
         raise FileNotFoundError(f"images root is not a directory: {root}")
@@ -236,11 +390,12 @@ def prepare_records(
     seen_ids: set[str] = set()
     seen_keys: set[str] = set()
 
-    for index, rec in enumerate(read_records(records_path)):
+    for index, rec in enumerate(read_records(records_path, record_keys=REQUIRED_FIELDS)):
         rid: str | None = None
         try:
+            rid = _given_id(rec)  # first: a reject for any other reason still names the record
             fields = _check_fields(rec)
-            rid = _given_id(rec)
+            _check_text(fields, p)
             rel = fields["img_path"]
             try:
                 safe_join(root, rel)
@@ -259,10 +414,9 @@ def prepare_records(
                 )
             if rid in seen_ids:
                 raise _Reject("duplicate_id", f"id {rid!r} already used by an earlier record")
-            try:
-                img = load_image(path, max_pixels=max_pixels, min_side=min_side)
-            except ImageRejected as e:
-                raise _Reject(_IMAGE_REASON.get(e.reason, "unreadable_image"), e.detail) from None
+            img = _check_image(path, p)
+            if budget is not None:
+                budget.check(fields["prompt"], img.size)
             normalised = False
             image_path = path
             if out_dir is not None and _needs_normalising(path):
@@ -287,6 +441,7 @@ def prepare_records(
                 "height": img.size[1],
                 "image_sha256": img_sha,
                 "normalised": normalised,
+                "placeholders_removed": any(fields[k] != rec[k] for k in ("prompt", "chosen", "rejected")),
             },
         )
 
@@ -296,43 +451,42 @@ def run_prepare(
     images_root: str | os.PathLike,
     prepared_path: str | os.PathLike,
     rejects_path: str | os.PathLike,
-    max_reject_ratio: float,
+    params: PrepareParams | float | None = None,
     *,
+    budget: PromptBudget | None = None,
     out_dir_images: str | os.PathLike | None = None,
-    max_pixels: int = MAX_PIXELS,
-    min_side: int = MIN_SIDE,
     compress_level: int = 6,
 ) -> dict:
     """Write ``prepared.jsonl`` and ``rejects.jsonl`` (both atomically) and return a summary.
 
-    ``out_dir_images`` (normalised PNG copies) defaults to ``<prepared_path's folder>/prepared_images``.
+    ``params``: the ``prepare`` section (a bare number is read as its ``max_reject_ratio``, the other bounds
+    at their defaults). ``out_dir_images`` (normalised PNG copies) defaults to ``<prepared_path's
+    folder>/prepared_images``.
     Summary: ``{"records_in", "records_out", "rejected", "reject_ratio", "rejects_by_reason",
-    "normalised_images", "max_reject_ratio"}``.
+    "normalised_images", "placeholders_removed", "max_reject_ratio"}``.
 
     Raises :class:`RejectRatioExceeded` *after* writing both files when
-    ``rejected / records_in > max_reject_ratio`` (so the user can read the rejects), and ``ValueError``
-    when the input holds no records at all.
+    ``rejected / records_in > params.max_reject_ratio`` or when no record was accepted (so the user can
+    read the rejects), and :class:`lpoi.io.InputError` when the input holds no records at all or is not
+    a list of records.
     """
-    if not (0.0 <= float(max_reject_ratio) <= 1.0):
-        raise ValueError(f"prepare.max_reject_ratio must be in [0, 1], got {max_reject_ratio}")
+    if isinstance(params, (int, float)):  # the former signature: a bare max_reject_ratio (callers in tests)
+        params = PrepareParams(max_reject_ratio=params)
+    p = params if params is not None else PrepareParams()
     prepared_path, rejects_path = Path(prepared_path), Path(rejects_path)
     if out_dir_images is None:
         out_dir_images = prepared_path.parent / "prepared_images"
-    n_in = n_out = n_norm = 0
+    n_in = n_out = n_norm = n_placeholders = 0
     reasons: Counter[str] = Counter()
     with atomic_open(prepared_path) as ok_f, atomic_open(rejects_path) as rej_f:
         for kind, row in prepare_records(
-            pairs_path,
-            images_root,
-            out_dir_images=out_dir_images,
-            max_pixels=max_pixels,
-            min_side=min_side,
-            compress_level=compress_level,
+            pairs_path, images_root, p, budget=budget, out_dir_images=out_dir_images, compress_level=compress_level
         ):
             n_in += 1
             if kind == "ok":
                 n_out += 1
                 n_norm += row["normalised"]
+                n_placeholders += row["placeholders_removed"]
                 ok_f.write(json.dumps(row, ensure_ascii=False) + "\n")
             else:
                 reasons[row["reason"]] += 1
@@ -345,20 +499,24 @@ def run_prepare(
         "reject_ratio": n_rej / n_in if n_in else 0.0,
         "rejects_by_reason": dict(sorted(reasons.items())),
         "normalised_images": n_norm,
-        "max_reject_ratio": float(max_reject_ratio),
+        "placeholders_removed": n_placeholders,
+        "max_reject_ratio": p.max_reject_ratio,
     }
     log.info(
         "prepare: %d records in, %d out, %d rejected %s", n_in, n_out, n_rej, summary["rejects_by_reason"]
     )
     if n_in == 0:
-        raise ValueError(
-            f"{pairs_path}: no records found (expected a JSON list or JSONL of preference pairs)"
+        raise InputError(f"{pairs_path}: no records found (expected a JSON list or JSONL of preference pairs)")
+    top = ", ".join(f"{r}: {n}" for r, n in reasons.most_common())
+    if n_out == 0:
+        raise RejectRatioExceeded(
+            f"prepare accepted none of the {n_in} records (reasons: {top}); see {rejects_path} "
+            "(later stages would have nothing to work on: fix the data or the images root)"
         )
-    if summary["reject_ratio"] > max_reject_ratio:
-        top = ", ".join(f"{r}: {n}" for r, n in reasons.most_common())
+    if summary["reject_ratio"] > p.max_reject_ratio:
         raise RejectRatioExceeded(
             f"prepare rejected {n_rej} of {n_in} records ({summary['reject_ratio']:.1%}), more than "
-            f"prepare.max_reject_ratio = {max_reject_ratio:g}; reasons: {top}; see {rejects_path} "
+            f"prepare.max_reject_ratio = {p.max_reject_ratio:g}; reasons: {top}; see {rejects_path} "
             "(fix the data or images root, or raise prepare.max_reject_ratio)"
         )
     return summary

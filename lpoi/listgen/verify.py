@@ -10,8 +10,8 @@ the answer is correct. The prompt, through the model's own chat template with th
     Answer: {answer}
     Is this answer correct for the image? Answer yes or no.
 
-(``<image>`` placeholders of LLaVA/mDPO-style questions are removed first: the template places the
-image.) The decision compares the next-token log-probabilities of "Yes" and "No"
+(``<image>`` placeholders of LLaVA/mDPO-style questions were removed by prepare: the template places
+the image.) The decision compares the next-token log-probabilities of "Yes" and "No"
 (:func:`lpoi.models.chat.yes_no_token_ids`) at the start of the assistant's turn: ``says_yes`` iff
 ``logp_yes > logp_no`` (log-probs rounded to 1e-6 first, so the stored numbers always agree with the
 stored decision). No sampling, no parsing of generated text.
@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -66,14 +65,11 @@ log = logging.getLogger(__name__)
 
 VERIFY_PROMPT = "Question: {question}\nAnswer: {answer}\nIs this answer correct for the image? Answer yes or no."
 ON_FAIL = ("keep", "drop")
-_IMAGE_TOKEN = re.compile(r"<image>", re.IGNORECASE)
 
 
 def verify_prompt(question: str, answer: str) -> str:
     """The verifier's user text (the image goes first, via the chat template)."""
-    q = " ".join(_IMAGE_TOKEN.sub(" ", question).split())
-    a = " ".join(_IMAGE_TOKEN.sub(" ", answer).split())
-    return VERIFY_PROMPT.format(question=q, answer=a)
+    return VERIFY_PROMPT.format(question=" ".join(question.split()), answer=" ".join(answer.split()))
 
 
 def hidden_image(image, mask, box: Sequence[float], *, fill: str = "black"):

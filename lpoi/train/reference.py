@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from lpoi.io import JsonlAppender, atomic_write_text
+from lpoi.io import JsonlAppender, atomic_write_text, parse_jsonl_line
 from lpoi.train.collate import collate_samples
 from lpoi.train.data import ListSample, load_lists
 from lpoi.train.logprobs import sequence_logps
@@ -49,10 +49,10 @@ def _read(path: Path) -> tuple[dict | None, list[dict]]:
     meta, rows = None, []
     raw = path.read_bytes()
     cut = raw.rfind(b"\n") + 1  # a partial last line (killed mid-write) is ignored
-    for i, line in enumerate(raw[:cut].decode("utf-8").splitlines()):
+    for i, line in enumerate(raw[:cut].split(b"\n")[:-1]):
         if not line.strip():
             continue
-        obj = json.loads(line)
+        obj = parse_jsonl_line(line, path, i + 1)  # a corrupt complete line: an error naming file and line
         if i == 0 and "meta" in obj:
             meta = obj["meta"]
         else:

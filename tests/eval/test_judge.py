@@ -14,6 +14,7 @@ import os
 import re
 import threading
 import time
+import urllib.request
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -40,7 +41,7 @@ SECRET = "sk-lpoi-TESTSECRET-9f8e7d6c5b4a3210"
 class ChatServer:
     """A chat-completions endpoint with scripted replies; ``replies`` maps a script name to a rule."""
 
-    def __init__(self):
+    def __init__(self, tls_cert: Path | None = None):
         self.requests: list[dict] = []
         self.lock = threading.Lock()
         self.in_flight = 0
@@ -65,11 +66,19 @@ class ChatServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
+        self.scheme = "http"
+        if tls_cert is not None:  # a PEM holding the key and the self-signed certificate for 127.0.0.1
+            import ssl
+
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(tls_cert)
+            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+            self.scheme = "https"
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        return f"{self.scheme}://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
     def handle(self, h: BaseHTTPRequestHandler) -> None:
         n = int(h.headers.get("Content-Length", "0"))
@@ -132,6 +141,26 @@ class ChatServer:
         elif script == "slow":
             time.sleep(0.2)
             ok("slow ok")
+        elif script in ("closemid", "alwaysclosemid") and (attempt == 1 or script == "alwaysclosemid"):
+            payload = json.dumps({"choices": [{"message": {"content": "cut short Rating: 4"}}]}).encode()
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(payload)))
+            h.end_headers()
+            h.wfile.write(payload[: len(payload) // 2])  # then the handler returns and the socket closes
+        elif script in ("trickle", "alwaystrickle") and (attempt == 1 or script == "alwaystrickle"):
+            payload = json.dumps({"choices": [{"message": {"content": "slowly Rating: 4"}}]}).encode()
+            raw = (b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                   + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+            try:  # one byte per 50 ms: every read succeeds well within the per-read timeout
+                for i in range(len(raw)):
+                    h.wfile.write(raw[i : i + 1])
+                    h.wfile.flush()
+                    time.sleep(0.05)
+            except OSError:  # the client gave up and shut the socket
+                pass
+        elif script == "echoheaders":  # a debugging proxy that echoes the request into the reply
+            ok(f"you sent {dict(h.headers)!r} Rating: 4")
         else:
             ok(f"ok after {attempt} attempts")
 
@@ -216,6 +245,97 @@ def test_retries_exhausted_is_an_error_not_an_endless_loop(server, key):
     [r] = make_judge(server, max_retries=2).complete_many(["SCRIPT:always500"])
     assert not r.ok and r.error == "retries_exhausted" and r.text is None
     assert len(server.requests) == 3  # first try + 2 retries
+
+
+def test_connection_closed_mid_body_is_retried(server, key):
+    """Content-Length promised more than arrived: transient (retried), never 'malformed_json'."""
+    [r] = make_judge(server).complete_many(["SCRIPT:closemid"])
+    assert r.ok and r.text == "ok after 2 attempts" and r.attempts == 2
+    [r] = make_judge(server, max_retries=1).complete_many(["SCRIPT:alwaysclosemid"])
+    assert r.error == "retries_exhausted" and "closed mid-body" in r.detail and r.attempts == 2
+
+
+def test_deadline_bounds_a_trickling_server(server, key):
+    """A reply trickled a byte per 50 ms never trips the 0.5 s per-read timeout (it would take ~7 s);
+    the 1 s deadline ends the attempt, and the retry gets the normal reply."""
+    judge = make_judge(server, timeout=0.5, deadline=1.0)
+    t0 = time.monotonic()
+    [r] = judge.complete_many(["SCRIPT:trickle"])
+    took = time.monotonic() - t0
+    assert r.ok and r.text == "ok after 2 attempts" and r.attempts == 2
+    assert 1.0 <= took < 2.5, took
+    t0 = time.monotonic()
+    [r] = make_judge(server, timeout=0.5, deadline=0.5, max_retries=1).complete_many(["SCRIPT:alwaystrickle"])
+    assert r.error == "retries_exhausted" and "0.5 s deadline" in r.detail and r.attempts == 2
+    assert time.monotonic() - t0 < 2.0
+
+
+def _self_signed(tmp_path: Path) -> Path:
+    """A PEM with a fresh EC key and a certificate for IP 127.0.0.1 (cryptography, no network)."""
+    import datetime
+    import ipaddress
+
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    k = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(k.public_key())
+            .serial_number(1).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(k, hashes.SHA256()))
+    pem = tmp_path / "localhost.pem"
+    pem.write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()) + cert.public_bytes(serialization.Encoding.PEM))
+    return pem
+
+
+def test_https_with_verification_and_deadline(key, tmp_path, monkeypatch):
+    """The deadline's connection classes keep TLS as urllib does it: the certificate is verified (trusted
+    here through SSL_CERT_FILE), replies arrive, and a trickling TLS server is cut at the deadline."""
+    pem = _self_signed(tmp_path)
+    with ChatServer(tls_cert=pem) as tls:
+        with pytest.raises(Exception):  # not trusted yet: verification is on
+            urllib.request.urlopen(tls.base_url, timeout=5)
+        monkeypatch.setenv("SSL_CERT_FILE", str(pem))
+        judge = make_judge(tls, timeout=0.5, deadline=1.0)
+        [r] = judge.complete_many(["hello SCRIPT:normal"])
+        assert r.ok and r.text == "echo <hello SCRIPT:normal> Rating: 4"
+        t0 = time.monotonic()
+        [r] = judge.complete_many(["SCRIPT:trickle"])
+        assert r.ok and r.attempts == 2 and 1.0 <= time.monotonic() - t0 < 2.5
+
+
+@pytest.mark.parametrize("suffix", ["?api-version=2024-06-01", "/?api-version=2024-06-01",
+                                    "/chat/completions?api-version=2024-06-01"])
+def test_base_url_with_a_query_string(server, key, suffix):
+    """Azure-style endpoints: the path gets /chat/completions, the query stays a query; neither label nor
+    cache key carries the query (it may hold credentials)."""
+    judge = OpenAIJudge(server.base_url + suffix, "judge-model", api_key_env=KEY_ENV)
+    [r] = judge.complete_many(["q SCRIPT:normal"])
+    assert r.ok and server.requests[-1]["path"] == "/v1/chat/completions?api-version=2024-06-01"
+    assert "api-version" not in judge.label and judge.endpoint.endswith("/v1/chat/completions")
+
+
+def test_off_scale_ratings_keep_the_official_score_and_are_counted(server, key, tmp_path):
+    """'Rating: 10' and 'Rating: 65' score 1 and 6 by the official substring rule (kept), 'Rating: 7' finds
+    nothing (0); all three are counted in n_rating_off_scale. Ratings [1, 6, 0, 4] -> score 11/4."""
+    from lpoi.eval.benchmarks import mmhal
+
+    replies = {0: "Rating: 10", 1: "Rating: 65, superb", 2: "rating: 7", 3: "Rating: 4"}
+    server.reply_for = lambda content: replies[int(re.search(r"answer number (\d)", content).group(1))]
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps({"id": i, "response": f"answer number {i}"}) + "\n" for i in range(4)))
+    m = mmhal.score_file(answers, REPO / "data/sample/bench/mmhal/mmhal-bench_answer_template.json",
+                         tmp_path / "m.json", make_judge(server))
+    assert m["per_type"] == {"attribute": 1, "adversarial": 6, "comparison": 0, "counting": 4}
+    assert m["score"] == pytest.approx(11 / 4)
+    assert m["n_rating_off_scale"] == 3 and m["n_rating_unparsed"] == 1
 
 
 @pytest.mark.parametrize("script,reason", [("malformed", "malformed_json"), ("nochoices", "malformed_reply")])
@@ -309,16 +429,18 @@ def test_key_never_leaks(server, key, tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     judge = make_judge(server, tmp_path, max_retries=1)
     prompts = ["a SCRIPT:normal", "b SCRIPT:e500", "c SCRIPT:malformed", "d SCRIPT:echokey400", "e SCRIPT:always500",
-               "f SCRIPT:r429"]
+               "f SCRIPT:r429", "g SCRIPT:echoheaders"]
     replies = judge.complete_many(prompts)
     assert server.requests[0]["auth"] == f"Bearer {SECRET}"  # the key was in use
     assert {r.error for r in replies} == {None, "malformed_json", "http_400", "retries_exhausted"}
+    echoed = replies[-1]
+    assert echoed.ok and "'Authorization': 'Bearer [REDACTED]'" in echoed.text  # the reply itself is scrubbed
     # the MMHal scorer on top, so metrics/details files are covered too
     from lpoi.eval.benchmarks import mmhal
 
     answers = tmp_path / "answers.jsonl"
     answers.write_text("".join(json.dumps({"id": i, "response": f"r{i} SCRIPT:{s}"}) + "\n"
-                               for i, s in enumerate(["normal", "echokey400", "malformed"])))
+                               for i, s in enumerate(["normal", "echokey400", "malformed", "echoheaders"])))
     mmhal.score_file(answers, REPO / "data/sample/bench/mmhal/mmhal-bench_answer_template.json",
                      tmp_path / "metrics.json", judge, details_path=tmp_path / "details.jsonl")
     produced = [repr(judge), str(judge), repr(vars(judge)), caplog.text]
@@ -334,6 +456,16 @@ def test_key_never_leaks(server, key, tmp_path, caplog):
         pickle.dumps(judge)
     # the echoed error body is kept (scrubbed), so the detail is still useful
     assert any("bad request from key [REDACTED]" in (r.detail or "") for r in replies)
+
+
+def test_cache_entries_with_the_key_are_scrubbed_when_read(server, key, tmp_path):
+    """A cache written before replies were scrubbed is served scrubbed (and no request is sent)."""
+    judge = make_judge(server, tmp_path)
+    prompt = "old SCRIPT:normal"
+    judge.cache.put(judge.cache_key(prompt), {"text": f"echo Authorization: Bearer {SECRET} Rating: 4"})
+    [r] = make_judge(server, tmp_path).complete_many([prompt])
+    assert r.cached and not server.requests
+    assert SECRET not in r.text and SECRET[:12] not in r.text and "Bearer [REDACTED]" in r.text
 
 
 def test_parse_retry_after():

@@ -3,122 +3,24 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import os
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from badfiles import build_corpus, rec, rgb
 from PIL import Image
 
+from lpoi.config import PrepareParams
+from lpoi.io import InputError
 from lpoi.listgen.prepare import RejectRatioExceeded, prepare_records, run_prepare, safe_stem
 
 # ---------------------------------------------------------------------------------------------- fixtures
 
 
-def _rgb(path: Path, w: int = 32, h: int = 24, color=(10, 120, 200), fmt: str | None = None, **kw) -> Path:
-    Image.new("RGB", (w, h), color).save(path, format=fmt, **kw)
-    return path
-
-
-def _bomb_png(path: Path, w: int, h: int) -> Path:
-    """A PNG whose header declares w x h RGB pixels but carries almost no data (cheap bomb)."""
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-        )
-
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    data = (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
-    path.write_bytes(data)
-    return path
-
-
-def _exif_rotated_jpeg(path: Path) -> Path:
-    """40x20 stored pixels: left half red, right half blue; EXIF Orientation 6 (display = rotate 90 CW)."""
-    a = np.zeros((20, 40, 3), np.uint8)
-    a[:, :20] = (220, 20, 20)
-    a[:, 20:] = (20, 20, 220)
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    Image.fromarray(a).save(path, "JPEG", quality=95, exif=exif.tobytes())
-    return path
-
-
-def _rec(img: str, prompt: str = "What is there?", chosen: str = "A cup.", rejected: str = "A dog.", **extra):
-    return {"img_path": img, "prompt": prompt, "chosen": chosen, "rejected": rejected, **extra}
-
-
 @pytest.fixture()
 def corpus(tmp_path: Path):
-    root = tmp_path / "images"
-    (root / "sub").mkdir(parents=True)
-    outside = tmp_path / "outside"
-    outside.mkdir()
-
-    _rgb(root / "ok.jpg", fmt="JPEG", quality=95)
-    _rgb(root / "sub" / "ok.png", color=(1, 2, 3))
-    _rgb(root / "ok3.png", color=(50, 60, 70))
-    _rgb(root / "dup_a.png", color=(5, 5, 5))
-    _rgb(root / "dup_b.png", color=(6, 6, 6))
-    # truncated JPEG: first half of a noisy JPEG
-    buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
-    (root / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
-    (root / "garbage.jpg").write_bytes(b"this is not an image at all" * 4)
-    _rgb(root / "tiny.png", w=4, h=4)
-    _bomb_png(root / "bomb.png", 8000, 8000)  # 64 MP > 50 MP, below PIL's own 89 MP warning
-    _rgb(outside / "secret.png")
-    os.symlink(outside / "secret.png", root / "link.png")
-    _rgb(outside / "up.png")
-    # modes that must be converted
-    Image.new("CMYK", (16, 16), (40, 80, 120, 60)).save(root / "cmyk.jpg", "JPEG", quality=100)
-    Image.fromarray(np.full((16, 16), 32768, np.uint16)).save(root / "g16.png")  # 16-bit grayscale
-    pal = Image.new("P", (16, 16), 1)
-    pal.putpalette([0, 0, 0, 200, 100, 50] + [0] * (254 * 3))
-    pal.save(root / "pal.png")
-    Image.new("LA", (16, 16), (100, 128)).save(root / "la.png")
-    Image.new("RGBA", (16, 16), (200, 0, 0, 0)).save(root / "rgba.png")
-    Image.new("L", (16, 16), 77).save(root / "gray.png")
-    _exif_rotated_jpeg(root / "rot.jpg")
-
-    cases = [  # (record, expected outcome: reason or "ok")
-        (_rec("ok.jpg", id=7), "ok"),
-        (_rec("./sub//ok.png", id="b"), "ok"),
-        ([1, 2, 3], "not_an_object"),
-        ({"img_path": "ok3.png", "prompt": "q", "rejected": "r"}, "missing_field"),
-        (_rec("ok3.png", chosen=5), "bad_type"),
-        (_rec("ok3.png", id=["x"]), "bad_type"),
-        (_rec("ok3.png", prompt="   "), "empty_field"),
-        (_rec("../outside/up.png"), "unsafe_path"),
-        (_rec(str(outside / "up.png")), "unsafe_path"),
-        (_rec("link.png"), "unsafe_path"),
-        (_rec("nope.png"), "missing_image"),
-        (_rec("truncated.jpg"), "truncated_image"),
-        (_rec("garbage.jpg"), "unreadable_image"),
-        (_rec("tiny.png"), "too_small"),
-        (_rec("bomb.png"), "too_large"),
-        (_rec("dup_a.png", id="dup"), "ok"),
-        (_rec("dup_b.png", id="dup"), "duplicate_id"),
-        (_rec("ok3.png", chosen="Three."), "ok"),
-        (_rec("ok3.png", chosen="Three."), "duplicate_record"),
-        (_rec("cmyk.jpg"), "ok"),
-        (_rec("g16.png"), "ok"),
-        (_rec("pal.png"), "ok"),
-        (_rec("la.png"), "ok"),
-        (_rec("rgba.png"), "ok"),
-        (_rec("gray.png"), "ok"),
-        (_rec("rot.jpg"), "ok"),
-    ]
+    root, cases = build_corpus(tmp_path)
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(r) + "\n" for r, _ in cases))
     return tmp_path, root, pairs, cases
@@ -126,9 +28,8 @@ def corpus(tmp_path: Path):
 
 def _run(tmp_path: Path, root: Path, pairs: Path, ratio: float = 1.0):
     out = tmp_path / "out"
-    summary = run_prepare(
-        pairs, root, out / "prepared.jsonl", out / "rejects.jsonl", ratio, out_dir_images=out / "img"
-    )
+    summary = run_prepare(pairs, root, out / "prepared.jsonl", out / "rejects.jsonl",
+                          PrepareParams(max_reject_ratio=ratio), out_dir_images=out / "img")
     prepared = [json.loads(x) for x in (out / "prepared.jsonl").read_text().splitlines()]
     rejects = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
     return summary, prepared, rejects
@@ -151,9 +52,194 @@ def test_each_bad_case_rejected_with_its_reason_others_processed(corpus):
     for reason in expected_rejects.values():
         want_counts[reason] = want_counts.get(reason, 0) + 1
     assert summary["rejects_by_reason"] == want_counts
-    # ids of rejects: known where the record got that far
-    by_index = {r["index"]: r for r in rejects}
-    assert by_index[16]["id"] == "dup" and by_index[2]["id"] is None
+
+
+def test_every_reject_row_carries_the_records_id(corpus):
+    """The given id whenever the record has a valid one (whatever the reason), else the derived id once the
+    image bytes are known, else null; and always the input index."""
+    tmp_path, root, pairs, cases = corpus
+    _, _, rejects = _run(tmp_path, root, pairs)
+    for r in rejects:
+        record = cases[r["index"]][0]
+        given = record.get("id") if isinstance(record, dict) else None
+        if isinstance(given, (str, int)) and not isinstance(given, bool):
+            assert r["id"] == str(given), r
+        elif r["reason"] in ("not_an_object", "missing_field", "bad_type", "empty_field", "text_too_long",
+                             "no_preference", "unsafe_path", "missing_image"):
+            assert r["id"] is None, r  # no image bytes read: no derived id
+        else:
+            assert len(r["id"]) == 16 and int(r["id"], 16) >= 0, r  # derived from the content
+    n_given = sum(1 for r in rejects if isinstance(cases[r["index"]][0], dict)
+                  and isinstance(cases[r["index"]][0].get("id"), (str, int)))
+    assert n_given >= 10  # the corpus gives ids to rejects of most kinds, the early ones included
+
+
+def test_placeholders_removed_once_and_counted(corpus):
+    tmp_path, root, pairs, _ = corpus
+    summary, prepared, _ = _run(tmp_path, root, pairs)
+    row = next(p for p in prepared if p["id"] == "ph")
+    assert row["prompt"] == "What is on the table?"  # "<image>\n" and an inline "<Image>" both gone
+    assert row["chosen"] == "A red cup."
+    assert row["placeholders_removed"] is True
+    assert not any("<image>" in p[k].lower() for p in prepared for k in ("prompt", "chosen", "rejected"))
+    assert summary["placeholders_removed"] == 1
+    other = next(p for p in prepared if p["image"] == "uni.png")  # other special tokens are kept as text
+    assert "<fake_token_around_image></s>" in other["prompt"] and other["placeholders_removed"] is False
+
+
+def test_text_bounds_and_aspect_ratio_follow_the_params(tmp_path):
+    root = tmp_path / "img"
+    root.mkdir()
+    rgb(root / "w.png", w=300, h=10)  # 30:1
+    cases = [rec("w.png", id="wide"), rec("w.png", prompt="x" * 50, chosen="A cat.", id="long")]
+    pairs = tmp_path / "p.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in cases))
+    strict = [r["reason"] for k, r in prepare_records(pairs, root, PrepareParams(max_prompt_chars=49)) if k == "reject"]
+    assert strict == ["extreme_aspect_ratio", "text_too_long"]
+    loose = PrepareParams(max_aspect_ratio=30, max_prompt_chars=50)
+    assert [k for k, _ in prepare_records(pairs, root, loose)] == ["ok", "ok"]
+
+
+@pytest.mark.parametrize("model", ["tiny/idefics2", "tiny/llava"])
+def test_prompt_budget_counts_what_the_reference_encodes(model, tmp_path):
+    """PromptBudget's count is exactly where encode_sequences (reference and train) starts the answer, and
+    its limit is exactly where encode_sequences gives up: a prompt of max_length - 1 tokens passes, one of
+    max_length tokens is the error prepare now rejects in advance."""
+    from lpoi.listgen.prepare import PromptBudget, _Reject
+    from lpoi.train.collate import encode_sequences
+
+    prompts = ["What is there?", "Describe the scene. " * 40, "Qxv zpl wkj 93 fr#! " * 30, "Wie heißt das? 🍎 هذا",
+               "<fake_token_around_image> a </s> b"]
+    budget = PromptBudget.for_model(model, 512)
+    img = Image.new("RGB", (48, 40), (10, 20, 30))
+    for q in prompts:
+        n = budget.tokens(q, img.size)
+        enc = encode_sequences(budget.processor, questions=[q], answers=["A cat."], images=[img], sample_ids=["s"])
+        assert n == int(enc.response_mask[0].nonzero()[0])  # first answer token = prompt length
+        encode_sequences(budget.processor, questions=[q], answers=["A cat."], images=[img], sample_ids=["s"],
+                         max_length=n + 1)  # one token left for the answer: fine
+        with pytest.raises(ValueError, match="leaves no room"):
+            encode_sequences(budget.processor, questions=[q], answers=["A cat."], images=[img], sample_ids=["s"],
+                             max_length=n)
+        budget.max_length = n + 1
+        budget.check(q, img.size)
+        budget.max_length = n
+        with pytest.raises(_Reject, match="no room for an answer within reference.max_length"):
+            budget.check(q, img.size)
+    assert budget.fixed  # neither family's count depends on the image size
+
+
+def test_prompt_budget_small_size_is_only_used_where_it_changes_nothing():
+    """With the real Idefics2 image processor (980 px) the small processing size keeps every id and makes
+    a count much cheaper (measured ~80 ms -> ~3 ms here)."""
+    import time
+
+    from transformers import Idefics2ImageProcessor
+
+    from lpoi.listgen.prepare import PromptBudget
+    from lpoi.models import load_processor
+
+    proc = load_processor("tiny/idefics2")
+    proc.image_processor = Idefics2ImageProcessor(do_image_splitting=False)  # the hub model's settings
+    budget = PromptBudget(proc, 2048)
+    budget.tokens("x")
+    assert budget._kwargs
+    q = "Describe the scene in detail."
+    t0 = time.perf_counter()
+    full = budget._ids(q, (640, 480), {})
+    t_full = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    assert budget.tokens(q, (640, 480)) == len(full)
+    assert time.perf_counter() - t0 < t_full / 3
+
+
+def test_no_record_accepted_fails_even_when_all_may_be_rejected(tmp_path):
+    root = tmp_path / "img"
+    root.mkdir()
+    pairs = tmp_path / "p.jsonl"
+    pairs.write_text(json.dumps(rec("missing.png", id="a")) + "\n" + json.dumps(rec("gone.png")) + "\n")
+    with pytest.raises(RejectRatioExceeded, match="accepted none of the 2 records.*missing_image: 2"):
+        run_prepare(pairs, root, tmp_path / "o/p.jsonl", tmp_path / "o/r.jsonl", PrepareParams(max_reject_ratio=1))
+    assert len((tmp_path / "o/r.jsonl").read_text().splitlines()) == 2  # the rejects are there to read
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-le", "utf-32"])
+def test_unicode_pairs_files_read_as_the_json_module_does(tmp_path, encoding):
+    """UTF-8 with a BOM and UTF-16/32 (BOM or not: detected from the first characters, as json.loads does
+    for bytes) give the same records as plain UTF-8, in the list and the JSONL form."""
+    root = tmp_path / "img"
+    root.mkdir()
+    rgb(root / "a.png")
+    records = [rec("a.png", prompt="Qué hay? 🍎", id="x"), rec("a.png", chosen="Ünïcode.", id="y")]
+    for name, text in (("l.json", json.dumps(records, ensure_ascii=False, indent=1)),
+                       ("l.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))):
+        plain, other = tmp_path / ("u8-" + name), tmp_path / (encoding + name)
+        plain.write_text(text, encoding="utf-8")
+        other.write_text(text, encoding=encoding)
+        assert other.read_bytes() != plain.read_bytes()
+        got = list(prepare_records(other, root))
+        assert got == list(prepare_records(plain, root)) and [k for k, _ in got] == ["ok", "ok"]
+        assert got[0][1]["prompt"] == "Qué hay? 🍎"
+
+
+def test_non_utf8_pairs_file_is_a_one_line_error_naming_file_and_line(tmp_path):
+    root = tmp_path / "img"
+    root.mkdir()
+    bad = tmp_path / "latin1.jsonl"
+    bad.write_bytes(json.dumps(rec("a.png")).encode() + b"\n" + json.dumps(rec("a.png", prompt="Qu\u00e9?"),
+                                                                           ensure_ascii=False).encode("latin-1"))
+    with pytest.raises(InputError, match=r"latin1\.jsonl:2: not UTF-8 text \(byte 0xe9") as e:
+        list(prepare_records(bad, root))
+    assert "\n" not in str(e.value)
+    as_list = tmp_path / "latin1.json"
+    as_list.write_bytes(b'[\n{"prompt": "Qu\xe9"}]')
+    with pytest.raises(InputError, match=r"latin1\.json:2: not UTF-8 text"):
+        list(prepare_records(as_list, root))
+
+
+@pytest.mark.parametrize("content,needle", [
+    ('{"data": [{"img_path": "a.png"}]}', "got a JSON object with keys data; the records may be the list under 'data'"),
+    ('{\n  "data": [],\n  "version": 2\n}', "got a JSON object with keys data, version"),
+    ('"pairs.json"', "got a JSON str"),
+    ('{"img_path": "a.png", oops}', "a.jsonl:1: invalid JSON"),
+])
+def test_a_file_that_is_not_a_list_of_records_is_an_error(tmp_path, content, needle):
+    root = tmp_path / "img"
+    root.mkdir()
+    path = tmp_path / "a.jsonl"
+    path.write_text(content)
+    with pytest.raises(InputError, match="expected a JSON list|invalid JSON") as e:
+        list(prepare_records(path, root))
+    assert needle in str(e.value) and str(path) in str(e.value)
+
+
+def test_a_single_record_jsonl_or_pretty_object_is_one_record(tmp_path):
+    root = tmp_path / "img"
+    root.mkdir()
+    rgb(root / "a.png")
+    for text in (json.dumps(rec("a.png", id="one")) + "\n", json.dumps(rec("a.png", id="one"), indent=2)):
+        path = tmp_path / "one.json"
+        path.write_text(text)
+        assert [(k, r["id"]) for k, r in prepare_records(path, root)] == [("ok", "one")]
+
+
+def test_stage_script_prints_one_line_for_a_json_object(tmp_path):
+    """As a user meets it: `python stages/prepare.py` on a wrapper object exits 1 with one 'error:' line."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    (tmp_path / "img").mkdir()
+    pairs = tmp_path / "pairs.json"
+    pairs.write_text(json.dumps({"data": [rec("a.png")]}))
+    r = subprocess.run([sys.executable, str(repo / "stages/prepare.py"), "--params", str(repo / "params.yaml"),
+                        "--pairs", str(pairs), "--images", str(tmp_path / "img"), "--out", str(tmp_path / "out"),
+                        "--metrics", str(tmp_path / "m.json")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [f"error: {pairs}: expected a JSON list of records (or JSONL, one per "
+                                             "line), got a JSON object with keys data; the records may be the "
+                                             "list under 'data'"]
+    assert not (tmp_path / "m.json").exists()
 
 
 def test_ids_paths_and_content_hash(corpus):
@@ -256,11 +342,13 @@ def test_bad_params_and_empty_input(tmp_path):
     root = tmp_path / "img"
     root.mkdir()
     empty = tmp_path / "e.jsonl"
-    empty.write_text("")
+    empty.write_text("\n\n")
     with pytest.raises(ValueError, match="max_reject_ratio"):
-        run_prepare(empty, root, tmp_path / "p.jsonl", tmp_path / "r.jsonl", 1.5)
-    with pytest.raises(ValueError, match="no records"):
-        run_prepare(empty, root, tmp_path / "p.jsonl", tmp_path / "r.jsonl", 0.5)
+        PrepareParams(max_reject_ratio=1.5)
+    with pytest.raises(ValueError, match="max_aspect_ratio"):
+        PrepareParams(max_aspect_ratio=0.5)
+    with pytest.raises(InputError, match="no records"):
+        run_prepare(empty, root, tmp_path / "p.jsonl", tmp_path / "r.jsonl", PrepareParams(max_reject_ratio=0.5))
     with pytest.raises(FileNotFoundError, match="images root"):
         list(prepare_records(empty, tmp_path / "missing"))
 

@@ -44,7 +44,7 @@ def _data(tmp_path, n=6):
         p = tmp_path / "images" / f"im{k}.png"
         p.parent.mkdir(exist_ok=True)
         _img(p, size, k)
-        prep.append({"id": f"s{k}", "image": p.name, "image_path": str(p), "prompt": f"<image>\nWhat is shown {k}?",
+        prep.append({"id": f"s{k}", "image": p.name, "image_path": str(p), "prompt": f"What is shown {k}?",
                      "chosen": "A red box next to a green ball.", "rejected": "A cat.", "width": w, "height": h,
                      "image_sha256": "0" * 64})
         boxes = [[w / 6, h / 5, w / 2, h / 2], None, [w / 2, h / 3, w - 3, h - 3], [0, 0, w / 3, h / 4]]
@@ -83,7 +83,7 @@ def _run(tmp_path, name, **kw):
 
 
 def test_verify_prompt_text():
-    assert verify_prompt("<image>\nWhat  is this?", "A dog.") == (
+    assert verify_prompt("What  is\nthis?", "A dog.") == (
         "Question: What is this?\nAnswer: A dog.\nIs this answer correct for the image? Answer yes or no.")
 
 

@@ -9,7 +9,8 @@ RLHF-V / RLAIF-V ``eval/eval_gpt_mmhal.py`` and ``summarize_gpt_mmhal_review.py`
 - :func:`parse_rating` is the official loop: for s in 0..6, ``f'rating: {s}' in reply.lower()``;
   exactly one hit → that score, zero **or several** hits → 0 (the official prints
   "Warning: multiple or zero scores found" and appends 0). Substring semantics are kept, so
-  "Rating: 10" counts as a 1 and a reply that echoes the option list scores 0.
+  "Rating: 10" counts as a 1 and a reply that echoes the option list scores 0; replies with a
+  "rating: N" whose N is not one digit 0–6 (10, 65, 7) are counted in ``n_rating_off_scale``.
 - hallucination: ``s < 3`` (the official ``if s >= 3: 0 else: 1``); ``score`` is the mean rating;
   ``informativeness`` is RLHF-V's ``cal_informative`` (mean of ``s-3 if s >= 3 else s``, / 3 × 100).
 - per type: the official groups by position, ``question_type = i % 8``, "assuming order of 96
@@ -56,6 +57,7 @@ __all__ = [
     "image_filename_candidates",
     "items",
     "load_template",
+    "off_scale",
     "parse_rating",
     "score_file",
 ]
@@ -242,6 +244,15 @@ def find_ratings(text: str) -> list[int]:
     return [s for s in range(7) if f"rating: {s}" in low]
 
 
+_RATING_NUMBER = re.compile(r"rating: (\d+)")
+
+
+def off_scale(text: str) -> bool:
+    """True when a ``rating: N`` in the reply has an N that is not one digit 0..6 ("10", "65", "7"): the
+    official substring rule still scores it ("10" -> 1), but the judge did not answer on the scale."""
+    return any(len(n) != 1 or n > "6" for n in _RATING_NUMBER.findall(text.lower()))
+
+
 def parse_rating(text: str) -> int:
     """The official score: the single rating found, else 0 (none or several found).
 
@@ -322,13 +333,14 @@ def score_file(
 
     replies = judge.complete_many([build_prompt(template[i], resp) for i, resp in answers])
     rows, errors = [], Counter()
-    n_unparsed = 0
+    n_unparsed = n_off_scale = 0
     for (i, _), reply in zip(answers, replies):
         rec = template[i]
         if reply.ok:
             found = find_ratings(reply.text or "")
             rating = found[0] if len(found) == 1 else 0
             n_unparsed += len(found) != 1
+            n_off_scale += off_scale(reply.text or "")
         else:
             found, rating = [], None
             errors[reply.error or "unknown"] += 1
@@ -356,6 +368,7 @@ def score_file(
             "n_judge_errors": n_err,
             "judge_errors": dict(errors),
             "n_rating_unparsed": n_unparsed,  # zero or several "rating: s" → 0, as the official
+            "n_rating_off_scale": n_off_scale,  # "rating: 10" etc.: scored by the official rule all the same
             "n_answers": len(answers),
             "n_template": len(template),
             "n_rejected": sum(rejects.values()),
