@@ -44,10 +44,19 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def run(main) -> None:
-    """Clear one-line errors for the failures a user can fix; tracebacks for everything else."""
+    """Clear one-line errors for the failures a user can fix; tracebacks for everything else.
+
+    Bad input surfaces as a ``ValueError`` (a corrupt JSON file, a JSON object where a list is
+    expected, a bad answers row, too many generation errors, ...): its message names the file and the
+    problem, so it ends the stage in one line. ``LPOI_DEBUG=1`` shows the traceback as well.
+    """
+    import os
+
     try:
         main()
+    except KeyboardInterrupt:
+        sys.exit("interrupted (finished work is kept; re-run to resume)")
     except Exception as e:
-        if isinstance(e, _user_errors()):
-            sys.exit(f"error: {e}")
-        raise
+        if os.environ.get("LPOI_DEBUG") or not isinstance(e, (ValueError, *_user_errors())):
+            raise
+        sys.exit(f"error: {e}")

@@ -20,6 +20,9 @@ def main():
     summary = run_prepare(args.pairs, args.images, f"{args.out}/prepared.jsonl", f"{args.out}/rejects.jsonl",
                           p.max_reject_ratio, max_pixels=p.max_pixels, min_side=p.min_side)
     write_metrics(args.metrics, {**summary, "samples_per_s": clock.rate(summary["records_in"])})
+    from lpoi.listgen.report import prepare_summary_line
+
+    print(prepare_summary_line(summary, f"{args.out}/rejects.jsonl"))
 
 
 if __name__ == "__main__":
