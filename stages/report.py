@@ -34,8 +34,10 @@ def main():
     paths = ReportPaths(listgen_dirs={s: getattr(args, s) for s in LISTGEN}, prepare_metrics=args.prepare_metrics,
                         scores={b: getattr(args, b) for b in ("amber", "objhal", "mmhal")}, train=args.train,
                         conf=args.conf, listgen_out=args.listgen_out, summary_out=args.summary, out_dir=args.out_dir)
-    build_report(paths, p, yaml.safe_load(Path(args.params).read_text()), rows=p.report.contact_sheet_rows)
-    print(f"report: {args.out_dir / 'REPORT.md'}, {args.summary}")
+    print(f"report: writing {args.summary}, {args.listgen_out} and {args.out_dir}/ (REPORT.md + figures)", flush=True)
+    summary = build_report(paths, p, yaml.safe_load(Path(args.params).read_text()), rows=p.report.contact_sheet_rows)
+    if summary["random_model"]:
+        print("report: tiny random models: the numbers test the pipeline, not LPOI")
 
 
 if __name__ == "__main__":

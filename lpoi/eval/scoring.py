@@ -56,7 +56,7 @@ def run_score(job: ScoreJob, p) -> dict[str, Any]:
         from lpoi.eval.benchmarks.amber import score_file
 
         return score_file(job.answers, job.data_dir or b.path("amber", "."), job.out, similarity=p.amber.similarity,
-                          yes_no=job.yes_no, max_error_ratio=ratio, labels=label(p, ("vlm",)))
+                          yes_no=job.yes_no, max_error_ratio=ratio, labels=label(p, ("vlm",)), details_path=details)
     if job.yes_no is not None:
         raise ValueError("--yes-no applies to amber only")
     if job.bench == "objhal":

@@ -77,7 +77,7 @@ def training_losses(curves: Curves, out_path: str | os.PathLike, title: str = ""
     if not present:
         _nothing(ax, "no loss curves logged")
     styles = {"loss": {"color": "black", "linewidth": 2.2}, "loss_dpo": {"color": "tab:blue"},
-              "loss_list": {"color": "tab:orange"}, "loss_anchor": {"color": "tab:green"}}
+              "loss_list": {"color": "tab:orange"}, "loss_anchor": {"color": "tab:green", "linestyle": "--"}}
     names = {"loss": "total", "loss_dpo": "DPO (text)", "loss_list": "list (Plackett–Luce)",
              "loss_anchor": "anchor"}
     for n in present:

@@ -61,18 +61,38 @@ def results_table(summary: Mapping[str, Any], paper: Mapping[str, Any] | None) -
     return lines
 
 
+def table_values(page: str) -> dict[str, str]:
+    """``{"CHAIR ↓": "91.7", ...}``: metric name → this run's cell, read back from a page's results table."""
+    out = {}
+    for line in page.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and line.startswith("|") and cells[1] and cells[1] != "metric" and set(cells[1]) - set("-"):
+            out[cells[1]] = cells[2]
+    return out
+
+
+def table_mismatches(page: str, summary: Mapping[str, Any]) -> list[str]:
+    """Rows of the page's results table that do not show ``summary``'s value (empty: the table is right)."""
+    cells, values = table_values(page), flat(summary)
+    bad = []
+    for row in ROWS:
+        name = f"{row.name} {row.better}".strip()
+        want = fmt(values.get(row.key), row.digits)
+        if cells.get(name) != want:
+            bad.append(f"{row.key}: table {cells.get(name)!r}, summary {want!r}")
+    return bad
+
+
 def _warnings(r: ReportInputs) -> list[str]:
-    s, out = r.sources, []
-    if r.random_roles:
-        out.append(RANDOM_BANNER.format(roles=", ".join(r.random_roles)))
+    s, out = r.sources, []  # (tiny random models: the banner at the top says it)
     for bench, label in (("amber", "AMBER"), ("objhal", "Object HalBench"), ("mmhal", "MMHal-Bench")):
         m = s.get(bench) or {}
         if m.get("n_generation_errors"):
-            out.append(f"{label}: {m['n_generation_errors']} answer(s) not generated ({m.get('generation_errors')}); "
+            out.append(f"{label}: {m['n_generation_errors']} answer(s) not generated ({_counts(m.get('generation_errors'))}); "
                        "left out of its metrics")
     mm, ob, am = s.get("mmhal") or {}, s.get("objhal") or {}, s.get("amber") or {}
     if mm.get("n_judge_errors"):
-        out.append(f"MMHal-Bench: the judge failed on {mm['n_judge_errors']} item(s) ({mm.get('judge_errors')}); "
+        out.append(f"MMHal-Bench: the judge failed on {mm['n_judge_errors']} item(s) ({_counts(mm.get('judge_errors'))}); "
                    "left out of the means")
     if mm.get("n_rating_unparsed"):
         out.append(f"MMHal-Bench: {mm['n_rating_unparsed']} of {mm.get('n', '?')} judge replies hold no single "
@@ -98,6 +118,10 @@ def _judge_line(r: ReportInputs) -> str:
     return "; ".join(parts) or "no judge used"
 
 
+def _counts(by_reason: Mapping[str, int] | None) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted((by_reason or {}).items())) or "none"
+
+
 def render(r: ReportInputs) -> str:
     """The whole page as Markdown (figures are referenced by file name, beside REPORT.md)."""
     profile = " · ".join(f"{g}={c}" for g, c in r.choices.items())
@@ -108,7 +132,7 @@ def render(r: ReportInputs) -> str:
         lines += ["> " + RANDOM_BANNER.format(roles=", ".join(r.random_roles)), ""]
     lines += [f"Profile {profile} · method `{r.method}` · {models}.",
               f"{lg.get('records_out', '?')} of {lg.get('records_in', '?')} records prepared, "
-              f"{lg.get('lists_out', '?')} lists built; rejects: {lg.get('rejects') or 'none'}.", "",
+              f"{lg.get('lists_out', '?')} lists built; rejected: {_counts(lg.get('rejects'))}.", "",
               "## Results", ""]
     lines += results_table(r.summary, r.paper)
     if r.paper_note:

@@ -841,3 +841,21 @@ def test_score_stage_scores_stored_answers_exactly_like_inference_py(tmp_path):
     norm = _score_stage(tmp_path, answers, "--yes-no", "first-word")
     assert norm["discriminative"]["overall"] == {"Accuracy": 66.7, "Precision": 100.0, "Recall": 50.0, "F1": 66.7}
     assert norm["n_unparsed"] == 2 and norm["n_normalized"] == 2
+
+
+def test_score_file_writes_per_item_details(tmp_path):
+    """One row per scored item (descriptions, then yes/no items); error rows have none. Item 1 (truth includes person,
+    whose associations include "man"; dog is an annotated hallucination): "dog" and "beach" are
+    hallucinated mentions, "man" covers person, "dog" covers the hallucination word dog."""
+    rows = [{"id": 1, "response": "A dog and a man on the beach."}, {"id": 1005, "response": "Yes"},
+            _error_row(11, "missing"), {"id": 1006, "response": "yes"}]
+    details = tmp_path / "details.jsonl"
+    amber.score_file(_write_jsonl(tmp_path / "a.jsonl", rows), MINI, tmp_path / "m.json", similarity="exact",
+                     details_path=details, max_error_ratio=None)
+    got = [json.loads(x) for x in details.read_text().splitlines()]
+    assert got == [
+        {"id": 1, "nouns": ["dog", "man", "beach"], "hallucinated": ["dog", "beach"], "truth_covered": ["person"],
+         "hallu_covered": ["dog"]},
+        {"id": 1005, "truth": "yes", "answer": "Yes", "correct": True},
+        {"id": 1006, "truth": "no", "answer": "yes", "correct": False},
+    ]

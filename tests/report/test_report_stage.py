@@ -16,7 +16,7 @@ from lpoi.config import validate
 from lpoi.report import figures
 from lpoi.report.build import ReportPaths, build_report, paper_row
 from lpoi.report.labels import RANDOM_MODEL_KEY, label, random_models
-from lpoi.report.markdown import ReportInputs, fmt, render
+from lpoi.report.markdown import ReportInputs, render, table_mismatches, table_values
 from lpoi.report.profile import changed_params, compose
 from lpoi.report.summary import ROWS, build_summary, flat
 
@@ -91,31 +91,22 @@ def _inputs(**kw) -> ReportInputs:
     return ReportInputs(**{**base, **kw})
 
 
-def table_values(page: str) -> dict[str, str]:
-    """``{metric name: this run's cell}`` from REPORT.md's results table."""
-    out = {}
-    for line in page.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) >= 3 and cells[1] and not set(cells[1]) <= set("-") and cells[1] != "metric":
-            out[cells[1]] = cells[2]
-    return out
-
-
 def assert_table_matches_summary(page: str, summary: dict) -> None:
     """Every ROWS entry appears once in the table with the summary's value at its precision."""
+    assert table_mismatches(page, summary) == []
     cells, values = table_values(page), flat(summary)
     for row in ROWS:
-        name = f"{row.name} {row.better}".strip()
-        assert name in cells, name
         v = values[row.key]
-        assert cells[name] == fmt(v, row.digits), (row.key, cells[name], v)
         if v is not None:
-            assert float(cells[name]) == pytest.approx(v, abs=10 ** -row.digits / 2)
+            assert float(cells[f"{row.name} {row.better}".strip()]) == pytest.approx(v, abs=10 ** -row.digits / 2)
 
 
 def test_report_table_matches_the_summary_and_warns():
     page = render(_inputs())
     assert_table_matches_summary(page, build_summary(SOURCES, True))
+    wrong = build_summary(SOURCES, True)
+    wrong["amber"]["CHAIR"] = 12.3  # the check can fail
+    assert table_mismatches(page, wrong) == ["amber.CHAIR: table '91.7', summary '12.3'"]
     assert "**Tiny random models** (model)" in page
     assert "`train.beta`: 0.1 → 0.2" in page
     assert "AMBER: 1 answer(s) not generated" in page and "the judge failed on 2 item(s)" in page

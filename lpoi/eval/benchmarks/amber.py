@@ -123,7 +123,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from lpoi.eval.answers import DEFAULT_MAX_ERROR_RATIO, check_error_ratio
-from lpoi.io import atomic_write_json, read_json, read_jsonl, safe_join
+from lpoi.io import atomic_write_json, read_json, read_jsonl, safe_join, write_jsonl
 from lpoi.nltk_data import NLTK_RESOURCES
 from lpoi.nltk_data import ensure_nltk_data as _ensure
 
@@ -682,6 +682,7 @@ def score(
     yes_no: str | None = None,
     max_error_ratio: float | None = DEFAULT_MAX_ERROR_RATIO,
     source: str = "answers",
+    details: list[dict] | None = None,
 ) -> dict[str, Any]:
     """Score AMBER answers ``[{"id": int, "response": str, ["raw_response": str]}, ...]`` exactly as the
     official inference.py.
@@ -707,6 +708,12 @@ def score(
     (their id is still checked and may not appear twice). If every row is one, there is nothing to
     score: ValueError naming the source and the reasons; above ``max_error_ratio`` of the rows,
     :class:`~lpoi.eval.answers.ErrorRatioExceeded` (``None``: no bound).
+
+    ``details`` (a list) receives one row per scored item (descriptions first, then yes/no items, each in
+    answer order): generative
+    ``{"id", "nouns", "hallucinated", "truth_covered", "hallu_covered"}`` (vocabulary nouns, the
+    hallucinated ones, covered truth / hallucination words); yes/no ``{"id", "truth", "answer",
+    "correct"}``.
     """
     if similarity not in SIMILARITY_MODES:
         raise ValueError(f"amber similarity must be one of {SIMILARITY_MODES}, got {similarity!r}")
@@ -729,10 +736,10 @@ def score(
     discriminative = [(a, annotations[a["id"]]) for a in rows if annotations[a["id"]]["type"] != "generative"]
 
     out: dict[str, Any] = {}
-    mode, gen = _score_generative(generative, data_dir, similarity, threshold, download_nltk)
+    mode, gen = _score_generative(generative, data_dir, similarity, threshold, download_nltk, details)
     if gen.items:
         out["generative"] = gen.metrics()
-    tallies, n_unparsed, n_normalized = _score_discriminative(discriminative, yes_no)
+    tallies, n_unparsed, n_normalized = _score_discriminative(discriminative, yes_no, details)
     if discriminative:
         out["discriminative"] = {
             c: _prf(tallies[c], F1_EPS_EXISTENCE if c == "existence" else F1_EPS)
@@ -752,7 +759,8 @@ def score(
     return out
 
 
-def _score_generative(rows, data_dir: Path, similarity: str, threshold: float, download_nltk: bool):
+def _score_generative(rows, data_dir: Path, similarity: str, threshold: float, download_nltk: bool,
+                      details: list[dict] | None):
     gen = _Generative()
     if not rows:  # nothing to compare: report the mode that would be used, without loading spaCy's vectors
         return resolve_similarity(similarity, load=False)[0], gen
@@ -762,13 +770,19 @@ def _score_generative(rows, data_dir: Path, similarity: str, threshold: float, d
     safe_words = load_safe_words(data_dir)
     vocabulary = _vocabulary(association)
     for a, ann in rows:
-        gen.add(generative_item(a["response"], ann["truth"], ann["hallu"], association=association,
-                                global_safe_words=safe_words, similarity=sim, threshold=threshold,
-                                vocabulary=vocabulary, item_id=a["id"]))
+        item = generative_item(a["response"], ann["truth"], ann["hallu"], association=association,
+                               global_safe_words=safe_words, similarity=sim, threshold=threshold,
+                               vocabulary=vocabulary, item_id=a["id"])
+        gen.add(item)
+        if details is not None:
+            details.append({"id": a["id"], "nouns": item.nouns,
+                            "hallucinated": [n for n, h in zip(item.nouns, item.hallucinated) if h],
+                            "truth_covered": [w for w, c in zip(ann["truth"], item.truth_covered) if c],
+                            "hallu_covered": [w for w, c in zip(ann["hallu"], item.hallu_covered) if c]})
     return mode, gen
 
 
-def _score_discriminative(rows, yes_no: str | None) -> tuple[dict[str, _Tally], int, int]:
+def _score_discriminative(rows, yes_no: str | None, details: list[dict] | None) -> tuple[dict[str, _Tally], int, int]:
     """The official counters per category, plus (unparsed, normalized) counts."""
     tallies = {c: _Tally() for c in ("overall", "existence", "state", "number", "action", "relation")}
     n_unparsed = n_normalized = 0
@@ -778,6 +792,9 @@ def _score_discriminative(rows, yes_no: str | None) -> tuple[dict[str, _Tally], 
         n_unparsed += response not in ("Yes", "No")
         n_normalized += response != raw
         tallies["overall"].add(ann["truth"], response)
+        if details is not None:
+            details.append({"id": a["id"], "truth": ann["truth"], "answer": response,
+                            "correct": response == ("Yes" if ann["truth"] == "yes" else "No")})
         tallies[_TYPE_TO_CATEGORY.get(ann["type"], "relation")].add(ann["truth"], response)
     tallies["attribute"] = tallies["state"] + tallies["number"] + tallies["action"]
     return tallies, n_unparsed, n_normalized
@@ -822,12 +839,17 @@ def score_file(
     out_path: str | os.PathLike,
     *,
     labels: dict[str, Any] | None = None,
+    details_path: str | os.PathLike | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """``stages/score.py amber``: read ANSWERS.jsonl, :func:`score` it (``options``: its keyword
-    arguments), add ``labels`` (e.g. ``{"random_model": True}``), write METRICS.json atomically."""
+    arguments), add ``labels`` (e.g. ``{"random_model": True}``), write METRICS.json atomically, and
+    the per-item rows to ``details_path`` (JSONL) when given."""
     answers_path = Path(answers_path)
-    metrics = score(read_jsonl(answers_path), data_dir, source=str(answers_path), **options)
+    details: list[dict] = []
+    metrics = score(read_jsonl(answers_path), data_dir, source=str(answers_path), details=details, **options)
     metrics.update(labels or {})
+    if details_path is not None:
+        write_jsonl(details_path, details)
     atomic_write_json(out_path, metrics)
     return metrics
