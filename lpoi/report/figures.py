@@ -69,6 +69,16 @@ def _plot(ax, points, **kw) -> None:
     ax.plot(xs, ys, **kw)
 
 
+def _finish_curves(fig, ax, drawn: bool, ylabel: str, title: str, out_path) -> None:
+    if drawn:
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7.5, loc="best")
+    ax.set_title(title, fontsize=10)
+    _save(fig, out_path)
+
+
 def training_losses(curves: Curves, out_path: str | os.PathLike, title: str = "") -> None:
     """The total loss and its terms (DPO, list, anchor) against the optimizer step, on one figure."""
     fig = _figure(6.4, 3.6)
@@ -82,13 +92,7 @@ def training_losses(curves: Curves, out_path: str | os.PathLike, title: str = ""
              "loss_anchor": "anchor"}
     for n in present:
         _plot(ax, curves[n], label=names[n], **styles[n])
-    if present:
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel("loss")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
-    ax.set_title(title or "Training loss and its terms", fontsize=10)
-    _save(fig, out_path)
+    _finish_curves(fig, ax, bool(present), "loss", title or "Training loss and its terms", out_path)
 
 
 def reward_positions(curves: Curves, out_path: str | os.PathLike, visibility: list[float] | None = None,
@@ -113,12 +117,8 @@ def reward_positions(curves: Curves, out_path: str | os.PathLike, visibility: li
         _plot(ax, curves["reward_rejected"], color="tab:red", linestyle="--", label="rejected answer")
     if ks:
         ax.axhline(0.0, color="0.6", linewidth=0.8)
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel("reward of the chosen answer")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7.5, loc="best")
-    ax.set_title(title or "Reward per list position (ordered by visibility when LPOI learns)", fontsize=10)
-    _save(fig, out_path)
+    _finish_curves(fig, ax, bool(ks), "reward of the chosen answer",
+                   title or "Reward per list position (ordered by visibility when LPOI learns)", out_path)
 
 
 GENERATIVE = (("CHAIR", "↓"), ("Cover", "↑"), ("Hal", "↓"), ("Cog", "↓"))
