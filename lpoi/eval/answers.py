@@ -12,9 +12,6 @@ from lpoi.io import read_jsonl
 
 log = logging.getLogger("lpoi.eval")
 
-DEFAULT_MAX_ERROR_RATIO = 0.05  # = score.max_error_ratio's default (lpoi/config.py)
-
-
 class ErrorRatioExceeded(ValueError):
     """Too many items were left out of a benchmark's metrics (generation or judge errors)."""
 
@@ -57,7 +54,8 @@ def check_error_ratio(source, n_items: int, max_ratio: float | None, **errors: C
     reason) out of its denominators, so a run with more failures can *look* better (fewer described
     images, fewer hallucinations). Above ``max_ratio`` (``score.max_error_ratio``) this raises
     :class:`ErrorRatioExceeded` naming the counts; ``None`` disables the check (the counts are still
-    in the metrics).
+    in the metrics). The scorers' ``max_error_ratio`` defaults to ``None``; ``stages/score.py`` always
+    passes ``score.max_error_ratio`` (default 0.05).
     """
     n_failed = sum(sum(c.values()) for c in errors.values())
     if max_ratio is None or n_items <= 0 or n_failed / n_items <= max_ratio:

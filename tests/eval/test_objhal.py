@@ -363,9 +363,10 @@ def test_all_generation_error_rows_is_an_error(tmp_path):
 
 
 def test_too_many_error_rows_fail_with_the_counts(tmp_path):
-    """1 generation error of 5 rows (0.2) > score.max_error_ratio's default 0.05: no metrics, a clear error.
+    """1 generation error of 5 rows (0.2) > 0.05 (score.max_error_ratio's default): no metrics, a clear error.
     Left out of the denominators, failures would otherwise look like fewer hallucinations."""
-    from lpoi.eval.answers import DEFAULT_MAX_ERROR_RATIO, ErrorRatioExceeded
+    from lpoi.config import ScoreParams
+    from lpoi.eval.answers import ErrorRatioExceeded
 
     coco = write_coco(tmp_path / "coco")
     rows = [{"image_id": 1, "response": "A dog."}, {"image_id": 2, "response": "A toilet."},
@@ -373,9 +374,11 @@ def test_too_many_error_rows_fail_with_the_counts(tmp_path):
             {"image_id": 1, "response": "A cat."}]
     path = tmp_path / "answers.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert DEFAULT_MAX_ERROR_RATIO == 0.05
+    ratio = ScoreParams().max_error_ratio
+    assert ratio == 0.05
     with pytest.raises(ErrorRatioExceeded, match=r"1 of 5 answers \(20\.0%\).*generation errors \{'too_large': 1\}"):
-        objhal.score_file(path, coco, tmp_path / "m.json", synonyms_path=SYN, cache_dir=tmp_path / "c")
+        objhal.score_file(path, coco, tmp_path / "m.json", synonyms_path=SYN, cache_dir=tmp_path / "c",
+                          max_error_ratio=ratio)
     assert not (tmp_path / "m.json").exists()
     with pytest.raises(ErrorRatioExceeded):
         objhal.score_file(path, coco, tmp_path / "m.json", synonyms_path=SYN, cache_dir=tmp_path / "c",

@@ -122,7 +122,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from lpoi.eval.answers import DEFAULT_MAX_ERROR_RATIO, check_error_ratio
+from lpoi.eval.answers import check_error_ratio
 from lpoi.io import atomic_write_json, read_json, read_jsonl, safe_join, write_jsonl
 from lpoi.nltk_data import NLTK_RESOURCES
 from lpoi.nltk_data import ensure_nltk_data as _ensure
@@ -680,7 +680,7 @@ def score(
     threshold: float = SIMILARITY_THRESHOLD,
     download_nltk: bool = True,
     yes_no: str | None = None,
-    max_error_ratio: float | None = DEFAULT_MAX_ERROR_RATIO,
+    max_error_ratio: float | None = None,
     source: str = "answers",
     details: list[dict] | None = None,
 ) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from lpoi.eval.answers import DEFAULT_MAX_ERROR_RATIO, answer_rows, check_error_ratio, reject, require_usable
+from lpoi.eval.answers import answer_rows, check_error_ratio, reject, require_usable
 from lpoi.eval.judge import Judge
 from lpoi.io import UnsafePathError, atomic_write_json, read_json, safe_join, write_jsonl
 
@@ -285,7 +285,7 @@ def score_file(
     judge: Judge,
     *,
     details_path: str | os.PathLike | None = None,
-    max_error_ratio: float | None = DEFAULT_MAX_ERROR_RATIO,
+    max_error_ratio: float | None = None,
     labels: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Judge every answer, write the metrics JSON to ``out_path`` and return it.

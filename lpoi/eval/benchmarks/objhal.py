@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lpoi.eval.answers import DEFAULT_MAX_ERROR_RATIO, answer_rows, check_error_ratio, reject, require_usable
+from lpoi.eval.answers import answer_rows, check_error_ratio, reject, require_usable
 from lpoi.eval.judge import Judge
 from lpoi.io import (
     MAX_PIXELS,
@@ -589,7 +589,7 @@ def score_file(
     questions_path: str | os.PathLike | None = None,
     details_path: str | os.PathLike | None = None,
     nltk_download: bool = True,
-    max_error_ratio: float | None = DEFAULT_MAX_ERROR_RATIO,
+    max_error_ratio: float | None = None,
     labels: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score ANSWERS (``{"image_id": int, "response": str}`` lines), write the metrics JSON, return it.
