@@ -204,6 +204,16 @@ class GenerateParams(_Section):
 class AmberParams(_Section):
     discriminative: Literal["generate", "logits"] = "generate"
     similarity: Literal["auto", "exact", "spacy-lg"] = "auto"
+    yes_no: Literal["first-word", "lpoi", "exact"] = "first-word"
+    """How generate turns a generated yes/no reply into the stored answer (the raw reply is kept too):
+    ``first-word`` = the first whole word yes/no; ``lpoi`` = the LPOI script's substring rule (to compare
+    with the paper); ``exact`` = unchanged. Not used with ``discriminative: logits`` (already Yes/No)."""
+
+
+class ScoreParams(_Section):
+    max_error_ratio: float = Field(0.05, ge=0, le=1)
+    """Fail a score stage when more than this share of a benchmark's answers would be left out of its
+    metrics (generation errors, judge/extraction errors): the rest would give a misleading score."""
 
 
 class ObjhalParams(_Section):
@@ -253,11 +263,27 @@ class Params(_Section):
     amber: AmberParams = AmberParams()
     objhal: ObjhalParams = ObjhalParams()
     judge: JudgeParams = JudgeParams()
+    score: ScoreParams = ScoreParams()
     report: ReportParams = ReportParams()
 
     def section(self, name: str) -> dict[str, Any]:
         """A section as a plain dict (for fingerprints and metrics)."""
         return getattr(self, name).model_dump(mode="json")
+
+
+def _did_you_mean(loc: tuple) -> str:
+    """`` (did you mean train.beta?)`` for a misspelt key, from the known keys of its section."""
+    import difflib
+
+    model: type[BaseModel] = Params
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        ann = field.annotation if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return ""
+        model = ann
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+    return f" (did you mean {'.'.join(map(str, (*loc[:-1], close[0])))}?)" if close else ""
 
 
 def _format(err: ValidationError) -> str:
@@ -266,7 +292,8 @@ def _format(err: ValidationError) -> str:
         key = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            lines.append(f"{key}: unknown key (check the spelling; see lpoi/config.py for the known ones)")
+            lines.append(f"{key}: unknown key{_did_you_mean(e['loc'])} (check the spelling; see lpoi/config.py for "
+                         "the known ones)")
         elif e["type"] == "missing":
             lines.append(f"{key}: required key is missing")
         elif msg.startswith("must "):

@@ -10,6 +10,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # the lpoi next to this script, even when another copy is installed
     sys.path.insert(0, str(REPO))
 
+import warnings  # noqa: E402
+
+# peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing` on every PeftModel it builds:
+# a FutureWarning in every train/generate stage that nobody running the pipeline can act on.
+warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
 
 def parser(doc: str) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,10 +50,19 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def run(main) -> None:
-    """Clear one-line errors for the failures a user can fix; tracebacks for everything else."""
+    """Clear one-line errors for the failures a user can fix; tracebacks for everything else.
+
+    Bad input surfaces as a ``ValueError`` (a corrupt JSON file, a JSON object where a list is
+    expected, a bad answers row, too many generation errors, ...): its message names the file and the
+    problem, so it ends the stage in one line. ``LPOI_DEBUG=1`` shows the traceback as well.
+    """
+    import os
+
     try:
         main()
+    except KeyboardInterrupt:
+        sys.exit("interrupted (finished work is kept; re-run to resume)")
     except Exception as e:
-        if isinstance(e, _user_errors()):
-            sys.exit(f"error: {e}")
-        raise
+        if os.environ.get("LPOI_DEBUG") or not isinstance(e, (ValueError, *_user_errors())):
+            raise
+        sys.exit(f"error: {e}")

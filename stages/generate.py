@@ -27,16 +27,17 @@ def main():
     limit = args.limit or bench_params.get("limit")
     adapter = args.adapter if g.use_adapter else None
     fp = fingerprint({"model": p.model.model_dump(), "generate": g.model_dump(), "bench": bench_params,
-                      "amber": p.amber.discriminative if args.bench == "amber" else None},
+                      "amber": [p.amber.discriminative, p.amber.yes_no] if args.bench == "amber" else None},
                      [x for x in (adapter, args.merged) if x])
     out = resumable_dir(args.out, fp)
-    yes_no = None
+    yes_no = normalize = None
     if args.bench == "amber":
         from lpoi.eval.benchmarks import amber
 
         items = amber.items(b.path("amber", "."), b.path("amber", b.amber.images_dir), limit=limit)
         items = [{**it, "yes_no": not amber.is_generative(it["id"])} for it in items]
         yes_no = p.amber.discriminative
+        normalize = amber.answer_row_normalizer(p.amber.yes_no)  # raw reply kept as raw_response
     elif args.bench == "objhal":
         from lpoi.eval.benchmarks import objhal
 
@@ -52,7 +53,7 @@ def main():
                                       dtype=p.model.dtype, device=pick_device(p.model.device))
     stats = generate_answers(model, proc, items, out / "answers.jsonl", batch_size=g.batch_size,
                              max_new_tokens=g.max_new_tokens, do_sample=g.do_sample, temperature=g.temperature,
-                             top_p=g.top_p, num_beams=g.num_beams, yes_no=yes_no)
+                             top_p=g.top_p, num_beams=g.num_beams, yes_no=yes_no, normalize_yes_no=normalize)
     if args.metrics:
         write_metrics(args.metrics, {"bench": args.bench, "adapter": bool(adapter), **stats})
 

@@ -22,6 +22,9 @@ def main():
     summary = run_prepare(args.pairs, args.images, f"{args.out}/prepared.jsonl", f"{args.out}/rejects.jsonl",
                           cfg.prepare, budget=budget)
     write_metrics(args.metrics, {**summary, "samples_per_s": clock.rate(summary["records_in"])})
+    from lpoi.listgen.report import prepare_summary_line
+
+    print(prepare_summary_line(summary, f"{args.out}/rejects.jsonl"))
 
 
 if __name__ == "__main__":

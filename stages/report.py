@@ -1,26 +1,43 @@
-"""report: list-generation metrics (metrics/listgen.json) and the contact sheet of the lists (a DVC image plot)."""
+"""report: the run's headline numbers (metrics/summary.json), report/REPORT.md and its figures.
+
+Reads what the other stages wrote (list-generation folders, the score metrics, the train stage's dvclive
+folder) plus params.yaml and conf/ (to name the params that differ from the profile's defaults).
+"""
 
 import _common
 from _common import parser, run
 
-STAGES = ("prepare", "detect", "segment", "verify", "lists")
+LISTGEN = ("prepare", "detect", "segment", "verify", "lists")
 
 
 def main():
+    from pathlib import Path
+
     ap = parser(__doc__)
-    for s in STAGES:
-        ap.add_argument(f"--{s}", required=True, help=f"the {s} stage's folder")
-    ap.add_argument("--stage-metrics", required=True, help="folder holding <stage>.json of the stages above")
-    ap.add_argument("--out", required=True, help="metrics JSON to write")
-    ap.add_argument("--sheet", required=True, help="contact sheet PNG to write")
+    for s in LISTGEN:
+        ap.add_argument(f"--{s}", required=True, type=Path, help=f"the {s} stage's folder")
+    ap.add_argument("--prepare-metrics", required=True, type=Path, help="metrics JSON of the prepare stage")
+    for b in ("amber", "objhal", "mmhal"):
+        ap.add_argument(f"--{b}", required=True, type=Path, help=f"the {b} score metrics JSON")
+    ap.add_argument("--train", required=True, type=Path, help="the train stage's dvclive folder")
+    ap.add_argument("--conf", default=Path("conf"), type=Path, help="Hydra config folder (default: %(default)s)")
+    ap.add_argument("--listgen-out", required=True, type=Path, help="list-generation metrics JSON to write")
+    ap.add_argument("--summary", required=True, type=Path, help="headline metrics JSON to write")
+    ap.add_argument("--out-dir", required=True, type=Path, help="folder for REPORT.md and the figures")
     args = ap.parse_args()
     p = _common.load(args)
 
-    from lpoi.listgen.report import run_report
+    import yaml
 
-    run_report(prepared_dir=args.prepare, detect_dir=args.detect, segment_dir=args.segment, verify_dir=args.verify,
-               lists_dir=args.lists, stage_metrics={s: f"{args.stage_metrics}/{s}.json" for s in STAGES},
-               out_path=args.out, sheet_path=args.sheet, rows=p.report.contact_sheet_rows)
+    from lpoi.report.build import ReportPaths, build_report
+
+    paths = ReportPaths(listgen_dirs={s: getattr(args, s) for s in LISTGEN}, prepare_metrics=args.prepare_metrics,
+                        scores={b: getattr(args, b) for b in ("amber", "objhal", "mmhal")}, train=args.train,
+                        conf=args.conf, listgen_out=args.listgen_out, summary_out=args.summary, out_dir=args.out_dir)
+    print(f"report: writing {args.summary}, {args.listgen_out} and {args.out_dir}/ (REPORT.md + figures)", flush=True)
+    summary = build_report(paths, p, yaml.safe_load(Path(args.params).read_text()), rows=p.report.contact_sheet_rows)
+    if summary["random_model"]:
+        print("report: tiny random models: the numbers test the pipeline, not LPOI")
 
 
 if __name__ == "__main__":

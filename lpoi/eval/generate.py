@@ -22,6 +22,7 @@ Answer rows (``answers.jsonl``, one JSON object per line, in input order)::
 
     {"id", "question", "response", ...extra}                       # generated
     {"id", "question", "response", "logprob_yes", "logprob_no", ...extra}   # yes_no="logits" items
+    {"id", "question", "response", "raw_response", ...extra}       # generated yes/no items, normalize_yes_no given
     {"id", "question", "response": "", "error", "error_detail", ...extra}    # image could not be used
 
 ``...extra`` are the item's other keys copied through (e.g. ``image_id``, ``task``), except the
@@ -65,7 +66,7 @@ from lpoi.io import ImageRejected, JsonlAppender, load_image, read_jsonl, to_rgb
 __all__ = ["AdapterError", "generate_answers", "load_for_generation"]
 
 CONTROL_KEYS = ("id", "question", "image", "yes_no")  # consumed here, not copied into the row
-RESERVED_KEYS = ("response", "error", "error_detail", "logprob_yes", "logprob_no")  # written here
+RESERVED_KEYS = ("response", "raw_response", "error", "error_detail", "logprob_yes", "logprob_no")  # written here
 _OWN_GENERATE_KWARGS = ("max_new_tokens", "do_sample", "temperature", "top_p", "num_beams", "pad_token_id")
 
 
@@ -191,6 +192,7 @@ def generate_answers(
     progress: bool = True,
     extra_generate_kwargs: dict | None = None,
     retry_errors: bool = False,
+    normalize_yes_no=None,
 ) -> dict[str, Any]:
     """Answer ``items`` into ``out_path`` (append-only JSONL, resumable); return throughput stats.
 
@@ -199,7 +201,9 @@ def generate_answers(
     greedy by default (``do_sample=False`` and ``pad_token_id`` are always passed explicitly);
     ``temperature``/``top_p`` only when given; anything else (``min_new_tokens``,
     ``repetition_penalty``, ...) through ``extra_generate_kwargs``. See the module docstring for the
-    row format, error rows, resume and ``yes_no``.
+    row format, error rows, resume and ``yes_no``. ``normalize_yes_no(row)`` (e.g.
+    :func:`lpoi.eval.benchmarks.amber.answer_row_normalizer`) is applied to the row of every yes/no
+    item answered by generation before it is written (it keeps the raw reply as ``raw_response``).
 
     Stats: ``n_items`` (items considered), ``n_generated`` (rows answered by the model in this call,
     both modes), ``n_logits`` (of which by yes/no logits), ``n_errors`` + ``errors`` (per reason),
@@ -259,6 +263,8 @@ def generate_answers(
                 stats["n_generated"] += len(todo)
             for r in pending:
                 r.pop("_image", None)
+                if r.pop("_yes_no") and normalize_yes_no is not None and pending_mode == "generate":
+                    normalize_yes_no(r)
                 app.write(r)
             bar.update(len(pending))
             pending = []
@@ -281,6 +287,7 @@ def generate_answers(
                 flush()
             pending_mode = mode
             row = _row(item, item_id, question, id_key)
+            row["_yes_no"] = bool(item.get("yes_no"))
             try:
                 row["_image"] = _image(item.get("image"), k, item_id)
             except ImageRejected as e:

@@ -13,7 +13,6 @@ from JSONL files; extra keys are ignored):
 * ``lists_rows``: manifest rows; the hidden-area share is read from ``row["object"]["mask_area"]``
   (the lists manifest contract) or ``row["mask_area"]`` (an :func:`~lpoi.listgen.interpolate.iter_build_lists`
   entry); rows with ``"error"`` count as failures.
-* ``timings``: ``{stage: {"n": samples, "seconds": wall seconds}}``.
 
 Undefined rates (no denominator, e.g. verify disabled) are ``null``, never a made-up 0.
 """
@@ -25,95 +24,129 @@ import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from lpoi.io import atomic_write_bytes
 
-__all__ = ["contact_sheet", "contact_sheet_size", "listgen_metrics", "run_report"]
+__all__ = ["SheetRow", "contact_sheet", "contact_sheet_size", "listgen_metrics", "prepare_summary_line", "run_report"]
 
-PAD = 4  # px between cells and around the sheet
-BOX_RGB = (0, 255, 0)
-BG_RGB = (255, 255, 255)
-
-
-def contact_sheet_size(n_rows: int, n_cols: int, thumb: int = 96, pad: int = PAD) -> tuple[int, int]:
-    """(width, height) of a sheet: ``pad`` around and between ``thumb`` x ``thumb`` cells."""
-    return pad + n_cols * (thumb + pad), pad + n_rows * (thumb + pad)
+CELL_IN = 1.3  # inches per list image (figures are drawn at DPI px per inch)
+LABEL_IN = 2.4  # inches for the row labels
+HEADER_IN = 0.75  # title, legend and column headers
+DPI = 100
+BOX_COLOR = "#00c000"
 
 
-def _font(size: int):
-    from PIL import ImageFont
+class SheetRow(NamedTuple):
+    """One sample of the contact sheet: its list images (most visible first) and what labels the row."""
 
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: bitmap font, no size
-        return ImageFont.load_default()
-
-
-def _fit(text: str, draw, font, width: int) -> str:
-    if draw.textlength(text, font=font) <= width:
-        return text
-    while text and draw.textlength(text + "…", font=font) > width:
-        text = text[:-1]
-    return text + "…"
+    images: Sequence[str | os.PathLike]
+    visibility: Sequence[float] | None  # per image, 1.0 -> 0.0 (None: k / (L - 1) steps)
+    box: Sequence[float] | None  # the object's box in original-image pixels, drawn on column 0
+    phrase: str
+    id: str
+    source: str | None = None  # where the object phrase came from (chosen_first, question, random, ...)
+    verified: bool | None = None
 
 
-def contact_sheet(
-    rows: Sequence[tuple[Sequence[str | os.PathLike], Sequence[float] | None, str, str]],
-    out_path: str | os.PathLike,
-    thumb: int = 96,
-    max_rows: int = 16,
-) -> tuple[int, int]:
-    """Draw the first ``max_rows`` samples' lists as a grid PNG; returns its (width, height).
+def contact_sheet_size(n_rows: int, n_cols: int) -> tuple[int, int]:
+    """(width, height) in px of a sheet of ``n_rows`` samples x ``n_cols`` list positions."""
+    return (round((LABEL_IN + max(1, n_cols) * CELL_IN) * DPI),
+            round((HEADER_IN + max(1, n_rows) * CELL_IN) * DPI))
 
-    ``rows``: ``(list_image_paths, box, phrase, id)`` per sample — rows = samples, columns = list
-    positions (as many as the longest list). Each image is scaled to fit a ``thumb`` square (bilinear,
-    centred on white); on column 0 (the original) the object's ``box`` (original pixel coordinates,
-    or ``None``) is drawn in green and ``"<id>: <phrase>"`` is written across the top. The first
-    ``max_rows`` rows are used, in the given order (the caller decides which samples to show).
-    With no rows, a single cell saying so is written (the DVC plot must exist). Deterministic, atomic.
+
+def _visibility_headers(rows: Sequence[SheetRow], n_cols: int) -> list[str]:
+    vis = next((r.visibility for r in rows if r.visibility and len(r.visibility) == n_cols), None)
+    if vis is None:
+        vis = [1 - k / (n_cols - 1) for k in range(n_cols)] if n_cols > 1 else [1.0]
+    return [f"{round(100 * v)} % visible" if k == 0 else f"{round(100 * v)} %" for k, v in enumerate(vis)]
+
+
+def _row_label(r: SheetRow, width: int = 24) -> str:
+    import textwrap
+
+    phrase = textwrap.wrap(f"“{r.phrase or '(no phrase)'}”", width=width)
+    if len(phrase) > 2:  # two lines at most, and say that it was cut
+        phrase = [phrase[0], textwrap.shorten(phrase[1] + " " + phrase[2], width=width, placeholder=" …")]
+    verified = {True: "yes", False: "no", None: "not checked"}[r.verified]
+    lines = [textwrap.shorten(str(r.id), width=width, placeholder="…"), *phrase,
+             f"source: {r.source or '?'}", f"verified: {verified}"]
+    return "\n".join(lines)
+
+
+def _thumbnail(path: Path, px: int):
+    """RGB array of the image scaled to fit ``px``, and the original (width, height)."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        size = im.size
+        im.thumbnail((px, px), Image.Resampling.BILINEAR)
+        return np.asarray(im), size
+
+
+def contact_sheet(rows: Iterable[SheetRow], out_path: str | os.PathLike, max_rows: int = 16) -> tuple[int, int]:
+    """Draw the first ``max_rows`` samples' lists as a labelled grid PNG; returns its (width, height).
+
+    Rows = samples, labelled on the left with id, object phrase, phrase source and the verifier's
+    verdict; columns = list positions with their visibility as headers (100 % → 0 %). The object's box
+    is drawn in green on the original (column 0); the legend says so. With no rows, a sheet saying
+    "no lists" is written (the DVC plot must exist). Deterministic bytes (no PNG timestamp), atomic.
     """
-    from PIL import Image, ImageDraw
+    import matplotlib
 
-    if thumb < 16:
-        raise ValueError(f"thumb must be >= 16 px, got {thumb}")
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
     rows = list(rows)[: max(0, max_rows)]
-    n_cols = max((len(r[0]) for r in rows), default=1)
-    size = contact_sheet_size(max(1, len(rows)), n_cols, thumb)
-    sheet = Image.new("RGB", size, BG_RGB)
-    draw = ImageDraw.Draw(sheet)
-    font = _font(max(8, thumb // 9))
+    n_cols = max((len(r.images) for r in rows), default=1)
+    w_px, h_px = contact_sheet_size(len(rows), n_cols)
+    fig = Figure(figsize=(w_px / DPI, h_px / DPI), dpi=DPI)
+    W, H = w_px / DPI, h_px / DPI
+    fig.text(0.01, 1 - 0.08 / H, "LPOI lists: the object is hidden step by step", fontsize=11, weight="bold", va="top")
+    fig.text(0.01, 1 - 0.32 / H, "green box: the object found by detection (on the original image)",
+             fontsize=8.5, color=BOX_COLOR, va="top")
     if not rows:
-        draw.text((PAD + 2, PAD + 2), "no samples", fill=(0, 0, 0), font=font)
-    for r, (paths, box, phrase, sid) in enumerate(rows):
-        top = PAD + r * (thumb + PAD)
-        for c, p in enumerate(paths):
-            left = PAD + c * (thumb + PAD)
-            p = Path(p)
-            if not p.is_file():
-                raise FileNotFoundError(f"contact sheet: list image not found: {p} (sample {sid})")
-            with Image.open(p) as im:
-                im = im.convert("RGB")
-                w, h = im.size
-                s = thumb / max(w, h)
-                tw, th = max(1, round(w * s)), max(1, round(h * s))
-                small = im.resize((tw, th), Image.Resampling.BILINEAR)
-            ox, oy = left + (thumb - tw) // 2, top + (thumb - th) // 2
-            sheet.paste(small, (ox, oy))
-            if c == 0:
-                if box is not None:
-                    x0, y0, x1, y1 = (float(v) for v in box)
-                    bx0, by0 = ox + x0 * s, oy + y0 * s
-                    bx1, by1 = max(bx0, ox + x1 * s - 1), max(by0, oy + y1 * s - 1)
-                    draw.rectangle([bx0, by0, bx1, by1], outline=BOX_RGB, width=2)
-                label = _fit(f"{sid}: {phrase}", draw, font, thumb - 4)
-                bbox = draw.textbbox((left + 2, top + 1), label, font=font)
-                draw.rectangle([left, top, left + thumb - 1, bbox[3] + 1], fill=(0, 0, 0))
-                draw.text((left + 2, top + 1), label, fill=(255, 255, 255), font=font)
+        fig.text(0.5, 0.4, "no lists", ha="center", fontsize=12)
+    headers = _visibility_headers(rows, n_cols)
+    for c, text in enumerate(headers):
+        fig.text((LABEL_IN + (c + 0.5) * CELL_IN) / W, 1 - (HEADER_IN - 0.08) / H, text, ha="center",
+                 va="bottom", fontsize=9)
+    for r_i, row in enumerate(rows):
+        top = HEADER_IN + r_i * CELL_IN
+        fig.text(0.08 / W, 1 - (top + 0.1) / H, _row_label(row), fontsize=8, va="top", family="DejaVu Sans")
+        for c, path in enumerate(row.images):
+            path = Path(path)
+            if not path.is_file():
+                raise FileNotFoundError(f"contact sheet: list image not found: {path} (sample {row.id})")
+            img, (w, h) = _thumbnail(path, int(CELL_IN * DPI))
+            ax = fig.add_axes(((LABEL_IN + c * CELL_IN + 0.04) / W, 1 - (top + CELL_IN - 0.04) / H,
+                               (CELL_IN - 0.08) / W, (CELL_IN - 0.08) / H))
+            ax.imshow(img, extent=(0, w, h, 0), interpolation="bilinear")
+            side = max(w, h)  # letterbox: the image centred in a square cell
+            ax.set_xlim((w - side) / 2, (w + side) / 2)
+            ax.set_ylim((h + side) / 2, (h - side) / 2)
+            ax.set_axis_off()
+            if c == 0 and row.box is not None:
+                x0, y0, x1, y1 = (float(v) for v in row.box)
+                ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=BOX_COLOR, linewidth=1.8))
     buf = io.BytesIO()
-    sheet.save(buf, format="PNG", compress_level=6)
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
     atomic_write_bytes(out_path, buf.getvalue())
-    return size
+    return w_px, h_px
+
+
+def prepare_summary_line(summary: dict[str, Any], rejects_path: str | os.PathLike) -> str:
+    """What ``stages/prepare.py`` prints: kept / rejected by reason, and where the rejects are."""
+    n_in, n_out = summary.get("records_in", 0), summary.get("records_out", 0)
+    reasons = summary.get("rejects_by_reason") or {}
+    line = f"prepare: kept {n_out} of {n_in} records"
+    if reasons:
+        by = ", ".join(f"{r} {n}" for r, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
+        line += f"; rejected {n_in - n_out} ({by}), see {rejects_path}"
+    return line
 
 
 def _rate(num: int, den: int) -> float | None:
@@ -126,7 +159,6 @@ def listgen_metrics(
     segment_rows: Iterable[dict[str, Any]],
     verify_rows: Iterable[dict[str, Any]],
     lists_rows: Iterable[dict[str, Any]],
-    timings: dict[str, dict[str, float]],
 ) -> dict[str, Any]:
     """Aggregate the list-generation stages into ``metrics/listgen.json`` (row shapes: module docstring).
 
@@ -135,7 +167,8 @@ def listgen_metrics(
     chosen object, incl. ``random``), ``detection_rate`` (samples with an object / detect rows),
     ``sam_mask_rate``, ``verify_pass_rate`` (``true`` / (``true`` + ``false``); unverified rows excluded),
     ``verify_mean_tries``, ``lists_out``, ``lists_errors``, ``mean_hidden_area_fraction`` (the object
-    region's share of the image, averaged over built lists), ``samples_per_s`` (per stage).
+    region's share of the image, averaged over built lists). Deterministic counts and rates only:
+    timings live in the stages' logs, not in metrics.
     """
     n_det = n_obj = n_cand = 0
     cand: Counter[str] = Counter()
@@ -177,10 +210,6 @@ def listgen_metrics(
         area += float(obj.get("mask_area", row.get("mask_area", 0.0)))
 
     rejects = dict(sorted((prepared_summary.get("rejects_by_reason") or {}).items()))
-    speed = {}
-    for stage, t in timings.items():
-        secs = float(t.get("seconds", 0.0))
-        speed[stage] = float(t.get("n", 0)) / secs if secs > 0 else None
     return {
         "records_in": int(prepared_summary.get("records_in", 0)),
         "records_out": int(prepared_summary.get("records_out", 0)),
@@ -196,13 +225,12 @@ def listgen_metrics(
         "lists_out": n_lists,
         "lists_errors": n_err,
         "mean_hidden_area_fraction": _rate(area, n_lists) if n_lists else None,
-        "samples_per_s": speed,
     }
 
 
-def run_report(*, prepared_dir, detect_dir, segment_dir, verify_dir, lists_dir, stage_metrics: dict[str, str],
-               out_path, sheet_path, rows: int = 12) -> dict[str, Any]:
-    """The report stage: ``metrics/listgen.json`` from the stage folders, plus the contact sheet.
+def run_report(*, prepared_dir, detect_dir, segment_dir, verify_dir, lists_dir, prepare_metrics, out_path,
+               sheet_path, rows: int = 12, labels: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``metrics/listgen.json`` from the stage folders (plus ``labels``), and the contact sheet.
 
     Streams every stage's JSONL once. Rejects are counted over all stages (``<stage>/rejects.jsonl``),
     so every record that did not become a list is accounted for with its reason.
@@ -211,6 +239,7 @@ def run_report(*, prepared_dir, detect_dir, segment_dir, verify_dir, lists_dir, 
 
     from lpoi.io import read_jsonl
     from lpoi.stage import write_metrics
+
 
     def detect_rows():
         for r in read_jsonl(Path(detect_dir) / "detect.jsonl"):
@@ -221,18 +250,9 @@ def run_report(*, prepared_dir, detect_dir, segment_dir, verify_dir, lists_dir, 
         for r in read_jsonl(Path(verify_dir) / "verify.jsonl"):
             yield {"verified": r.get("verified"), "tries": len(r.get("tries") or [])}
 
-    timings = {}
-    for stage, path in stage_metrics.items():
-        m = json.loads(Path(path).read_text())
-        n = m.get("samples", m.get("n_samples", m.get("records_in", m.get("lists"))))
-        sec = m.get("seconds")
-        if sec is None and m.get("samples_per_s") and n:
-            sec = n / m["samples_per_s"]
-        if n is not None and sec:
-            timings[stage] = {"n": n, "seconds": sec}
-    prepared_summary = json.loads(Path(stage_metrics["prepare"]).read_text())
+    prepared_summary = json.loads(Path(prepare_metrics).read_text())
     metrics = listgen_metrics(prepared_summary, detect_rows(), read_jsonl(Path(segment_dir) / "segment.jsonl"),
-                              verify_rows(), read_jsonl(Path(lists_dir) / "lists.jsonl"), timings)
+                              verify_rows(), read_jsonl(Path(lists_dir) / "lists.jsonl"))
     reasons: Counter[str] = Counter()
     for d in (prepared_dir, detect_dir, segment_dir, verify_dir, lists_dir):
         f = Path(d) / "rejects.jsonl"
@@ -240,6 +260,7 @@ def run_report(*, prepared_dir, detect_dir, segment_dir, verify_dir, lists_dir, 
             reasons.update(r["reason"] for r in read_jsonl(f))
     metrics["rejects"] = dict(sorted(reasons.items()))
     metrics["rejects_total"] = sum(reasons.values())
+    metrics.update(labels or {})
     write_metrics(out_path, metrics)
 
     lists_path = Path(lists_dir) / "lists.jsonl"
@@ -247,7 +268,8 @@ def run_report(*, prepared_dir, detect_dir, segment_dir, verify_dir, lists_dir, 
     for r in read_jsonl(lists_path):
         if len(sheet) >= rows:
             break
-        sheet.append(([lists_path.parent / p for p in r["images"]], r["object"].get("box"),
-                      r["object"].get("phrase") or "", r["id"]))
+        obj = r.get("object") or {}
+        sheet.append(SheetRow([lists_path.parent / p for p in r["images"]], r.get("visibility"), obj.get("box"),
+                              obj.get("phrase") or "", str(r["id"]), obj.get("source"), r.get("verified")))
     contact_sheet(sheet, sheet_path, max_rows=rows)
     return metrics

@@ -82,7 +82,7 @@ def test_full_dag_runs_and_writes_documented_metrics(repo, first_repro):
     assert {"score", "hallucination_rate", "per_type", "n_judge_errors"} <= m("mmhal.json").keys()
     train = json.loads((repo / "metrics/train/metrics.json").read_text())
     assert "loss" in json.dumps(train)
-    assert (repo / "metrics/contact_sheet.png").stat().st_size > 0
+    assert (repo / "report/contact_sheet.png").stat().st_size > 0
     assert (repo / "models/lpoi/adapter/adapter_model.safetensors").exists()
 
 
@@ -128,4 +128,61 @@ def test_exp_run_retrains_without_list_generation(repo, first_repro):
     assert "train" in ran and "generate" in ran and "score" in ran, out
     assert not (ran & LISTGEN_STAGES), f"re-ran {ran & LISTGEN_STAGES}"
     diff = json.loads(_run(["dvc", "metrics", "diff", "--json"], repo).splitlines()[-1] or "{}")
-    assert "metrics/train/metrics.json" in diff, diff
+    assert "train.loss" in diff.get("metrics/summary.json", {}), diff  # the only DVC metrics file
+
+
+# ------------------------------------------------------------------ the report stage and what dvc compares
+
+
+def _metric_values(node, found: dict) -> dict:
+    """Every metric value under a `dvc exp show --json` / `dvc metrics show --json` tree, by flat column name."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "metrics" and isinstance(value, dict):
+                for path, entry in value.items():
+                    data = entry.get("data", {}) if isinstance(entry, dict) else {}
+                    _flatten_into(data, path, found)
+            else:
+                _metric_values(value, found)
+    elif isinstance(node, list):
+        for item in node:
+            _metric_values(item, found)
+    return found
+
+
+def _flatten_into(data, prefix: str, out: dict) -> None:
+    if isinstance(data, dict):
+        for k, v in data.items():
+            _flatten_into(v, f"{prefix}:{k}" if ":" not in prefix else f"{prefix}.{k}", out)
+    else:
+        out.setdefault(prefix, []).append(data)
+
+
+def test_report_stage_writes_summary_report_and_figures(repo, first_repro):
+    from lpoi.report.markdown import table_mismatches
+    from lpoi.report.summary import flat
+
+    summary = json.loads((repo / "metrics/summary.json").read_text())
+    values = flat(summary)
+    assert len(values) <= 25 and summary["random_model"] is True
+    assert all(v is None or isinstance(v, (int, float)) for v in values.values()), values
+    page = (repo / "report/REPORT.md").read_text()
+    assert table_mismatches(page, summary) == []
+    for text in ("AMBER", "Object HalBench", "MMHal-Bench", "Training", "Tiny random models"):
+        assert text in page, text
+    for png in ("train_loss", "train_rewards", "contact_sheet", "amber_categories"):
+        assert (repo / "report" / f"{png}.png").stat().st_size > 1000, png
+    for name in ("amber", "objhal", "mmhal", "listgen"):  # the same honest label in every metrics file
+        assert json.loads((repo / "metrics" / f"{name}.json").read_text())["random_model"] is True, name
+    assert "prepare: kept 24 of 26 records; rejected 2" in first_repro
+    assert "is_gradient_checkpointing" not in first_repro
+
+
+def test_exp_show_and_metrics_diff_hold_only_comparable_numbers(repo, first_repro):
+    """After dvc repro (and the exp run above): few metric columns, no strings, no timings/paths/hashes."""
+    shown = json.loads(_run(["dvc", "exp", "show", "--json"], repo))
+    columns = _metric_values(shown, {})
+    assert 0 < len(columns) <= 40, sorted(columns)
+    assert not [c for c, vs in columns.items() if any(isinstance(v, str) for v in vs)]
+    diff = _run(["dvc", "metrics", "diff", "--all"], repo)
+    assert not re.search(r"seconds|per_s|_path|sha|hash|batch_size", diff), diff

@@ -124,17 +124,54 @@ def test_is_generative_boundary():
 
 def test_normalize_answer():
     """Discriminative → exactly Yes/No or kept as is and flagged; generative (1004 included) untouched."""
-    assert amber.normalize_answer(1005, "Yes, the sky is sunny.", "generate") == ("Yes", False)
-    assert amber.normalize_answer(8633, "There is no cloud.", "generate") == ("No", False)
-    assert amber.normalize_answer(8633, "I cannot know", "generate") == ("I cannot know", True)
-    assert amber.normalize_answer(1004, "No man is here.", "generate") == ("No man is here.", False)
-    assert amber.normalize_answer(1, "", "generate") == ("", False)
-    assert amber.normalize_answer(1005, "No", "logits") == ("No", False)
-    assert amber.normalize_answer(1005, "no", "logits") == ("no", True)  # logits mode must give "Yes"/"No"
-    with pytest.raises(ValueError, match="amber.discriminative"):
+    assert amber.normalize_answer(1005, "Yes, the sky is sunny.") == ("Yes", False)
+    assert amber.normalize_answer(8633, "There is no cloud.", "first-word") == ("No", False)
+    assert amber.normalize_answer(8633, "I cannot know", "first-word") == ("I cannot know", True)
+    assert amber.normalize_answer(8633, "I cannot know", "lpoi") == ("No", False)  # "know" contains "no"
+    assert amber.normalize_answer(1005, "yes", "exact") == ("yes", True)
+    assert amber.normalize_answer(1004, "No man is here.", "lpoi") == ("No man is here.", False)
+    assert amber.normalize_answer(1, "", "first-word") == ("", False)
+    with pytest.raises(ValueError, match="amber.yes_no"):
         amber.normalize_answer(1005, "Yes", "substring")
+    with pytest.raises(ValueError, match="amber.yes_no"):
+        amber.normalize_answer(1, "A dog.", "generate")
     with pytest.raises(TypeError, match="id 1005"):
-        amber.normalize_answer(1005, None, "generate")
+        amber.normalize_answer(1005, None, "first-word")
+
+
+# reply -> (first-word, lpoi, exact); lpoi = the LPOI script: "No" if "NO"/"No"/"no" is a substring,
+# else "Yes" if "YES"/"Yes"/"yes" is, else unchanged
+YES_NO_RULE_TABLE = [
+    ("Yes", ("Yes", "Yes", "Yes")),
+    ("No", ("No", "No", "No")),
+    ("yes", ("Yes", "Yes", "yes")),
+    ("No.", ("No", "No", "No.")),
+    ("Maybe", ("Maybe", "Maybe", "Maybe")),
+    ("", ("", "", "")),
+    ("Yes, I know it.", ("Yes", "No", "Yes, I know it.")),  # "know" → the LPOI rule says No
+    ("There is snow.", ("There is snow.", "No", "There is snow.")),
+    ("Her eyes are blue", ("Her eyes are blue", "Yes", "Her eyes are blue")),  # "eyes" → Yes
+    ("YES!", ("Yes", "Yes", "YES!")),
+    ("nO", ("No", "nO", "nO")),  # LPOI matches only three spellings
+    ("Yes. No wait.", ("Yes", "No", "Yes. No wait.")),  # LPOI tests "no" before "yes"
+]
+
+
+@pytest.mark.parametrize(("reply", "expected"), YES_NO_RULE_TABLE)
+def test_yes_no_rules(reply, expected):
+    assert tuple(amber.normalize_yes_no(reply, rule) for rule in amber.YES_NO_RULES) == expected
+
+
+def test_answer_row_normalizer_keeps_the_raw_reply():
+    norm = amber.answer_row_normalizer("first-word")
+    row = {"id": 1005, "question": "q", "response": "Yes, it is."}
+    norm(row)
+    assert row == {"id": 1005, "question": "q", "response": "Yes", "raw_response": "Yes, it is."}
+    err = {"id": 1006, "question": "q", "response": "", "error": "missing"}
+    norm(err)
+    assert "raw_response" not in err and err["response"] == ""  # error rows are not answers
+    with pytest.raises(ValueError, match="amber.yes_no"):
+        amber.answer_row_normalizer("first")
 
 
 # ============================================================================ nouns
@@ -398,16 +435,25 @@ def test_sections_omitted_when_not_covered(official):
 
 def test_unparsed_responses_count_wrong_until_normalized(official):
     """Truth yes (1005): raw "Yes, it is." is not exactly "Yes" → wrong (Accuracy 0.0), 1 unparsed.
-    Normalized to "Yes" → right: 1/1.001 = 99.9. With normalize_yes_no the scorer does that itself;
-    "I cannot know" stays unparsed and wrong: 1 right of 2 → 1/2.001 = 49.98 → 50.0."""
+    Normalized to "Yes" → right: 1/1.001 = 99.9. With yes_no="first-word" the scorer does that itself,
+    from raw_response when the row has one; "I cannot know" stays unparsed and wrong: 1 right of 2 →
+    1/2.001 = 49.98 → 50.0."""
     m = amber.score([{"id": 1005, "response": "Yes, it is."}], official, "exact")
     assert m["discriminative"]["overall"]["Accuracy"] == 0.0 and m["n_unparsed"] == 1
-    fixed = amber.normalize_answer(1005, "Yes, it is.", "generate").response
-    m = amber.score([{"id": 1005, "response": fixed}], official, "exact")
+    assert m["yes_no"] is None and m["n_normalized"] == 0
+    fixed = amber.normalize_answer(1005, "Yes, it is.").response
+    m = amber.score([{"id": 1005, "response": fixed, "raw_response": "Yes, it is."}], official, "exact")
     assert m["discriminative"]["overall"]["Accuracy"] == 99.9 and m["n_unparsed"] == 0
+    assert m["n_normalized"] == 1  # stored "Yes" differs from the raw reply
     raw = [{"id": 1005, "response": "Yes, it is."}, {"id": 1006, "response": "I cannot know"}]
-    m = amber.score(raw, official, "exact", normalize_yes_no=True)  # 1005 right, 1006 (truth no) wrong
+    m = amber.score(raw, official, "exact", yes_no="first-word")  # 1005 right, 1006 (truth no) wrong
     assert m["discriminative"]["overall"]["Accuracy"] == 50.0 and m["n_unparsed"] == 1
+    assert m["yes_no"] == "first-word" and m["n_normalized"] == 1
+    # a normalization asked at scoring time starts from raw_response, not from the stored answer
+    stored = [{"id": 1006, "response": "Yes", "raw_response": "I cannot know"}]
+    assert amber.score(stored, official, "exact", yes_no="lpoi")["discriminative"]["overall"]["Accuracy"] == 99.9
+    with pytest.raises(ValueError, match="amber.yes_no"):
+        amber.score(raw, official, "exact", yes_no="generate")
 
 
 def test_metrics_txt_starting_values_match(official):
@@ -718,3 +764,98 @@ def test_all_generation_error_rows_is_an_error(tmp_path):
         amber.score([{"id": 1, "response": "A dog."}, {"id": 99999, "response": "", "error": "missing"}], MINI, "exact")
     with pytest.raises(ValueError, match="id 1 appears twice"):
         amber.score([{"id": 1, "response": "A dog."}, _error_row(1, "missing")], MINI, "exact")
+
+
+# ============================================================================ generation stores both
+
+
+def test_generate_stores_raw_reply_and_normalized_answer(tmp_path):
+    """The mini AMBER items answered by generation (tiny Idefics2, greedy) with amber.yes_no "lpoi": each
+    yes/no row keeps the model's reply as raw_response and stores normalize_yes_no(raw) as response;
+    descriptions are untouched. Scoring the file as stored equals scoring the raw replies with the rule."""
+    from lpoi.eval.generate import generate_answers
+    from lpoi.models import load_vlm
+
+    model, proc = load_vlm("tiny/idefics2")
+    work = [it for it in amber.items(MINI, MINI / "images") if it["id"] in (1, 1005, 1006, 8633)]
+    items = [{**it, "yes_no": not amber.is_generative(it["id"])} for it in work]
+    out = tmp_path / "answers.jsonl"
+    generate_answers(model, proc, items, out, max_new_tokens=6, progress=False,
+                     normalize_yes_no=amber.answer_row_normalizer("lpoi"))
+    rows = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert "raw_response" not in rows[1]
+    for i in (1005, 1006, 8633):
+        assert rows[i]["response"] == amber.normalize_yes_no(rows[i]["raw_response"], "lpoi")
+    stored = amber.score_file(out, MINI, tmp_path / "m.json", similarity="exact")
+    raw = [{"id": i, "response": r.get("raw_response", r["response"])} for i, r in rows.items()]
+    assert stored["discriminative"] == amber.score(raw, MINI, "exact", yes_no="lpoi")["discriminative"]
+
+
+# ============================================================================ stages/score.py amber = inference.py
+
+
+def _score_stage(tmp_path, answers: list[dict], *extra: str) -> dict:
+    import subprocess
+    import sys
+
+    path = _write_jsonl(tmp_path / "answers.jsonl", answers)
+    out = tmp_path / "amber.json"
+    r = subprocess.run([sys.executable, "stages/score.py", "amber", "--answers", str(path), "--out", str(out),
+                        "--data-dir", str(MINI), *extra], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return json.loads(out.read_text())
+
+
+OFFICIAL_EXACT_ANSWERS = [(1005, "Yes"), (1006, "No"), (1013, "yes"), (1014, "No."), (8633, "Maybe"), (8643, "")]
+
+
+def test_score_stage_scores_stored_answers_exactly_like_inference_py(tmp_path):
+    """inference.py counts only the exact strings "Yes"/"No" (``if response == 'Yes'``). Answers, truths:
+    1005 state yes "Yes" right; 1006 state no "No" right (said No); 1013 number yes "yes" wrong;
+    1014 number no "No." wrong (not a said-No); 8633 existence no "Maybe" wrong; 8643 existence no "" wrong.
+
+    overall   Acc 2/6.001 = 33.33 → 33.3; P = said-No right / said-No = 1/1.001 = 99.9;
+              R = 1/4.001 (truth no: 1006, 1014, 8633, 8643) = 24.99 → 25.0;
+              F1 = 2*.999*.25/(.999+.25+.0001) = 39.99 → 40.0
+    existence Acc 0/2.001 = 0.0; P 0/0.001 = 0.0; R 0/2.001 = 0.0; F1 0/0.001 = 0.0
+    state     Acc 2/2.001 = 99.95 → 100.0; P 1/1.001 = 99.9; R 1/1.001 = 99.9; F1 = 1.996/1.9981 = 99.9
+    number    Acc 0/2.001 = 0.0; P 0/0.001 = 0.0; R 0/1.001 = 0.0; F1 0.0
+    attribute state + number (+0.003): Acc 2/4.003 = 49.96 → 50.0; P 1/1.003 = 99.7; R 1/2.003 = 49.9;
+              F1 = 2*.997*.499/(1.496+.0001) = 66.50 → 66.5
+    4 answers are not exactly Yes/No: n_unparsed 4.
+
+    With --yes-no first-word: "yes" → Yes (1013 right), "No." → No (1014 right), "Maybe" and "" stay
+    wrong: Acc 4/6.001 = 66.7; P 2/2.001 = 99.95 → 100.0; R 2/4.001 = 50.0; F1 = 1/1.5001 = 66.7.
+    """
+    answers = [{"id": i, "response": r} for i, r in OFFICIAL_EXACT_ANSWERS]
+    m = _score_stage(tmp_path, answers)
+    assert m["discriminative"] == {
+        "overall": {"Accuracy": 33.3, "Precision": 99.9, "Recall": 25.0, "F1": 40.0},
+        "existence": {"Accuracy": 0.0, "Precision": 0.0, "Recall": 0.0, "F1": 0.0},
+        "attribute": {"Accuracy": 50.0, "Precision": 99.7, "Recall": 49.9, "F1": 66.5},
+        "state": {"Accuracy": 100.0, "Precision": 99.9, "Recall": 99.9, "F1": 99.9},
+        "number": {"Accuracy": 0.0, "Precision": 0.0, "Recall": 0.0, "F1": 0.0},
+    }
+    assert m["n_unparsed"] == 4 and m["yes_no"] is None and m["n_normalized"] == 0
+    assert m["random_model"] is True  # params.yaml: tiny/idefics2 answered (as far as the label knows)
+    norm = _score_stage(tmp_path, answers, "--yes-no", "first-word")
+    assert norm["discriminative"]["overall"] == {"Accuracy": 66.7, "Precision": 100.0, "Recall": 50.0, "F1": 66.7}
+    assert norm["n_unparsed"] == 2 and norm["n_normalized"] == 2
+
+
+def test_score_file_writes_per_item_details(tmp_path):
+    """One row per scored item (descriptions, then yes/no items); error rows have none. Item 1 (truth includes person,
+    whose associations include "man"; dog is an annotated hallucination): "dog" and "beach" are
+    hallucinated mentions, "man" covers person, "dog" covers the hallucination word dog."""
+    rows = [{"id": 1, "response": "A dog and a man on the beach."}, {"id": 1005, "response": "Yes"},
+            _error_row(11, "missing"), {"id": 1006, "response": "yes"}]
+    details = tmp_path / "details.jsonl"
+    amber.score_file(_write_jsonl(tmp_path / "a.jsonl", rows), MINI, tmp_path / "m.json", similarity="exact",
+                     details_path=details, max_error_ratio=None)
+    got = [json.loads(x) for x in details.read_text().splitlines()]
+    assert got == [
+        {"id": 1, "nouns": ["dog", "man", "beach"], "hallucinated": ["dog", "beach"], "truth_covered": ["person"],
+         "hallu_covered": ["dog"]},
+        {"id": 1005, "truth": "yes", "answer": "Yes", "correct": True},
+        {"id": 1006, "truth": "no", "answer": "yes", "correct": False},
+    ]

@@ -262,7 +262,7 @@ def test_generation_error_rows_are_not_judged_and_not_scored(tmp_path):
         clean_prompts = list(server.prompts)
         server.prompts.clear()
         m = mmhal.score_file(err_path, MINI_TEMPLATE, tmp_path / "m.json", server.judge(),
-                             details_path=tmp_path / "d2.jsonl")
+                             details_path=tmp_path / "d2.jsonl", max_error_ratio=1 / 8)  # 1 of 8: accepted
         err_prompts = list(server.prompts)
     assert len(clean_prompts) == 7 and sorted(err_prompts) == sorted(clean_prompts)
     assert mmhal.build_prompt(template[4], "") not in err_prompts
@@ -288,3 +288,46 @@ def test_all_generation_error_rows_is_an_error_and_nothing_is_judged(tmp_path):
         assert server.prompts == []
     assert "'missing': 2" in str(e.value) and "'too_small': 1" in str(e.value)
     assert not (tmp_path / "m.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------- the stage's judge cache
+
+
+def _score_stage(server, answers, out, *extra):
+    import os
+    import subprocess
+    import sys
+
+    url = f"http://127.0.0.1:{server.httpd.server_address[1]}/v1"
+    env = {**os.environ, "OPENAI_API_KEY": "sk-test-key"}  # params.yaml's judge.api_key_env; the server ignores it
+    r = subprocess.run([sys.executable, "stages/score.py", "mmhal", "--answers", str(answers), "--out", str(out),
+                        "--template", str(MINI_TEMPLATE), "--judge-base-url", url, "--judge-model", "judge-model",
+                        *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("work", [False, True])
+def test_score_stage_twice_sends_no_request_the_second_time(tmp_path, work):
+    """stages/score.py mmhal keeps the judge's replies on disk by default (in --work, else beside --out):
+    the second run sends no request and gives the same metrics, dated by the first run's requests."""
+    from datetime import datetime, timezone
+
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps({"id": i, "response": f"answer number {i}"}) + "\n" for i in range(8)))
+    extra = ["--work", str(tmp_path / "work")] if work else []
+    out = tmp_path / "mmhal.json"
+    with _RatingServer() as server:
+        first = _score_stage(server, answers, out, *extra)
+        assert len(server.prompts) == 8
+        second = _score_stage(server, answers, out, *extra)
+        assert len(server.prompts) == 8  # nothing sent the second time
+        third = _score_stage(server, answers, tmp_path / "again.json", *extra, "--no-judge-cache") if work else None
+    cache = tmp_path / "work" / "judge_cache" if work else tmp_path / "mmhal.judge_cache"
+    assert (cache / "judge.json").is_file() and len(list(cache.glob("*/*.json"))) == 8
+    today = datetime.now(timezone.utc).date().isoformat()
+    assert first == second and first["judge_date"] == today
+    assert first["score"] == pytest.approx(sum(i % 7 for i in range(8)) / 8)
+    assert "judge-model" in first["judge"] and "sk-test-key" not in out.read_text()
+    if work:
+        assert third["score"] == first["score"] and len(server.prompts) == 16  # --no-judge-cache asks again

@@ -333,7 +333,9 @@ def test_generation_error_rows_are_left_out_and_counted(tmp_path):
                                 + normal[2:]))
     kw = {"synonyms_path": SYN, "cache_dir": tmp_path / "cache"}
     clean = objhal.score_file(clean_path, coco, tmp_path / "clean.json", details_path=tmp_path / "d1.jsonl", **kw)
-    m = objhal.score_file(err_path, coco, tmp_path / "m.json", details_path=tmp_path / "d2.jsonl", **kw)
+    # 1 error row of 5 = 0.2: above the default bound (next test), exactly at 0.2 it is accepted
+    m = objhal.score_file(err_path, coco, tmp_path / "m.json", details_path=tmp_path / "d2.jsonl",
+                          max_error_ratio=0.2, **kw)
     assert json.loads((tmp_path / "m.json").read_text()) == m
     assert m["n_generation_errors"] == 1 and m["generation_errors"] == {"too_large": 1}
     assert clean["n_generation_errors"] == 0 and clean["generation_errors"] == {}
@@ -358,3 +360,29 @@ def test_all_generation_error_rows_is_an_error(tmp_path):
         objhal.score_file(answers, coco, tmp_path / "m.json", synonyms_path=SYN)
     assert "'missing': 1" in str(e.value) and "'unreadable': 1" in str(e.value)
     assert not (tmp_path / "m.json").exists()
+
+
+def test_too_many_error_rows_fail_with_the_counts(tmp_path):
+    """1 generation error of 5 rows (0.2) > 0.05 (score.max_error_ratio's default): no metrics, a clear error.
+    Left out of the denominators, failures would otherwise look like fewer hallucinations."""
+    from lpoi.config import ScoreParams
+    from lpoi.eval.answers import ErrorRatioExceeded
+
+    coco = write_coco(tmp_path / "coco")
+    rows = [{"image_id": 1, "response": "A dog."}, {"image_id": 2, "response": "A toilet."},
+            _generate_error_row(3, "too_large"), {"image_id": 5, "response": "A train."},
+            {"image_id": 1, "response": "A cat."}]
+    path = tmp_path / "answers.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ratio = ScoreParams().max_error_ratio
+    assert ratio == 0.05
+    with pytest.raises(ErrorRatioExceeded, match=r"1 of 5 answers \(20\.0%\).*generation errors \{'too_large': 1\}"):
+        objhal.score_file(path, coco, tmp_path / "m.json", synonyms_path=SYN, cache_dir=tmp_path / "c",
+                          max_error_ratio=ratio)
+    assert not (tmp_path / "m.json").exists()
+    with pytest.raises(ErrorRatioExceeded):
+        objhal.score_file(path, coco, tmp_path / "m.json", synonyms_path=SYN, cache_dir=tmp_path / "c",
+                          max_error_ratio=0.19)
+    m = objhal.score_file(path, coco, tmp_path / "m.json", synonyms_path=SYN, cache_dir=tmp_path / "c",
+                          max_error_ratio=None, labels={"random_model": False})
+    assert m["n_generation_errors"] == 1 and m["n"] == 4 and m["random_model"] is False

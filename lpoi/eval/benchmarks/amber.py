@@ -7,8 +7,15 @@ ids 1005..15220 are *discriminative* yes/no questions of the types existence
 and relation (``discriminative-relation`` with truth "yes" and ``relation`` with truth "no").
 The official LPOI script decoded the prompt into the answer, mapped answers to "No" by substring
 ("not", "know", "snow" all became "No") and mis-handled item 1004 (an off-by-one at the
-generative/discriminative boundary); here the boundary is the annotation's ``type`` and yes/no is
-parsed by whole word (:func:`parse_yes_no`).
+generative/discriminative boundary); here the boundary is the annotation's ``type``.
+
+Yes/no normalization is visible and separate from scoring: the generate stage stores the raw reply
+(``raw_response``) and the normalized answer (``response``) under ``amber.yes_no`` — ``first-word``
+(default, :func:`parse_yes_no`), ``lpoi`` (the LPOI script's substring rule, to compare with the
+paper) or ``exact`` — see :func:`normalize_yes_no`. The scorer then scores ``response`` exactly as
+``inference.py`` does, so on any answers file it agrees with the official scorer; a normalization
+is applied at scoring time only when asked for (``score(..., yes_no=rule)``, ``stages/score.py amber
+--yes-no RULE``), from ``raw_response`` when the row has one.
 
 How the official scorer works, and the quirks reproduced here on purpose
 ------------------------------------------------------------------------
@@ -66,7 +73,8 @@ Generative items (CHAIR ↓, Cover ↑, Hal ↓, Cog ↓):
 Discriminative items (Accuracy, Precision, Recall, F1 ↑ — "No" is the positive class):
 
 6. The response must be **exactly** ``"Yes"`` or ``"No"`` ("if response == 'Yes'"); anything else
-   is wrong for both truths. ``n_unparsed`` counts those (see :func:`normalize_answer`).
+   is wrong for both truths ("yes", "No.", "Maybe" and "" included). ``n_unparsed`` counts those;
+   ``n_normalized`` counts the answers that differ from the raw reply (``raw_response``).
 7. Precision = correct "No" answers / all "No" answers ("qa_ans_no_score / qa_ans_no_num"),
    Recall = correct "No" answers / items whose truth is "no" ("qa_no_score / qa_no_num").
    Categories: existence = ``discriminative-hallucination``; state/number/action =
@@ -114,7 +122,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from lpoi.io import atomic_write_json, read_json, read_jsonl, safe_join
+from lpoi.eval.answers import check_error_ratio
+from lpoi.io import atomic_write_json, read_json, read_jsonl, safe_join, write_jsonl
 from lpoi.nltk_data import NLTK_RESOURCES
 from lpoi.nltk_data import ensure_nltk_data as _ensure
 
@@ -123,9 +132,11 @@ __all__ = [
     "NLTK_RESOURCES",
     "N_GENERATIVE",
     "N_ITEMS",
+    "YES_NO_RULES",
     "GenerativeItem",
     "Normalized",
     "amber_score",
+    "answer_row_normalizer",
     "ensure_nltk_data",
     "extract_nouns",
     "generative_item",
@@ -136,6 +147,7 @@ __all__ = [
     "load_queries",
     "load_safe_words",
     "normalize_answer",
+    "normalize_yes_no",
     "parse_yes_no",
     "resolve_similarity",
     "score",
@@ -264,6 +276,34 @@ def parse_yes_no(text: str) -> str | None:
     return "Yes" if m.group(1).lower() == "yes" else "No"
 
 
+YES_NO_RULES = ("first-word", "lpoi", "exact")
+_LPOI_NO, _LPOI_YES = ("NO", "No", "no"), ("YES", "Yes", "yes")
+
+
+def normalize_yes_no(reply: str, rule: str = "first-word") -> str:
+    """The answer to store for a yes/no reply under ``amber.yes_no`` = ``rule``.
+
+    * ``first-word`` (default): the first whole word "yes"/"no" in any case (:func:`parse_yes_no`)
+      → ``"Yes"``/``"No"``; a reply without one is kept as is (the official scorer counts it wrong).
+    * ``lpoi``: the official LPOI script's rule, for comparing with the paper: "No" if the reply
+      *contains* ``NO``/``No``/``no`` anywhere ("not", "know", "snow" included), else "Yes" if it
+      contains ``YES``/``Yes``/``yes`` ("eyes" included), else kept as is.
+    * ``exact``: kept as is — only the exact strings "Yes"/"No" count, like ``inference.py``.
+    """
+    if rule not in YES_NO_RULES:
+        raise ValueError(f"amber.yes_no must be one of {YES_NO_RULES}, got {rule!r}")
+    if not isinstance(reply, str):
+        raise TypeError(f"a yes/no reply must be a string, got {type(reply).__name__}")
+    if rule == "first-word":
+        return parse_yes_no(reply) or reply
+    if rule == "lpoi":
+        if any(w in reply for w in _LPOI_NO):
+            return "No"
+        if any(w in reply for w in _LPOI_YES):
+            return "Yes"
+    return reply
+
+
 class Normalized(NamedTuple):
     """A stored answer: ``response`` as the scorer will see it; ``unparsed`` when it is not Yes/No."""
 
@@ -271,25 +311,37 @@ class Normalized(NamedTuple):
     unparsed: bool
 
 
-def normalize_answer(id: int, response: str, mode: str = "generate") -> Normalized:
-    """What the generate stage stores for item ``id`` (``amber.discriminative`` = ``mode``).
+def normalize_answer(id: int, response: str, rule: str = "first-word") -> Normalized:
+    """What the generate stage stores as ``response`` for item ``id`` under ``amber.yes_no`` = ``rule``.
 
-    Generative items keep the response unchanged. Discriminative items must be exactly "Yes"/"No"
-    for the official scorer: in mode ``"generate"`` the first yes/no word is taken
-    (:func:`parse_yes_no`); in mode ``"logits"`` the response already is the argmax of the "Yes"/"No"
-    next-token log-probs. An unparseable response is kept as is — the scorer counts it wrong, as the
-    official does — and flagged ``unparsed`` so it is counted, never dropped.
+    Generative items (1..1004) keep the response unchanged; discriminative ones go through
+    :func:`normalize_yes_no`. The official LPOI script applied its rule from id 1004 on (an
+    off-by-one: 1004 is a description); here the boundary is the item type, so 1004 is untouched.
+    ``unparsed``: the stored answer is not exactly "Yes"/"No", so the scorer counts it wrong.
     """
-    if mode not in ("generate", "logits"):
-        raise ValueError(f"amber.discriminative must be 'generate' or 'logits', got {mode!r}")
     if not isinstance(response, str):
         raise TypeError(f"AMBER id {id}: response must be a string, got {type(response).__name__}")
     if is_generative(id):
+        if rule not in YES_NO_RULES:
+            raise ValueError(f"amber.yes_no must be one of {YES_NO_RULES}, got {rule!r}")
         return Normalized(response, False)
-    parsed = parse_yes_no(response) if mode == "generate" else response
-    if parsed in ("Yes", "No"):
-        return Normalized(parsed, False)
-    return Normalized(response, True)
+    answer = normalize_yes_no(response, rule)
+    return Normalized(answer, answer not in ("Yes", "No"))
+
+
+def answer_row_normalizer(rule: str) -> Callable[[dict], None]:
+    """For :func:`lpoi.eval.generate.generate_answers`: store a generated yes/no reply as
+    ``raw_response`` and its normalized answer as ``response`` (the field ``inference.py`` reads), so
+    the answers file scores the same with our scorer and with the official one."""
+    normalize_yes_no("Yes", rule)  # validates the rule before hours of generation
+
+    def normalize(row: dict) -> None:
+        if row.get("error") or "response" not in row:
+            return
+        row["raw_response"] = row["response"]
+        row["response"] = normalize_yes_no(row["response"], rule)
+
+    return normalize
 
 
 # ============================================================================ official data files
@@ -627,44 +679,48 @@ def score(
     *,
     threshold: float = SIMILARITY_THRESHOLD,
     download_nltk: bool = True,
-    normalize_yes_no: bool = False,
+    yes_no: str | None = None,
+    max_error_ratio: float | None = None,
+    source: str = "answers",
+    details: list[dict] | None = None,
 ) -> dict[str, Any]:
-    """Score AMBER answers ``[{"id": int, "response": str}, ...]`` exactly as the official inference.py.
+    """Score AMBER answers ``[{"id": int, "response": str, ["raw_response": str]}, ...]`` exactly as the
+    official inference.py.
 
     Returns the CLI contract's METRICS: ``generative`` {CHAIR, Cover, Hal, Cog}, ``discriminative``
     {overall, existence, attribute, state, number, action, relation: {Accuracy, Precision, Recall,
-    F1}}, ``amber_score``, ``similarity`` ("spacy-lg" | "exact"), ``n_unparsed`` (discriminative
-    responses that are not exactly "Yes"/"No"), ``n_generative``, ``n_discriminative``,
-    ``n_generation_errors`` and ``generation_errors`` ({reason: count}). Values are in
-    percent rounded to one decimal as the official prints them. Sections and categories that no
-    answer covers are left out; ``amber_score`` needs both CHAIR and overall F1.
+    F1}}, ``amber_score``, ``similarity`` ("spacy-lg" | "exact"), ``yes_no`` (the rule applied here,
+    ``None``: the stored answers as they are), ``n_unparsed`` (discriminative answers that are not
+    exactly "Yes"/"No", so wrong), ``n_normalized`` (answers that differ from the row's raw reply),
+    ``n_generative``, ``n_discriminative``, ``n_generation_errors`` and ``generation_errors``
+    ({reason: count}). Values are in percent rounded to one decimal as the official prints them.
+    Sections and categories that no answer covers are left out; ``amber_score`` needs both CHAIR and
+    overall F1.
+
+    ``yes_no=None`` (default) scores each ``response`` exactly as stored — the official behaviour,
+    so "yes", "No." and "" are wrong answers. A rule (:data:`YES_NO_RULES`) first normalizes the
+    discriminative replies (``raw_response`` when present, else ``response``) with
+    :func:`normalize_yes_no`.
 
     Rows with a truthy ``"error"`` (generation could not use the image, see
     :mod:`lpoi.eval.generate`) are not answers: their empty response would look like a perfect
     description or count as a wrong yes/no, so they are left out of every metric and only counted
     (their id is still checked and may not appear twice). If every row is one, there is nothing to
-    score: ValueError naming the source and the reasons.
+    score: ValueError naming the source and the reasons; above ``max_error_ratio`` of the rows,
+    :class:`~lpoi.eval.answers.ErrorRatioExceeded` (``None``: no bound).
 
-    ``normalize_yes_no=True`` first applies :func:`normalize_answer` (mode "generate") to the
-    discriminative responses — for answers files whose free-text replies were stored unparsed. It is
-    idempotent on "Yes"/"No"; the default (False) scores the stored strings exactly as the official.
+    ``details`` (a list) receives one row per scored item (descriptions first, then yes/no items, each in
+    answer order): generative
+    ``{"id", "nouns", "hallucinated", "truth_covered", "hallu_covered"}`` (vocabulary nouns, the
+    hallucinated ones, covered truth / hallucination words); yes/no ``{"id", "truth", "answer",
+    "correct"}``.
     """
-    return _score(answers, data_dir, similarity, threshold, download_nltk, normalize_yes_no, source="answers")
-
-
-def _score(
-    answers: Iterable[dict],
-    data_dir: str | os.PathLike,
-    similarity: str,
-    threshold: float,
-    download_nltk: bool,
-    normalize_yes_no: bool,
-    source: str,
-) -> dict[str, Any]:
     if similarity not in SIMILARITY_MODES:
         raise ValueError(f"amber similarity must be one of {SIMILARITY_MODES}, got {similarity!r}")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
         raise ValueError(f"amber similarity threshold must be a number in [0, 1], got {threshold!r}")
+    if yes_no is not None:
+        normalize_yes_no("Yes", yes_no)  # validates the rule
     data_dir = Path(data_dir)
     annotations = load_annotations(data_dir)
     rows, generation_errors = _check_answers(answers, annotations, data_dir, source)
@@ -674,52 +730,17 @@ def _score(
             f"({dict(generation_errors)}), nothing to score; fix the images and regenerate "
             "(generate with retry_errors=True retries those items)"
         )
-    generative_rows = [
-        (a, annotations[a["id"]]) for a in rows if annotations[a["id"]]["type"] == "generative"
-    ]
-    discriminative_rows = [
-        (a, annotations[a["id"]]) for a in rows if annotations[a["id"]]["type"] != "generative"
-    ]
-
-    gen = _Generative()
-    if generative_rows:
-        ensure_nltk_data(download=download_nltk)
-        mode, sim = resolve_similarity(similarity)
-        association = load_association(data_dir)
-        safe_words = load_safe_words(data_dir)
-        vocabulary = _vocabulary(association)
-        for a, ann in generative_rows:
-            gen.add(
-                generative_item(
-                    a["response"],
-                    ann["truth"],
-                    ann["hallu"],
-                    association=association,
-                    global_safe_words=safe_words,
-                    similarity=sim,
-                    threshold=threshold,
-                    vocabulary=vocabulary,
-                    item_id=a["id"],
-                )
-            )
-    else:  # nothing to compare: report the mode that would be used, without loading spaCy's vectors
-        mode, _ = resolve_similarity(similarity, load=False)
-
-    tallies = {c: _Tally() for c in ("overall", "existence", "state", "number", "action", "relation")}
-    n_unparsed = 0
-    for a, ann in discriminative_rows:
-        response = a["response"]
-        if normalize_yes_no:
-            response = normalize_answer(a["id"], response, "generate").response
-        n_unparsed += response not in ("Yes", "No")
-        tallies["overall"].add(ann["truth"], response)
-        tallies[_TYPE_TO_CATEGORY.get(ann["type"], "relation")].add(ann["truth"], response)
-    tallies["attribute"] = tallies["state"] + tallies["number"] + tallies["action"]
+    check_error_ratio(source, len(rows) + sum(generation_errors.values()), max_error_ratio,
+                      generation=generation_errors)
+    generative = [(a, annotations[a["id"]]) for a in rows if annotations[a["id"]]["type"] == "generative"]
+    discriminative = [(a, annotations[a["id"]]) for a in rows if annotations[a["id"]]["type"] != "generative"]
 
     out: dict[str, Any] = {}
+    mode, gen = _score_generative(generative, data_dir, similarity, threshold, download_nltk, details)
     if gen.items:
         out["generative"] = gen.metrics()
-    if discriminative_rows:
+    tallies, n_unparsed, n_normalized = _score_discriminative(discriminative, yes_no, details)
+    if discriminative:
         out["discriminative"] = {
             c: _prf(tallies[c], F1_EPS_EXISTENCE if c == "existence" else F1_EPS)
             for c in CATEGORIES
@@ -728,12 +749,55 @@ def _score(
     if "generative" in out and "discriminative" in out:
         out["amber_score"] = amber_score(out["generative"]["CHAIR"], out["discriminative"]["overall"]["F1"])
     out["similarity"] = mode
+    out["yes_no"] = yes_no
     out["n_unparsed"] = n_unparsed
-    out["n_generative"] = len(generative_rows)
-    out["n_discriminative"] = len(discriminative_rows)
+    out["n_normalized"] = n_normalized
+    out["n_generative"] = len(generative)
+    out["n_discriminative"] = len(discriminative)
     out["n_generation_errors"] = sum(generation_errors.values())
     out["generation_errors"] = dict(generation_errors)
     return out
+
+
+def _score_generative(rows, data_dir: Path, similarity: str, threshold: float, download_nltk: bool,
+                      details: list[dict] | None):
+    gen = _Generative()
+    if not rows:  # nothing to compare: report the mode that would be used, without loading spaCy's vectors
+        return resolve_similarity(similarity, load=False)[0], gen
+    ensure_nltk_data(download=download_nltk)
+    mode, sim = resolve_similarity(similarity)
+    association = load_association(data_dir)
+    safe_words = load_safe_words(data_dir)
+    vocabulary = _vocabulary(association)
+    for a, ann in rows:
+        item = generative_item(a["response"], ann["truth"], ann["hallu"], association=association,
+                               global_safe_words=safe_words, similarity=sim, threshold=threshold,
+                               vocabulary=vocabulary, item_id=a["id"])
+        gen.add(item)
+        if details is not None:
+            details.append({"id": a["id"], "nouns": item.nouns,
+                            "hallucinated": [n for n, h in zip(item.nouns, item.hallucinated) if h],
+                            "truth_covered": [w for w, c in zip(ann["truth"], item.truth_covered) if c],
+                            "hallu_covered": [w for w, c in zip(ann["hallu"], item.hallu_covered) if c]})
+    return mode, gen
+
+
+def _score_discriminative(rows, yes_no: str | None, details: list[dict] | None) -> tuple[dict[str, _Tally], int, int]:
+    """The official counters per category, plus (unparsed, normalized) counts."""
+    tallies = {c: _Tally() for c in ("overall", "existence", "state", "number", "action", "relation")}
+    n_unparsed = n_normalized = 0
+    for a, ann in rows:
+        raw = a["raw_response"] if isinstance(a.get("raw_response"), str) else a["response"]
+        response = a["response"] if yes_no is None else normalize_yes_no(raw, yes_no)
+        n_unparsed += response not in ("Yes", "No")
+        n_normalized += response != raw
+        tallies["overall"].add(ann["truth"], response)
+        if details is not None:
+            details.append({"id": a["id"], "truth": ann["truth"], "answer": response,
+                            "correct": response == ("Yes" if ann["truth"] == "yes" else "No")})
+        tallies[_TYPE_TO_CATEGORY.get(ann["type"], "relation")].add(ann["truth"], response)
+    tallies["attribute"] = tallies["state"] + tallies["number"] + tallies["action"]
+    return tallies, n_unparsed, n_normalized
 
 
 def _check_answers(
@@ -762,7 +826,10 @@ def _check_answers(
         if error:  # no answer was generated (image unusable): count it, never score its empty response
             generation_errors[error if isinstance(error, str) else repr(error)] += 1
             continue
-        rows.append({"id": i, "response": response})
+        raw = a.get("raw_response")
+        if raw is not None and not isinstance(raw, str):
+            raise ValueError(f"{where} (id {i}): 'raw_response' must be a string, got {type(raw).__name__}")
+        rows.append({"id": i, "response": response, "raw_response": raw})
     return rows, generation_errors
 
 
@@ -771,21 +838,18 @@ def score_file(
     data_dir: str | os.PathLike,
     out_path: str | os.PathLike,
     *,
-    similarity: str = "auto",
-    threshold: float = SIMILARITY_THRESHOLD,
-    download_nltk: bool = True,
-    normalize_yes_no: bool = False,
+    labels: dict[str, Any] | None = None,
+    details_path: str | os.PathLike | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
-    """``stages/score.py amber``: read ANSWERS.jsonl, :func:`score` it, write METRICS.json atomically."""
+    """``stages/score.py amber``: read ANSWERS.jsonl, :func:`score` it (``options``: its keyword
+    arguments), add ``labels`` (e.g. ``{"random_model": True}``), write METRICS.json atomically, and
+    the per-item rows to ``details_path`` (JSONL) when given."""
     answers_path = Path(answers_path)
-    metrics = _score(
-        read_jsonl(answers_path),
-        data_dir,
-        similarity,
-        threshold,
-        download_nltk,
-        normalize_yes_no,
-        source=str(answers_path),
-    )
+    details: list[dict] = []
+    metrics = score(read_jsonl(answers_path), data_dir, source=str(answers_path), details=details, **options)
+    metrics.update(labels or {})
+    if details_path is not None:
+        write_jsonl(details_path, details)
     atomic_write_json(out_path, metrics)
     return metrics

@@ -44,7 +44,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from lpoi.eval.answers import answer_rows, reject, require_usable
+from lpoi.eval.answers import answer_rows, check_error_ratio, reject, require_usable
 from lpoi.eval.judge import Judge
 from lpoi.io import UnsafePathError, atomic_write_json, read_json, safe_join, write_jsonl
 
@@ -296,6 +296,8 @@ def score_file(
     judge: Judge,
     *,
     details_path: str | os.PathLike | None = None,
+    max_error_ratio: float | None = None,
+    labels: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Judge every answer, write the metrics JSON to ``out_path`` and return it.
 
@@ -306,30 +308,17 @@ def score_file(
     Generation error rows (truthy ``"error"``: the image could not be used, the empty response is
     not an answer) are not judged; they are counted in ``n_generation_errors`` /
     ``generation_errors`` {reason: count} and left out of every metric; a file of error rows only is
-    a ValueError naming the reasons.
+    a ValueError naming the reasons. Generation plus judge errors above ``max_error_ratio`` of the
+    rows raise :class:`~lpoi.eval.answers.ErrorRatioExceeded` (generation errors are checked before
+    any judge call). ``labels`` (e.g. ``{"random_model": True}``) are added to the metrics as given;
+    ``judge_date`` is the judge's ``date`` attribute when it has one (see :mod:`lpoi.eval.factory`).
     """
     if judge is None:
         raise ValueError("MMHal-Bench scoring needs a judge (judge.backend: openai or hf)")
     template = load_template(template_path)
-    rejects: Counter = Counter()
-    seen: set[int] = set()
-    answers: list[tuple[int, str]] = []
-    generation_errors: Counter = Counter()
-    for lineno, row in answer_rows(answers_path, generation_errors):  # error rows never reach the judge
-        i, resp = row.get("id"), row.get("response")
-        if isinstance(i, bool) or not isinstance(i, int):
-            reject(rejects, answers_path, lineno, "bad_id", f"id must be an integer, got {i!r}")
-        elif not 0 <= i < len(template):
-            reject(rejects, answers_path, lineno, "id_out_of_range", f"{i} not in [0, {len(template)})")
-        elif i in seen:
-            reject(rejects, answers_path, lineno, "duplicate_id", f"id {i} already answered")
-        elif not isinstance(resp, str):
-            reject(rejects, answers_path, lineno, "bad_response", "response must be a string")
-        else:
-            seen.add(i)
-            answers.append((i, resp))
-    require_usable(answers_path, generation_errors, rejects, len(answers))
-    answers.sort()
+    answers, rejects, generation_errors = _read_answers(answers_path, len(template))
+    n_rows = len(answers) + sum(generation_errors.values())
+    check_error_ratio(answers_path, n_rows, max_error_ratio, generation=generation_errors)
 
     replies = judge.complete_many([build_prompt(template[i], resp) for i, resp in answers])
     rows, errors = [], Counter()
@@ -362,6 +351,7 @@ def score_file(
             f"MMHal-Bench: the judge failed on all {n_err} items ({dict(errors)}); "
             f"first error: {rows[0]['judge_detail']}"
         )
+    check_error_ratio(answers_path, n_rows, max_error_ratio, generation=generation_errors, judge=errors)
     metrics = aggregate(rows)
     metrics.update(
         {
@@ -374,11 +364,36 @@ def score_file(
             "n_rejected": sum(rejects.values()),
             "rejects": dict(rejects),
             "judge": judge.label,
+            "judge_date": getattr(judge, "date", None),
             "n_generation_errors": sum(generation_errors.values()),
             "generation_errors": dict(generation_errors),
+            **(labels or {}),
         }
     )
-    if details_path is not None:
-        write_jsonl(details_path, rows)
+    if details_path is not None:  # "cached" differs between a first run and a re-run: not an output
+        write_jsonl(details_path, [{k: v for k, v in r.items() if k != "cached"} for r in rows])
     atomic_write_json(out_path, metrics)
     return metrics
+
+
+def _read_answers(answers_path, n_template: int) -> tuple[list[tuple[int, str]], Counter, Counter]:
+    """``(id, response)`` pairs sorted by id, the rejects and the generation errors (by reason)."""
+    rejects: Counter = Counter()
+    seen: set[int] = set()
+    answers: list[tuple[int, str]] = []
+    generation_errors: Counter = Counter()
+    for lineno, row in answer_rows(answers_path, generation_errors):  # error rows never reach the judge
+        i, resp = row.get("id"), row.get("response")
+        if isinstance(i, bool) or not isinstance(i, int):
+            reject(rejects, answers_path, lineno, "bad_id", f"id must be an integer, got {i!r}")
+        elif not 0 <= i < n_template:
+            reject(rejects, answers_path, lineno, "id_out_of_range", f"{i} not in [0, {n_template})")
+        elif i in seen:
+            reject(rejects, answers_path, lineno, "duplicate_id", f"id {i} already answered")
+        elif not isinstance(resp, str):
+            reject(rejects, answers_path, lineno, "bad_response", "response must be a string")
+        else:
+            seen.add(i)
+            answers.append((i, resp))
+    require_usable(answers_path, generation_errors, rejects, len(answers))
+    return sorted(answers), rejects, generation_errors

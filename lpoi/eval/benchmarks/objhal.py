@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lpoi.eval.answers import answer_rows, reject, require_usable
+from lpoi.eval.answers import answer_rows, check_error_ratio, reject, require_usable
 from lpoi.eval.judge import Judge
 from lpoi.io import (
     MAX_PIXELS,
@@ -589,6 +589,8 @@ def score_file(
     questions_path: str | os.PathLike | None = None,
     details_path: str | os.PathLike | None = None,
     nltk_download: bool = True,
+    max_error_ratio: float | None = None,
+    labels: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score ANSWERS (``{"image_id": int, "response": str}`` lines), write the metrics JSON, return it.
 
@@ -600,6 +602,8 @@ def score_file(
     Generation error rows (truthy ``"error"``: the image could not be used, the empty response is
     not an answer) are counted in ``n_generation_errors`` / ``generation_errors`` {reason: count}
     and left out of every metric; a file of error rows only is a ValueError naming the reasons.
+    Generation plus extraction errors above ``max_error_ratio`` of the rows raise
+    :class:`~lpoi.eval.answers.ErrorRatioExceeded`. ``labels`` are added to the metrics as given.
     """
     if extractor not in ("rules", "llm"):
         raise ValueError(f"objhal.extractor must be 'rules' or 'llm', got {extractor!r}")
@@ -615,21 +619,10 @@ def score_file(
     if vocab.sha256 != SYNONYMS_SHA256:
         log.warning("objhal: %s differs from the official synonyms_refine.txt (sha256 %s)", syn, vocab.sha256[:16])
 
-    rejects: Counter = Counter()
-    generation_errors: Counter = Counter()
-    answers: list[dict] = []
-    for lineno, row in answer_rows(answers_path, generation_errors):  # error rows are never scored
-        iid, resp = row.get("image_id"), row.get("response")
-        if isinstance(iid, str) and iid.strip().isdigit():
-            iid = int(iid)  # the official does int(image_id)
-        if isinstance(iid, bool) or not isinstance(iid, int):
-            reject(rejects, answers_path, lineno, "bad_image_id", repr(iid))
-        elif not isinstance(resp, str):
-            reject(rejects, answers_path, lineno, "bad_response", "response must be a string")
-        else:
-            answers.append({"line": lineno, "image_id": iid, "response": resp.replace("Assistant:", "").strip(),
-                            "question": row.get("question")})
+    answers, rejects, generation_errors = _read_answers(answers_path)
     require_usable(answers_path, generation_errors, rejects, len(answers))
+    n_rows = len(answers) + sum(generation_errors.values())
+    check_error_ratio(answers_path, n_rows, max_error_ratio, generation=generation_errors)
 
     cache_root = Path(cache_dir) if cache_dir is not None else Path(out_path).parent / ".objhal_cache"
     gt, unknown = load_ground_truth(
@@ -650,41 +643,9 @@ def score_file(
         for a in answers:
             a["mentions"] = caption_to_words(a["response"], vocab)
     else:
-        if questions_path is not None:
-            q_by_id = {int(r["image_id"]): r.get("question") for r in read_jsonl(questions_path) if "image_id" in r}
-            for a in answers:
-                a["question"] = a["question"] or q_by_id.get(a["image_id"])
-        kept = []
-        for a in answers:
-            if not isinstance(a["question"], str):
-                reject(rejects, answers_path, a["line"], "missing_question", "the llm extractor needs the question")
-            else:
-                kept.append(a)
-        answers = kept
-        to_ask = [a for a in answers if len(a["response"].strip().split()) > 3]  # official short-answer rule
-        for a in answers:
-            a["extracted"] = []
-        replies = judge.complete_many([extract_prompt(a["question"], a["response"]) for a in to_ask])
-        for a, reply in zip(to_ask, replies):
-            if not reply.ok:
-                a["error"] = reply.error
-                extract_errors[reply.error or "judge_error"] += 1
-                continue
-            try:
-                a["extracted"] = parse_object_list(reply.text or "")
-            except ValueError:
-                a["error"] = "unparsable_object_list"
-                extract_errors["unparsable_object_list"] += 1
-        answers_ok = []
-        for a in answers:
-            if "error" in a:
-                continue
-            a["mentions"] = objects_to_coco(refine_extracted_objects(a["extracted"], vocab), vocab)
-            answers_ok.append(a)
-        answers = answers_ok
-        if not answers:
-            raise RuntimeError(f"objhal: object extraction failed for every response ({dict(extract_errors)})")
+        answers = _llm_mentions(answers, judge, vocab, questions_path, answers_path, rejects, extract_errors)
 
+    check_error_ratio(answers_path, n_rows, max_error_ratio, generation=generation_errors, extraction=extract_errors)
     metrics, details = chair_metrics(answers, gt)
     metrics.update(
         {
@@ -700,7 +661,67 @@ def score_file(
     )
     if extractor == "llm":
         metrics["judge"] = judge.label
+        metrics["judge_date"] = getattr(judge, "date", None)
+    metrics.update(labels or {})
     if details_path is not None:
         write_jsonl(details_path, details)
     atomic_write_json(out_path, metrics)
     return metrics
+
+
+def _read_answers(answers_path) -> tuple[list[dict], Counter, Counter]:
+    """Usable answer rows (``line``, ``image_id``, cleaned ``response``, ``question``), rejects, generation errors."""
+    rejects: Counter = Counter()
+    generation_errors: Counter = Counter()
+    answers: list[dict] = []
+    for lineno, row in answer_rows(answers_path, generation_errors):  # error rows are never scored
+        iid, resp = row.get("image_id"), row.get("response")
+        if isinstance(iid, str) and iid.strip().isdigit():
+            iid = int(iid)  # the official does int(image_id)
+        if isinstance(iid, bool) or not isinstance(iid, int):
+            reject(rejects, answers_path, lineno, "bad_image_id", repr(iid))
+        elif not isinstance(resp, str):
+            reject(rejects, answers_path, lineno, "bad_response", "response must be a string")
+        else:
+            answers.append({"line": lineno, "image_id": iid, "response": resp.replace("Assistant:", "").strip(),
+                            "question": row.get("question")})
+    require_usable(answers_path, generation_errors, rejects, len(answers))
+    return answers, rejects, generation_errors
+
+
+def _llm_mentions(answers, judge, vocab, questions_path, answers_path, rejects: Counter,
+                  extract_errors: Counter) -> list[dict]:
+    """``extractor="llm"``: the judge lists each response's objects; returns the answers that got ``mentions``."""
+    if questions_path is not None:
+        q_by_id = {int(r["image_id"]): r.get("question") for r in read_jsonl(questions_path) if "image_id" in r}
+        for a in answers:
+            a["question"] = a["question"] or q_by_id.get(a["image_id"])
+    kept = []
+    for a in answers:
+        if not isinstance(a["question"], str):
+            reject(rejects, answers_path, a["line"], "missing_question", "the llm extractor needs the question")
+        else:
+            kept.append(a)
+    to_ask = [a for a in kept if len(a["response"].strip().split()) > 3]  # official short-answer rule
+    for a in kept:
+        a["extracted"] = []
+    replies = judge.complete_many([extract_prompt(a["question"], a["response"]) for a in to_ask])
+    for a, reply in zip(to_ask, replies):
+        if not reply.ok:
+            a["error"] = reply.error
+            extract_errors[reply.error or "judge_error"] += 1
+            continue
+        try:
+            a["extracted"] = parse_object_list(reply.text or "")
+        except ValueError:
+            a["error"] = "unparsable_object_list"
+            extract_errors["unparsable_object_list"] += 1
+    answers_ok = []
+    for a in kept:
+        if "error" in a:
+            continue
+        a["mentions"] = objects_to_coco(refine_extracted_objects(a["extracted"], vocab), vocab)
+        answers_ok.append(a)
+    if not answers_ok:
+        raise RuntimeError(f"objhal: object extraction failed for every response ({dict(extract_errors)})")
+    return answers_ok

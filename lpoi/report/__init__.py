@@ -1,0 +1,1 @@
+"""The run's report: headline metrics (``metrics/summary.json``), ``report/REPORT.md`` and its figures."""

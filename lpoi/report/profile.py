@@ -1,0 +1,80 @@
+"""Which profile a run used and which of its params differ from that profile's defaults.
+
+``params.yaml`` is the Hydra composition of ``conf/`` (``dvc exp run -S model=idefics2-8b -S
+train.beta=0.2`` rewrites it). From the file alone we recover the group choices — for each group
+(``model``, ``data``, ``bench``) the option whose every value is found in the params, the most
+specific one when several fit — then compose ``conf/`` with those choices and list the params that
+differ: exactly the ``-S key=value`` changes, whatever profile they were made on.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+GROUPS = ("model", "data", "bench")
+_MISSING = object()
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lora": {"r": 8}}}`` → ``{"train.lora.r": 8}`` (lists are leaves)."""
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def compose(conf_dir: str | os.PathLike, overrides: list[str] = ()) -> dict[str, Any]:
+    """``conf/config.yaml`` composed by Hydra with ``overrides``, as plain data."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base=None):
+        cfg = hydra_compose(config_name="config", overrides=list(overrides))
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def _default_choices(conf_dir: Path) -> dict[str, str]:
+    raw = yaml.safe_load((conf_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+    choices = {}
+    for entry in raw.get("defaults", []):
+        if isinstance(entry, dict):
+            choices.update({k: v for k, v in entry.items() if k in GROUPS})
+    return choices
+
+
+def group_choices(params: dict[str, Any], conf_dir: str | os.PathLike) -> dict[str, str]:
+    """For each group, the option of ``conf/<group>/`` that fits ``params`` best: the most of its values
+    found in the params minus those that differ (a ``-S`` change to a key the profile sets still
+    leaves the profile recognisable); ties go to the default choice, then by name. The default when
+    no option fits better than not at all."""
+    conf_dir = Path(conf_dir)
+    flat = flatten(params)
+    defaults = _default_choices(conf_dir)
+    choices = {}
+    for group in GROUPS:
+        fits = []
+        for path in sorted((conf_dir / group).glob("*.yaml")):
+            leaves = flatten(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+            same = sum(flat.get(k, _MISSING) == v for k, v in leaves.items())
+            fits.append((-(2 * same - len(leaves)), path.stem != defaults.get(group), path.stem))
+        best = min(fits, default=None)
+        choices[group] = best[2] if best is not None and best[0] < 0 else defaults.get(group)
+    return {g: c for g, c in choices.items() if c is not None}
+
+
+def changed_params(params: dict[str, Any], conf_dir: str | os.PathLike) -> tuple[dict[str, str], list[tuple]]:
+    """``(choices, changes)``: the profile and ``[(key, profile default, this run), ...]`` sorted by key
+    (a key the profile does not have: default ``None``; a key the run lacks: value ``None``)."""
+    choices = group_choices(params, conf_dir)
+    base = flatten(compose(conf_dir, [f"{g}={c}" for g, c in choices.items()]))
+    run = flatten(params)
+    changes = [(k, base.get(k), run.get(k)) for k in sorted(set(base) | set(run))
+               if base.get(k, _MISSING) != run.get(k, _MISSING)]
+    return choices, changes

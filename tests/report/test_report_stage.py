@@ -1,0 +1,236 @@
+"""The report stage: metrics/summary.json (few numeric keys, values from the score/train/list files),
+REPORT.md's table against it, honest labels, the profile diff, the paper row, and the figures."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from lpoi.config import validate
+from lpoi.report import figures
+from lpoi.report.build import ReportPaths, build_report, paper_row
+from lpoi.report.labels import RANDOM_MODEL_KEY, label, random_models
+from lpoi.report.markdown import ReportInputs, render, table_mismatches, table_values
+from lpoi.report.profile import changed_params, compose
+from lpoi.report.summary import ROWS, build_summary, flat
+
+REPO = Path(__file__).resolve().parents[2]
+CONF = REPO / "conf"
+
+AMBER = {"generative": {"CHAIR": 91.7, "Cover": 3.1, "Hal": 83.3, "Cog": 0.0},
+         "discriminative": {"overall": {"Accuracy": 50.0, "Precision": 100.0, "Recall": 16.7, "F1": 28.6},
+                            "existence": {"Accuracy": 25.0, "Precision": 99.9, "Recall": 25.0, "F1": 40.0}},
+         "amber_score": 18.45, "similarity": "exact", "n_unparsed": 2, "n_discriminative": 20,
+         "n_generation_errors": 1, "generation_errors": {"missing": 1}}
+OBJHAL = {"CHAIRs": 60.0, "CHAIRi": 81.81818181818181, "n_generation_errors": 0, "n_extract_errors": 0}
+MMHAL = {"score": 2.375, "hallucination_rate": 0.625, "n": 8, "n_judge_errors": 2, "judge_errors": {"timeout": 2},
+         "n_rating_unparsed": 1, "n_generation_errors": 0, "judge": "hf:tiny/llama", "judge_date": None}
+TRAIN = {"loss": 6.116515159606934, "ranking_accuracy": 0.75, "margin": 0.01920325681567192, "samples_per_s": 36.7,
+         "train_seconds": 2.55}
+LISTGEN = {"records_in": 26, "records_out": 24, "rejects": {"duplicate_record": 1, "unsafe_path": 1}, "rejects_total": 2,
+           "lists_out": 24, "detection_rate": 1.0, "sam_mask_rate": 0.958333, "verify_pass_rate": None}
+SOURCES = {"amber": AMBER, "objhal": OBJHAL, "mmhal": MMHAL, "train": TRAIN, "listgen": LISTGEN}
+
+
+def _params(**sections):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    for name, values in sections.items():
+        raw[name] = {**raw[name], **values}
+    return validate(raw)
+
+
+# ------------------------------------------------------------------------------------------ summary
+
+
+def test_summary_is_few_numeric_keys_taken_from_the_sources():
+    """Values as in the files (rounded to the paper's precision), the two error totals summed over the
+    benchmarks (1 generation error in AMBER; 2 MMHal judge errors), reject rate 2/26, timings left out."""
+    s = build_summary(SOURCES, random_model=True)
+    values = flat(s)
+    assert len(values) <= 25 and len(values) == len(ROWS) + 1
+    assert all(v is None or (isinstance(v, (int, float))) for v in values.values())  # bool is an int: the label
+    assert values[RANDOM_MODEL_KEY] is True
+    assert values["amber.CHAIR"] == 91.7 and values["amber.F1"] == 28.6 and values["amber.score"] == 18.45
+    assert values["amber.Accuracy"] == 50.0
+    assert values["objhal.CHAIRi"] == 81.8 and values["objhal.CHAIRs"] == 60.0
+    assert values["mmhal.score"] == 2.38 and values["mmhal.hallucination_rate"] == 0.62  # round-half-even of .625
+    assert values["train.loss"] == 6.1165 and values["train.ranking_accuracy"] == 0.75 and values["train.margin"] == 0.0192
+    assert values["lists.lists"] == 24 and values["lists.reject_rate"] == round(2 / 26, 3)
+    assert values["lists.verify_pass_rate"] is None  # not a made-up 0
+    assert values["errors.generation"] == 1 and values["errors.judge"] == 2
+    assert not any(re.search(r"second|per_s|path|sha|hash", k) for k in values)
+    empty = flat(build_summary({}, random_model=False))
+    assert empty[RANDOM_MODEL_KEY] is False and empty["amber.CHAIR"] is None and empty["errors.generation"] == 0
+
+
+def test_random_model_label():
+    p = _params()
+    assert random_models(p) == ["model", "detect", "segment", "verify", "judge"]
+    assert label(p, ("vlm",)) == {RANDOM_MODEL_KEY: True}
+    real = _params(model={"name": "HuggingFaceM4/idefics2-8b"}, detect={"model": "IDEA-Research/grounding-dino-tiny"},
+                   segment={"model": "facebook/sam-vit-base"},
+                   judge={"backend": "openai", "base_url": "http://127.0.0.1:1/v1", "model": "gpt-4"})
+    assert random_models(real) == [] and label(real) == {RANDOM_MODEL_KEY: False}
+    mixed = _params(model={"name": "HuggingFaceM4/idefics2-8b"})  # real VLM, lists from the tiny detector
+    assert label(mixed, ("vlm",)) == {RANDOM_MODEL_KEY: False} and label(mixed) == {RANDOM_MODEL_KEY: True}
+
+
+# ------------------------------------------------------------------------------------------ REPORT.md
+
+
+def _inputs(**kw) -> ReportInputs:
+    base = dict(summary=build_summary(SOURCES, True), sources=SOURCES, choices={"model": "tiny-idefics2"},
+                changes=[("train.beta", 0.1, 0.2)], models={"model": "tiny/idefics2"}, random_roles=["model"],
+                method="lpoi", yes_no="first-word")
+    return ReportInputs(**{**base, **kw})
+
+
+def assert_table_matches_summary(page: str, summary: dict) -> None:
+    """Every ROWS entry appears once in the table with the summary's value at its precision."""
+    assert table_mismatches(page, summary) == []
+    cells, values = table_values(page), flat(summary)
+    for row in ROWS:
+        v = values[row.key]
+        if v is not None:
+            assert float(cells[f"{row.name} {row.better}".strip()]) == pytest.approx(v, abs=10 ** -row.digits / 2)
+
+
+def test_report_table_matches_the_summary_and_warns():
+    page = render(_inputs())
+    assert_table_matches_summary(page, build_summary(SOURCES, True))
+    wrong = build_summary(SOURCES, True)
+    wrong["amber"]["CHAIR"] = 12.3  # the check can fail
+    assert table_mismatches(page, wrong) == ["amber.CHAIR: table '91.7', summary '12.3'"]
+    assert "**Tiny random models** (model)" in page
+    assert "`train.beta`: 0.1 → 0.2" in page
+    assert "AMBER: 1 answer(s) not generated" in page and "the judge failed on 2 item(s)" in page
+    assert "2 of 20 yes/no answers are not exactly Yes/No" in page and "amber.yes_no: first-word" in page
+    assert "spaCy en_core_web_lg is not installed" in page
+    assert "`hf:tiny/llama` (local model, no request sent)" in page
+    assert len(page.splitlines()) < 70  # one screen
+
+
+def test_paper_column_only_for_filled_values_of_paper_profiles_on_full_benchmarks(tmp_path):
+    table = json.loads((REPO / "lpoi/report/paper_table1.json").read_text())
+    assert set(table["rows"]) == {"HuggingFaceM4/idefics2-8b", "llava-hf/llava-1.5-7b-hf", "llava-hf/llava-1.5-13b-hf"}
+    assert paper_row(_params()) == (None, None)  # tiny model: no paper row, no note
+    ide = {"model": {"name": "HuggingFaceM4/idefics2-8b"}}
+    row, note = paper_row(_params(**ide))
+    assert row is None and "bench=mini" in note
+    row, note = paper_row(_params(**ide, bench={"name": "full"}))
+    assert row is None and "not transcribed" in note  # the committed table is empty, and says so
+    table["rows"]["HuggingFaceM4/idefics2-8b"]["amber.CHAIR"] = 4.3  # a filled value (made up for the test)
+    (tmp_path / "t.json").write_text(json.dumps(table))
+    row, note = paper_row(_params(**ide, bench={"name": "full"}), tmp_path / "t.json")
+    assert row == {"amber.CHAIR": 4.3} and "Table 1" in note
+    page = render(_inputs(paper=row, paper_note=note))
+    line = next(x for x in page.splitlines() if "| CHAIR ↓ |" in x)
+    assert line.strip().endswith("| 91.7 | 4.3 |") and "paper (Table 1)" in page
+
+
+# ------------------------------------------------------------------------------------------ profile diff
+
+
+@pytest.mark.parametrize(("overrides", "choices", "changes"), [
+    ([], {"model": "tiny-idefics2", "data": "sample", "bench": "mini"}, []),
+    (["train.beta=0.2"], {"model": "tiny-idefics2"}, [("train.beta", 0.1, 0.2)]),
+    (["model=idefics2-8b", "data=mdpo-10k", "bench=full", "train.beta=0.2"],
+     {"model": "idefics2-8b", "data": "mdpo-10k", "bench": "full"}, [("train.beta", 0.1, 0.2)]),
+    (["model=llava-1.5-7b", "train.epochs=3", "bench.amber.limit=3"], {"model": "llava-1.5-7b"},
+     [("bench.amber.limit", None, 3), ("train.epochs", 1, 3)]),
+])
+def test_changed_params_are_the_exp_run_settings(overrides, choices, changes):
+    got_choices, got_changes = changed_params(compose(CONF, overrides), CONF)
+    assert choices.items() <= got_choices.items()
+    assert got_changes == changes
+
+
+# ------------------------------------------------------------------------------------------ figures
+
+
+def _tsv(folder: Path, name: str, values: list[float]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.tsv").write_text(f"step\t{name}\n" + "".join(f"{i + 1}\t{v}\n" for i, v in enumerate(values)))
+
+
+def test_figures_read_dvclive_curves_and_are_deterministic(tmp_path):
+    plots = tmp_path / "plots" / "metrics"
+    for name, base in (("loss", 3.0), ("loss_dpo", 0.7), ("loss_list", 2.0), ("loss_anchor", 0.3)):
+        _tsv(plots, name, [base - 0.01 * i for i in range(10)])
+    for k in range(5):
+        _tsv(plots, f"reward_{k}", [0.01 * i * (4 - k) for i in range(10)])
+    _tsv(plots, "reward_rejected", [-0.01 * i for i in range(10)])
+    (plots / "empty.tsv").write_text("step\tempty\n")
+    curves = figures.read_curves(plots)
+    assert "empty" not in curves and curves["loss"][0] == (1.0, 3.0) and len(curves["reward_4"]) == 10
+    outs = {}
+    for name, draw in (("loss", lambda p: figures.training_losses(curves, p)),
+                       ("rewards", lambda p: figures.reward_positions(curves, p, [1.0, 0.75, 0.5, 0.25, 0.0])),
+                       ("amber", lambda p: figures.amber_breakdown(AMBER, p)),
+                       ("nothing", lambda p: figures.reward_positions({}, p))):
+        draw(tmp_path / f"{name}.png")
+        draw(tmp_path / f"{name}2.png")
+        assert (tmp_path / f"{name}.png").read_bytes() == (tmp_path / f"{name}2.png").read_bytes(), name
+        with Image.open(tmp_path / f"{name}.png") as im:
+            outs[name] = np.asarray(im.convert("RGB"))
+    # five reward curves in five colours (viridis) + the dashed red rejected one: many distinct colours
+    assert len(np.unique(outs["rewards"].reshape(-1, 3), axis=0)) > len(np.unique(outs["nothing"].reshape(-1, 3), axis=0))
+    assert figures.read_curves(tmp_path / "missing") == {}
+
+
+# ------------------------------------------------------------------------------------------ the stage, end to end
+
+
+def _listgen_dirs(root: Path) -> dict[str, Path]:
+    dirs = {s: root / s for s in ("prepare", "detect", "segment", "verify", "lists")}
+    for d in dirs.values():
+        d.mkdir(parents=True)
+    images = []
+    for k in range(5):
+        path = dirs["lists"] / f"s1_{k}.png"
+        Image.new("RGB", (32, 24), (200 - 40 * k, 100, 40 * k)).save(path)
+        images.append(path.name)
+    (dirs["lists"] / "lists.jsonl").write_text(json.dumps(
+        {"id": "s1", "prompt": "p", "chosen": "a cup", "rejected": "r", "images": images,
+         "visibility": [1.0, 0.75, 0.5, 0.25, 0.0], "verified": True,
+         "object": {"phrase": "cup", "source": "chosen_first", "box": [4, 4, 20, 16], "score": 0.9, "mask": "sam",
+                    "mask_area": 0.3}}) + "\n")
+    (dirs["detect"] / "detect.jsonl").write_text(json.dumps(
+        {"id": "s1", "candidates": [{"phrase": "cup", "source": "chosen_first", "box": [4, 4, 20, 16]}]}) + "\n")
+    (dirs["segment"] / "segment.jsonl").write_text(json.dumps({"id": "s1", "mask": "sam"}) + "\n")
+    (dirs["verify"] / "verify.jsonl").write_text(json.dumps({"id": "s1", "verified": True, "tries": [{}]}) + "\n")
+    (dirs["prepare"] / "rejects.jsonl").write_text(json.dumps({"id": "s2", "reason": "unsafe_path"}) + "\n")
+    return dirs
+
+
+def test_build_report_writes_summary_report_and_figures(tmp_path):
+    dirs = _listgen_dirs(tmp_path / "data")
+    m = tmp_path / "metrics"
+    (m / "train" / "plots" / "metrics").mkdir(parents=True)
+    (m / "prepare.json").write_text(json.dumps({"records_in": 2, "records_out": 1, "rejects_by_reason": {"unsafe_path": 1}}))
+    for name, data in (("amber", AMBER), ("objhal", OBJHAL), ("mmhal", MMHAL)):
+        (m / f"{name}.json").write_text(json.dumps(data))
+    (m / "train" / "metrics.json").write_text(json.dumps(TRAIN))
+    _tsv(m / "train" / "plots" / "metrics", "loss", [3.0, 2.9, 2.7])
+    raw = compose(CONF, ["train.beta=0.2"])
+    paths = ReportPaths(listgen_dirs=dirs, prepare_metrics=m / "prepare.json",
+                        scores={b: m / f"{b}.json" for b in ("amber", "objhal", "mmhal")}, train=m / "train",
+                        conf=CONF, listgen_out=m / "listgen.json", summary_out=m / "summary.json",
+                        out_dir=tmp_path / "report")
+    summary = build_report(paths, validate(raw), raw)
+    on_disk = json.loads((m / "summary.json").read_text())
+    assert on_disk == summary and summary["lists"]["lists"] == 1 and summary["lists"]["reject_rate"] == 0.5
+    page = (tmp_path / "report" / "REPORT.md").read_text()
+    assert_table_matches_summary(page, on_disk)
+    for text in ("AMBER", "Object HalBench", "MMHal-Bench", "Training", "`train.beta`: 0.1 → 0.2"):
+        assert text in page, text
+    for png in ("train_loss", "train_rewards", "contact_sheet", "amber_categories"):
+        assert f"({png}.png)" in page and (tmp_path / "report" / f"{png}.png").stat().st_size > 1000
+    listgen = json.loads((m / "listgen.json").read_text())
+    assert listgen[RANDOM_MODEL_KEY] is True and listgen["rejects"] == {"unsafe_path": 1}
