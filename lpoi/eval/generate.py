@@ -8,13 +8,13 @@ Shared by generate@{amber,objhal,mmhal}. What it fixes relative to the official 
 * **Batched with left padding.** All prompts of a batch end at the same column, so the first new
   token of every row is predicted from its own last prompt token; the attention mask hides the pads
   and ``generate`` derives the position ids from it. Greedy batched output equals batch-size-1
-  output (tested on tiny Idefics2 and tiny LLaVA in fp32 with prompts of different lengths). In
+  output (tested on the tiny model of every supported family in fp32 with prompts of different lengths). In
   bf16/fp16 on a GPU, a different batch composition can change low-order bits of the logits and,
   rarely, flip a near-tie of the greedy argmax; that is a property of the kernels, not of padding.
 * **Yes/No by logits** (``yes_no="logits"``), what AMBER's authors did for open models: one forward
-  per batch, the answer is whichever of the first tokens of "Yes" and "No"
-  (:func:`lpoi.models.chat.yes_no_token_ids`) has the larger next-token log-prob at the first answer
-  position. The response is exactly ``"Yes"`` or ``"No"`` (an exact tie, which fp32 logits of a real
+  per batch, the answer is whichever of the first tokens of "Yes" and "No" -- as the model emits them
+  after its own answer prefix (:func:`lpoi.models.chat.yes_no_token_ids`) -- has the larger next-token
+  log-prob at the first answer position. The response is exactly ``"Yes"`` or ``"No"`` (an exact tie, which fp32 logits of a real
   model practically never produce, goes to ``"No"``), and both
   log-probs are stored in the row as ``logprob_yes`` / ``logprob_no``.
 
@@ -327,18 +327,15 @@ def _answer_by_generate(model, processor, rows: list[dict], gen_kwargs: dict, eo
 
 def _answer_by_logits(model, processor, rows: list[dict]) -> None:
     """Fill ``response`` ("Yes"/"No") and the two log-probs from one forward at the first answer position."""
-    import inspect
-
     import torch
 
-    from lpoi.models.chat import tokenizer_of, yes_no_token_ids
+    from lpoi.models.chat import yes_no_token_ids
+    from lpoi.train.logprobs import last_logits
 
-    yes_id, no_id = yes_no_token_ids(tokenizer_of(processor))
+    yes_id, no_id = yes_no_token_ids(processor)
     enc = _encode(model, processor, rows)
-    fwd = getattr(model, "forward", model)
-    kw = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(fwd).parameters else {}
     with torch.inference_mode():
-        logits = model(**enc, **kw).logits[:, -1, :]  # left padding: column -1 is every row's last prompt token
+        logits = last_logits(model, enc)  # left padding: column -1 is every row's last prompt token
     logp = torch.log_softmax(logits.float(), dim=-1).cpu()
     for r, lp in zip(rows, logp):
         ly, ln = float(lp[yes_id]), float(lp[no_id])

@@ -569,7 +569,8 @@ def train(
             # accelerate's accumulation: no gradient all-reduce until the last micro-step, the loss scaled
             # by 1/grad_accum in backward (DeepSpeed scales it itself)
             with accelerator.accumulate(wrapper):
-                policy = wrapper(batch.inputs, batch.response_mask).view(len(idx), n_cols + 1)
+                policy = wrapper(batch.inputs, batch.response_mask, offsets=batch.offsets)
+                policy = policy.view(len(idx), n_cols + 1)
                 ref = _reference(batch, idx, columns, ref_list, ref_rej, wrapper, accelerator.device)
                 out = preference_loss(
                     method,
@@ -730,7 +731,7 @@ def _online_logps(batch: SequenceBatch, wrapper) -> Tensor:
     """The frozen base model's log-probs: the same weights with the LoRA adapter disabled (eval mode),
     through the prepared module so autocast, DDP and FSDP behave as in the policy forward."""
     with torch.no_grad():
-        return wrapper(batch.inputs, batch.response_mask, reference=True)
+        return wrapper(batch.inputs, batch.response_mask, reference=True, offsets=batch.offsets)
 
 
 def _check_finite(loss: Tensor, policy: Tensor, ids: list[str], step: int, accelerator) -> None:

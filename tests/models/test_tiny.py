@@ -40,7 +40,7 @@ def test_vlm_forward_and_generate(name, cls):
         logits = model(**batch).logits
     assert logits.shape[:2] == batch["input_ids"].shape
     assert torch.isfinite(logits).all()
-    yes, no = yes_no_token_ids(proc.tokenizer)
+    yes, no = yes_no_token_ids(proc)
     assert yes != no and proc.tokenizer.decode([yes]).strip() == "Yes"
 
 
