@@ -84,6 +84,7 @@ def load_for_generation(
     dtype: str = "float32",
     device: str | None = None,
     merge: bool = True,
+    max_pixels: int | None = None,
 ):
     """``(model, processor)`` in eval mode: the base model, base + a trained LoRA adapter, or merged weights.
 
@@ -105,8 +106,8 @@ def load_for_generation(
     if adapter_dir is not None and merged_dir is not None:
         raise ValueError("pass either adapter_dir or merged_dir, not both")
     if merged_dir is not None:
-        return _load_merged(model_name, Path(merged_dir), dtype=dtype, device=device)
-    model, processor = load_vlm(model_name, dtype=dtype)
+        return _load_merged(model_name, Path(merged_dir), dtype=dtype, device=device, max_pixels=max_pixels)
+    model, processor = load_vlm(model_name, dtype=dtype, max_pixels=max_pixels)
     if adapter_dir is not None:
         model = _apply_adapter(model, Path(adapter_dir), merge=merge)
     if device:
@@ -114,7 +115,7 @@ def load_for_generation(
     return model.eval(), processor
 
 
-def _load_merged(model_name: str, folder: Path, *, dtype: str, device: str | None):
+def _load_merged(model_name: str, folder: Path, *, dtype: str, device: str | None, max_pixels: int | None = None):
     from lpoi.models import load_processor, load_vlm, torch_dtype
 
     if not folder.is_dir():
@@ -122,11 +123,11 @@ def _load_merged(model_name: str, folder: Path, *, dtype: str, device: str | Non
     if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
         raise AdapterError(f"{folder} is not a saved model: it needs config.json and *.safetensors weights")
     if any((folder / f).is_file() for f in ("processor_config.json", "preprocessor_config.json")):
-        return load_vlm(str(folder), dtype=dtype, device=device)
+        return load_vlm(str(folder), dtype=dtype, device=device, max_pixels=max_pixels)
     from transformers import AutoModelForImageTextToText
 
     model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch_dtype(dtype), use_safetensors=True)
-    processor = load_processor(model_name)
+    processor = load_processor(model_name, max_pixels=max_pixels)
     if device:
         model.to(device)
     return model.eval(), processor

@@ -237,6 +237,7 @@ def run_verify(
     decide: Decider | None = None,
     num_workers: int = 1,
     limit: int | None = None,
+    max_pixels: int | None = None,
 ) -> dict[str, Any]:
     """Stream ``segment.jsonl`` (+ questions/answers from ``prepared.jsonl``) -> ``verify.jsonl`` + rejects.
 
@@ -268,7 +269,7 @@ def run_verify(
             raise ValueError("verify is enabled but no verifier model_name was given")
         from lpoi.models import load_vlm
 
-        model, processor = load_vlm(model_name, dtype=dtype, device=resolve_device(device))
+        model, processor = load_vlm(model_name, dtype=dtype, device=resolve_device(device), max_pixels=max_pixels)
         decide = vlm_decider(model, processor, batch_size=batch_size)
     prepared = PreparedIndex(prepared_path) if enabled else None
     seg_dir = Path(segment_path).parent

@@ -314,3 +314,17 @@ def test_max_pixels_below_a_fixed_input_size_is_an_error(name):
     assert load_processor(name, max_pixels=32 * 32) is not None  # fits the fixed 32 x 32 input
     with pytest.raises(ValueError, match="fixed input size"):
         load_processor(name, max_pixels=32 * 32 - 1)
+
+
+def test_reference_of_another_resolution_budget_is_refused(lists, tmp_path):
+    from lpoi.train.data import load_lists
+    from lpoi.train.reference import ReferenceError, load_reference
+
+    ref = tmp_path / "ref.jsonl"
+    stats = run_reference(lists, ref, model_name="tiny/qwen2.5-vl", batch_size=4, max_pixels=32 * 32, progress=False)
+    samples = load_lists(lists)
+    load_reference(ref, samples, model_name="tiny/qwen2.5-vl", max_length=None, max_pixels=32 * 32)
+    with pytest.raises(ReferenceError, match="max_pixels=1024"):
+        load_reference(ref, samples, model_name="tiny/qwen2.5-vl", max_length=None, max_pixels=None)
+    again = run_reference(lists, ref, model_name="tiny/qwen2.5-vl", batch_size=4, progress=False)  # budget changed
+    assert stats["n_computed"] == again["n_computed"] == len(samples) and again["n_resumed"] == 0
