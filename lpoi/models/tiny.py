@@ -347,54 +347,31 @@ def _qwen_text(tok, **extra) -> dict:
                 eos_token_id=tok.eos_token_id, bos_token_id=None, **extra)
 
 
-def _build_qwen2_5_vl(dest: Path, seed: int) -> None:
-    from transformers import (
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-        Qwen2VLVideoProcessor,
-    )
+def _build_qwen_vl(dest: Path, seed: int, *, v3: bool) -> None:
+    """Qwen2.5-VL (``v3=False``) or Qwen3-VL: same tokenizer and image processor, their own classes."""
+    import transformers
 
+    names = ("Qwen3VLConfig", "Qwen3VLForConditionalGeneration", "Qwen3VLProcessor", "Qwen3VLVideoProcessor") if v3 \
+        else ("Qwen2_5_VLConfig", "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor", "Qwen2VLVideoProcessor")
+    config_cls, model_cls, processor_cls, video_cls = (getattr(transformers, n) for n in names)
     patch = 8
     tok, image_proc = _qwen_parts(patch)
-    video_proc = Qwen2VLVideoProcessor(patch_size=patch, merge_size=2, temporal_patch_size=2)
-    proc = Qwen2_5_VLProcessor(image_processor=image_proc, tokenizer=tok, video_processor=video_proc,
-                               chat_template=_QWEN25_VL_TEMPLATE)
-    cfg = Qwen2_5_VLConfig(
-        text_config=_qwen_text(tok, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                                     "mrope_section": [2, 1, 1]}),
-        vision_config=dict(depth=2, hidden_size=16, intermediate_size=32, num_heads=2, patch_size=patch,
-                           spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=32, window_size=32,
-                           fullatt_block_indexes=[1]),
-        tie_word_embeddings=False,
-        **_qwen_ids(tok),
-    )
+    proc = processor_cls(image_processor=image_proc, tokenizer=tok,
+                         video_processor=video_cls(patch_size=patch, merge_size=2, temporal_patch_size=2),
+                         chat_template=_QWEN3_VL_TEMPLATE if v3 else _QWEN25_VL_TEMPLATE)
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]}
+    vision = dict(depth=2, hidden_size=16, intermediate_size=32, num_heads=2, patch_size=patch, spatial_merge_size=2,
+                  temporal_patch_size=2, out_hidden_size=32)
+    if v3:  # interleaved M-RoPE; a ViT with learned position embeddings and DeepStack feature taps
+        rope["mrope_interleaved"] = True
+        vision.update(num_position_embeddings=64, deepstack_visual_indexes=[0])
+        text = _qwen_text(tok, head_dim=8, rope_parameters=rope)
+    else:  # a window-attention ViT with one full-attention block
+        vision.update(window_size=32, fullatt_block_indexes=[1])
+        text = _qwen_text(tok, rope_parameters=rope)
+    cfg = config_cls(text_config=text, vision_config=vision, tie_word_embeddings=False, **_qwen_ids(tok))
     _seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
-    _set_generation_defaults(model, tok, eos_extra=["<|endoftext|>"])
-    model.save_pretrained(dest)
-    proc.save_pretrained(dest)
-
-
-def _build_qwen3_vl(dest: Path, seed: int) -> None:
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor, Qwen3VLVideoProcessor
-
-    patch = 8
-    tok, image_proc = _qwen_parts(patch)
-    video_proc = Qwen3VLVideoProcessor(patch_size=patch, merge_size=2, temporal_patch_size=2)
-    proc = Qwen3VLProcessor(image_processor=image_proc, tokenizer=tok, video_processor=video_proc,
-                            chat_template=_QWEN3_VL_TEMPLATE)
-    cfg = Qwen3VLConfig(
-        text_config=_qwen_text(tok, head_dim=8, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                                                 "mrope_section": [2, 1, 1], "mrope_interleaved": True}),
-        vision_config=dict(depth=2, hidden_size=16, intermediate_size=32, num_heads=2, patch_size=patch,
-                           spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=32,
-                           num_position_embeddings=64, deepstack_visual_indexes=[0]),
-        tie_word_embeddings=False,
-        **_qwen_ids(tok),
-    )
-    _seed(seed)
-    model = Qwen3VLForConditionalGeneration(cfg).eval()
+    model = model_cls(cfg).eval()
     _set_generation_defaults(model, tok, eos_extra=["<|endoftext|>"])
     model.save_pretrained(dest)
     proc.save_pretrained(dest)
@@ -554,8 +531,8 @@ def _set_generation_defaults(model, tok, eos_extra: list[str] = ()) -> None:
 _BUILDERS = {
     "idefics2": _build_idefics2,
     "llava": _build_llava,
-    "qwen2.5-vl": _build_qwen2_5_vl,
-    "qwen3-vl": _build_qwen3_vl,
+    "qwen2.5-vl": lambda dest, seed: _build_qwen_vl(dest, seed, v3=False),
+    "qwen3-vl": lambda dest, seed: _build_qwen_vl(dest, seed, v3=True),
     "gemma3": _build_gemma3,
     "smolvlm": _build_smolvlm,
     "llama": _build_llama,
