@@ -143,6 +143,23 @@ def test_fast_log_prob_path_is_taken_and_equals_full_logits(vlm, peft):
     torch.testing.assert_close(fast, full, atol=1e-5, rtol=0)
 
 
+def test_lora_can_leave_the_image_side_frozen(vlm):
+    """``train.lora.exclude_vision_tower``: every family's vision encoder and projector match VISION_MODULES."""
+    from peft import get_peft_model
+
+    from lpoi.train.trainer import VISION_MODULES, lora_config
+
+    name, model, _ = vlm
+    peft_model = get_peft_model(model, lora_config(exclude_vision_tower=True))
+    try:
+        adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in peft_model.named_parameters() if ".lora_A" in n}
+        vision = [n for n, _ in model.named_modules() if any(f".{m}." in f".{n}." for m in VISION_MODULES)]
+        assert adapted and vision  # the language model is adapted, and the image side exists ...
+        assert not [n for n in adapted if any(f".{m}." in n for m in VISION_MODULES)]  # ... and is left alone
+    finally:
+        peft_model.unload()
+
+
 def test_image_reaches_the_text(vlm):
     """Noise image vs black image: the next-token log-probs move (see ``lpoi.models.tiny._widen_connector``)."""
     name, model, processor = vlm

@@ -215,3 +215,21 @@ def test_mdpo_crop_box_keeps_1_to_20_percent():
     img = _images([(64, 48)])[0]
     out = mdpo_random_crop(img, "x")
     assert out.size == img.size and np.asarray(out).tobytes() != np.asarray(img).tobytes()
+
+
+def test_an_unknown_class_falls_back_to_full_logits_and_says_so():
+    """A class outside FAST_PATH_CLASSES (here the text-only tiny Llama) may post-process its logits: its own
+    full forward is used, sliced, with a warning -- never a guessed backbone + head."""
+    from lpoi.models import load_causal_lm
+    from lpoi.train import logprobs
+
+    model, tok = load_causal_lm("tiny/llama")
+    assert type(model).__name__ not in logprobs.FAST_PATH_CLASSES
+    inputs = dict(tok(["a red car", "two dogs on the grass"], return_tensors="pt", padding=True))
+    keep = inputs["attention_mask"].bool()
+    logprobs._WARNED.discard(type(model).__name__)
+    with pytest.warns(UserWarning, match="no fast log-prob path"), torch.no_grad():
+        got = logprobs.kept_logits(model, inputs, keep)
+    with torch.no_grad():
+        want = model(**inputs).logits[keep]
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
