@@ -8,15 +8,16 @@ Shared by generate@{amber,objhal,mmhal}. What it fixes relative to the official 
 * **Batched with left padding.** All prompts of a batch end at the same column, so the first new
   token of every row is predicted from its own last prompt token; the attention mask hides the pads
   and ``generate`` derives the position ids from it. Greedy batched output equals batch-size-1
-  output (tested on the tiny model of every supported family in fp32 with prompts of different lengths). In
-  bf16/fp16 on a GPU, a different batch composition can change low-order bits of the logits and,
-  rarely, flip a near-tie of the greedy argmax; that is a property of the kernels, not of padding.
+  output (tested on the tiny model of every supported family in fp32 with prompts of different
+  lengths). In bf16/fp16 on a GPU, a different batch composition can change low-order bits of the
+  logits and, rarely, flip a near-tie of the greedy argmax; that is a property of the kernels, not of
+  padding.
 * **Yes/No by logits** (``yes_no="logits"``), what AMBER's authors did for open models: one forward
   per batch, the answer is whichever of the first tokens of "Yes" and "No" -- as the model emits them
   after its own answer prefix (:func:`lpoi.models.chat.yes_no_token_ids`) -- has the larger next-token
-  log-prob at the first answer position. The response is exactly ``"Yes"`` or ``"No"`` (an exact tie, which fp32 logits of a real
-  model practically never produce, goes to ``"No"``), and both
-  log-probs are stored in the row as ``logprob_yes`` / ``logprob_no``.
+  log-prob at the first answer position. The response is exactly ``"Yes"`` or ``"No"`` (an exact tie,
+  which fp32 logits of a real model practically never produce, goes to ``"No"``), and both log-probs
+  are stored in the row as ``logprob_yes`` / ``logprob_no``.
 
 Answer rows (``answers.jsonl``, one JSON object per line, in input order)::
 
