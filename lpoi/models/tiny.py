@@ -254,12 +254,8 @@ def _build_idefics2(dest: Path, seed: int) -> None:
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         tie_word_embeddings=False,
     )
-    _seed(seed)
-    model = Idefics2ForConditionalGeneration(cfg).eval()
-    _widen_connector(model.model.connector)
-    _set_generation_defaults(model, tok, eos_extra=["<end_of_utterance>"])
-    model.save_pretrained(dest)
-    proc.save_pretrained(dest)
+    _save_vlm(dest, seed, Idefics2ForConditionalGeneration, cfg, tok, proc, eos_extra=["<end_of_utterance>"],
+              widen=lambda m: m.model.connector)
 
 
 def _widen_connector(connector, gain: float = 4.0) -> None:
@@ -309,11 +305,7 @@ def _build_llava(dest: Path, seed: int) -> None:
         vision_feature_layer=-2,
         image_seq_length=(image_size // patch) ** 2,
     )
-    _seed(seed)
-    model = LlavaForConditionalGeneration(cfg).eval()
-    _set_generation_defaults(model, tok)
-    model.save_pretrained(dest)
-    proc.save_pretrained(dest)
+    _save_vlm(dest, seed, LlavaForConditionalGeneration, cfg, tok, proc)
 
 
 _QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -370,11 +362,7 @@ def _build_qwen_vl(dest: Path, seed: int, *, v3: bool) -> None:
         vision.update(window_size=32, fullatt_block_indexes=[1])
         text = _qwen_text(tok, rope_parameters=rope)
     cfg = config_cls(text_config=text, vision_config=vision, tie_word_embeddings=False, **_qwen_ids(tok))
-    _seed(seed)
-    model = model_cls(cfg).eval()
-    _set_generation_defaults(model, tok, eos_extra=["<|endoftext|>"])
-    model.save_pretrained(dest)
-    proc.save_pretrained(dest)
+    _save_vlm(dest, seed, model_cls, cfg, tok, proc, eos_extra=["<|endoftext|>"])
 
 
 def _build_gemma3(dest: Path, seed: int) -> None:
@@ -405,12 +393,8 @@ def _build_gemma3(dest: Path, seed: int) -> None:
         eoi_token_index=tok.convert_tokens_to_ids("<end_of_image>"),
         image_token_index=tok.convert_tokens_to_ids("<image_soft_token>"),
     )
-    _seed(seed)
-    model = Gemma3ForConditionalGeneration(cfg).eval()
-    _widen_connector(model.model.multi_modal_projector)
-    _set_generation_defaults(model, tok, eos_extra=["<end_of_turn>"])
-    model.save_pretrained(dest)
-    proc.save_pretrained(dest)
+    _save_vlm(dest, seed, Gemma3ForConditionalGeneration, cfg, tok, proc, eos_extra=["<end_of_turn>"],
+              widen=lambda m: m.model.multi_modal_projector)
 
 
 def _build_smolvlm(dest: Path, seed: int) -> None:
@@ -448,11 +432,7 @@ def _build_smolvlm(dest: Path, seed: int) -> None:
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         tie_word_embeddings=False,
     )
-    _seed(seed)
-    model = Idefics3ForConditionalGeneration(cfg).eval()
-    _set_generation_defaults(model, tok)
-    model.save_pretrained(dest)
-    proc.save_pretrained(dest)
+    _save_vlm(dest, seed, Idefics3ForConditionalGeneration, cfg, tok, proc)
 
 
 def _build_llama(dest: Path, seed: int) -> None:
@@ -515,6 +495,18 @@ def _build_sam(dest: Path, seed: int) -> None:
     )
     _seed(seed)
     model = SamModel(cfg).eval()
+    model.save_pretrained(dest)
+    proc.save_pretrained(dest)
+
+
+def _save_vlm(dest: Path, seed: int, model_cls, cfg, tok, proc, eos_extra: list[str] = (), widen=None) -> None:
+    """Build ``model_cls(cfg)`` seeded, widen its connector (``widen(model)``, see :func:`_widen_connector`),
+    set greedy generation defaults with the family's end-of-turn tokens, save model and processor."""
+    _seed(seed)
+    model = model_cls(cfg).eval()
+    if widen is not None:
+        _widen_connector(widen(model))
+    _set_generation_defaults(model, tok, eos_extra=eos_extra)
     model.save_pretrained(dest)
     proc.save_pretrained(dest)
 
