@@ -2,6 +2,7 @@
 
     python bench/generate.py                      # tiny/idefics2 and tiny/llava, 32 queries, 32 new tokens
     python bench/generate.py --models tiny/llava --queries 64 --batch-size 16
+    python bench/generate.py --models tiny/qwen2.5-vl tiny/qwen3-vl tiny/gemma3 tiny/smolvlm   # any family
 
 Both sides run :func:`lpoi.eval.generate.generate_answers` (image loading, templating, left padding,
 decoding and the JSONL writes included) on identical items. Every answer is forced to exactly

@@ -1,18 +1,22 @@
-"""GPU smoke test: LoRA training steps of real-size, randomly initialised Idefics2-8B and LLaVA-1.5-7B.
+"""GPU smoke test: LoRA training steps of real-size, randomly initialised Idefics2-8B, LLaVA-1.5-7B and
+Qwen2.5-VL-7B.
 
 No network and no checkpoints are needed: the architectures are built from their hub configs (written
 out below: Mistral-7B + SigLIP-so400m at 980 px + perceiver resampler for Idefics2-8B; Vicuna/Llama-2-7B
-+ CLIP ViT-L/14-336 for LLaVA-1.5-7B), initialised directly on the GPU in bf16, with LoRA (r 8, all
-linear layers) and gradient checkpointing. Inputs are built as tensors (the processors need hub
-files): a real-size synthetic batch -- per sample a ~40-token prompt around the image tokens (64 per
-image for Idefics2, 576 for LLaVA), a K = 5 image list and ~200-token chosen / rejected answers.
++ CLIP ViT-L/14-336 for LLaVA-1.5-7B; Qwen2.5-7B + its 32-layer window-attention ViT for Qwen2.5-VL-7B),
+initialised directly on the GPU in bf16, with LoRA (r 8, all linear layers) and gradient checkpointing.
+Inputs are built as tensors (the processors need hub files): a real-size synthetic batch -- per sample a
+~40-token prompt around the image tokens (64 per image for Idefics2, 576 for LLaVA, 512 for Qwen2.5-VL:
+a 448 x 896 px image, the ``qwen2.5-vl-7b`` profile's ``max_pixels``, as one flat tensor of 2048 patches
+with its ``image_grid_thw`` row, split per sequence by the batch's offsets), a K = 5 image list and
+~200-token chosen / rejected answers.
 
 For each model it times the two formulations of ``bench/train_step.py`` (official: 14 sequence-forwards
 per sample, 7 with gradients; ours: 6 in one batched forward, reference precomputed) alternately,
 forward + backward, and reports step time, peak GPU memory (the paper's budget: one 48 GB GPU) and the
 speedup. ``--tiny`` runs the same logic with small configs on the CPU (used to test this script).
 
-    python bench/gpu_smoke.py [--tiny] [--steps 3] [--batch 1] [--models idefics2,llava]
+    python bench/gpu_smoke.py [--tiny] [--steps 3] [--batch 1] [--models idefics2,llava,qwen2.5-vl]
 """
 
 from __future__ import annotations
@@ -173,18 +177,93 @@ LLAVA_TINY = dict(
     vision_feature_select_strategy="default",
     image_seq_length=16,
 )
+# Qwen/Qwen2.5-VL-7B-Instruct config.json (text = Qwen2.5-7B with multimodal RoPE, vision = 32-layer ViT,
+# patch 14, 2 x 2 merge, window attention with full attention every 8th block).
+QWEN25_VL_7B = dict(
+    text_config=dict(
+        vocab_size=152064,
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        max_position_embeddings=128000,
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+        bos_token_id=151643,
+        eos_token_id=151645,
+    ),
+    vision_config=dict(
+        depth=32,
+        hidden_size=1280,
+        intermediate_size=3420,
+        num_heads=16,
+        out_hidden_size=3584,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=112,
+        fullatt_block_indexes=[7, 15, 23, 31],
+        tokens_per_second=2,
+        hidden_act="silu",
+    ),
+    image_token_id=151655,
+    video_token_id=151656,
+    vision_start_token_id=151652,
+    vision_end_token_id=151653,
+    tie_word_embeddings=False,
+)
+QWEN25_VL_TINY = dict(
+    text_config=dict(
+        vocab_size=1000,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+        bos_token_id=1,
+        eos_token_id=2,
+    ),
+    vision_config=dict(
+        depth=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        out_hidden_size=64,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=56,
+        fullatt_block_indexes=[1],
+    ),
+    image_token_id=995,
+    video_token_id=996,
+    vision_start_token_id=993,
+    vision_end_token_id=994,
+    tie_word_embeddings=False,
+)
+QWEN_GRID = {False: (1, 32, 64), True: (1, 4, 8)}
+"""(t, h, w) patches per image: 448 x 896 px -> 2048 patches -> 512 image tokens (real); 8 tokens (tiny)."""
 
 
 def build(family: str, tiny: bool, device: str, dtype):
-    """(model, n_image_tokens, image pixel shape) for a random-init model built on ``device``."""
+    """(model, n_image_tokens, image side or Qwen's patch grid) for a random-init model built on ``device``."""
     from transformers import (
         Idefics2Config,
         Idefics2ForConditionalGeneration,
         LlavaConfig,
         LlavaForConditionalGeneration,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
     )
 
-    if family == "idefics2":
+    if family == "qwen2.5-vl":
+        cfg = Qwen2_5_VLConfig(**(QWEN25_VL_TINY if tiny else QWEN25_VL_7B))
+        grid = QWEN_GRID[tiny]
+        cls, n_img, side = Qwen2_5_VLForConditionalGeneration, grid[0] * grid[1] * grid[2] // 4, grid
+    elif family == "idefics2":
         cfg = Idefics2Config(**(IDEFICS2_TINY if tiny else IDEFICS2_8B))
         cls, n_img, side = (
             Idefics2ForConditionalGeneration,
@@ -214,11 +293,16 @@ def make_batches(family: str, model, n_img: int, side: int, *, b: int, k: int, r
         if family == "idefics2":  # <s> User: <fake><image>*64<fake> question <end_of_utterance>\nAssistant:
             fake = img_tok - 1
             return [1] + words(3) + [fake] + [img_tok] * n_img + [fake] + words(24) + words(6)
+        if family == "qwen2.5-vl":  # ...user\n<|vision_start|><|image_pad|>*512<|vision_end|>question...assistant\n
+            return words(4) + [cfg.vision_start_token_id] + [img_tok] * n_img + [cfg.vision_end_token_id] + words(30)
         return (
             [1] + words(3) + [img_tok] * n_img + words(24) + words(6)
         )  # <s> USER: <image>*576 question ASSISTANT:
 
     def image():
+        if family == "qwen2.5-vl":  # flat patches (t*h*w, 3 * temporal_patch * patch * patch)
+            vc = cfg.vision_config
+            return torch.randn(side[0] * side[1] * side[2], 3 * vc.temporal_patch_size * vc.patch_size**2, generator=g)
         return torch.randn((1, 3, side, side) if family == "idefics2" else (3, side, side), generator=g)
 
     rows, pixels, resp = [], [], []
@@ -247,6 +331,14 @@ def make_batches(family: str, model, n_img: int, side: int, *, b: int, k: int, r
             ids[r, :n] = torch.tensor(rows[i])
             att[r, :n] = 1
             mask[r, n - resp[i] : n] = True
+        if family == "qwen2.5-vl":  # one flat patch tensor for the batch + a grid row per image
+            pv = torch.cat([pixels[i] for i in sel]).to(device=device, dtype=dtype)
+            inputs = {"input_ids": ids.to(device), "attention_mask": att.to(device), "pixel_values": pv,
+                      "image_grid_thw": torch.tensor([side] * len(sel), device=device),
+                      "mm_token_type_ids": (ids == img_tok).long().to(device)}  # 3-D RoPE needs it
+            step = torch.arange(len(sel) + 1)
+            offsets = {k: step for k in inputs} | {"pixel_values": step * pixels[sel[0]].shape[0]}
+            return SequenceBatch(inputs, mask.to(device), offsets=offsets)
         pv = torch.stack([pixels[i] for i in sel]).to(device=device, dtype=dtype)
         inputs = {"input_ids": ids.to(device), "attention_mask": att.to(device), "pixel_values": pv}
         if family == "idefics2":
@@ -334,7 +426,7 @@ def run_family(family: str, args, device: str, dtype) -> dict:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="small configs on the CPU (tests the script's logic)")
-    ap.add_argument("--models", default="idefics2,llava")
+    ap.add_argument("--models", default="idefics2,llava,qwen2.5-vl")
     ap.add_argument("--steps", type=int, default=3, help="timed steps per formulation (after 1 warm-up)")
     ap.add_argument("--batch", type=int, default=1, help="samples per step (the paper: 1 per device)")
     ap.add_argument("--k", type=int, default=5)

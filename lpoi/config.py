@@ -25,13 +25,19 @@ class _Section(BaseModel):
 
 class ModelParams(_Section):
     name: str = "tiny/idefics2"
-    """Base VLM: ``tiny/idefics2`` | ``tiny/llava`` | a hub id (``HuggingFaceM4/idefics2-8b``) | a local folder."""
+    """Base VLM: ``tiny/<family>`` (idefics2, llava, qwen2.5-vl, qwen3-vl, gemma3, smolvlm) | a hub id
+    (``HuggingFaceM4/idefics2-8b``, ``Qwen/Qwen2.5-VL-7B-Instruct``, ...) | a local folder."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Weights dtype for the inference stages (reference, verify, generate)."""
     device: str = "auto"
     """``auto`` = cuda when available, else cpu."""
     trust_remote_code: bool = False
     """Off by default: enable only for models you have audited."""
+    max_pixels: int | None = Field(None, ge=1)
+    """Resolution budget per image (px) for dynamic-resolution families, mapped onto the processor's own
+    size keys (Qwen-VL ``max_pixels``; SmolVLM/Idefics3 and Idefics2 ``longest_edge``); it bounds the image
+    tokens and so the memory per sequence. null = the processor's default. Fixed-size families (LLaVA,
+    Gemma 3) accept any budget at or above their input size and refuse a smaller one."""
 
 
 class DataParams(_Section):

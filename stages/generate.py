@@ -50,7 +50,8 @@ def main():
         items = mmhal.items(b.path("mmhal", b.mmhal.template), b.path("mmhal", b.mmhal.images_dir), limit=limit)
 
     model, proc = load_for_generation(p.model.name, adapter_dir=adapter, merged_dir=args.merged,
-                                      dtype=p.model.dtype, device=pick_device(p.model.device))
+                                      dtype=p.model.dtype, device=pick_device(p.model.device),
+                                      max_pixels=p.model.max_pixels)
     stats = generate_answers(model, proc, items, out / "answers.jsonl", batch_size=g.batch_size,
                              max_new_tokens=g.max_new_tokens, do_sample=g.do_sample, temperature=g.temperature,
                              top_p=g.top_p, num_beams=g.num_beams, yes_no=yes_no, normalize_yes_no=normalize)

@@ -24,7 +24,7 @@ def main():
     Path(args.out).mkdir(parents=True, exist_ok=True)  # the file itself carries its meta and resumes
     stats = run_reference(f"{args.lists}/lists.jsonl", f"{args.out}/reference.jsonl", model_name=p.model.name,
                           dtype=p.model.dtype, micro_batch_sequences=r.micro_batch_sequences, max_length=r.max_length,
-                          device=pick_device(p.model.device))
+                          device=pick_device(p.model.device), max_pixels=p.model.max_pixels)
     if args.metrics:
         write_metrics(args.metrics, stats)
 

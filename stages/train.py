@@ -32,7 +32,7 @@ def main():
           max_length=p.reference.max_length, lora=t.lora.model_dump(), seed=t.seed, save_steps=t.save_steps,
           merge=t.merge, mdpo_corruption=t.mdpo_corruption, live_dir=args.live, checkpoint_dir=ckpt,
           max_grad_norm=t.max_grad_norm, weight_decay=t.weight_decay, num_workers=t.num_workers,
-          logging_steps=t.logging_steps)
+          logging_steps=t.logging_steps, max_pixels=p.model.max_pixels)
     ckpt.mkdir(parents=True, exist_ok=True)  # dvc.yaml declares it; the trainer clears it when done
 
 

@@ -21,13 +21,15 @@ def main():
     from lpoi.listgen.verify import run_verify
     from lpoi.stage import fingerprint, pick_device, resumable_dir, write_metrics
 
-    fp = fingerprint({"verify": v.model_dump(), "verifier": verifier, "dtype": p.model.dtype, "fill": p.lists.fill},
+    fp = fingerprint({"verify": v.model_dump(), "verifier": verifier, "dtype": p.model.dtype, "fill": p.lists.fill,
+                      "max_pixels": p.model.max_pixels},
                      [args.prepared, args.segment])
     out = resumable_dir(args.out, fp)
     stats = run_verify(f"{args.segment}/segment.jsonl", f"{args.prepared}/prepared.jsonl", out / "verify.jsonl",
                        out / "rejects.jsonl", enabled=v.enabled, model_name=verifier, max_tries=v.max_tries,
                        on_fail=v.on_fail, fill=p.lists.fill, batch_size=v.batch_size, shard=args.shard,
-                       device=pick_device(p.model.device), dtype=p.model.dtype, limit=args.limit)
+                       device=pick_device(p.model.device), dtype=p.model.dtype, limit=args.limit,
+                       max_pixels=p.model.max_pixels)
     if args.metrics:
         write_metrics(args.metrics, {"verifier": verifier, **stats})
 

@@ -8,15 +8,16 @@ Shared by generate@{amber,objhal,mmhal}. What it fixes relative to the official 
 * **Batched with left padding.** All prompts of a batch end at the same column, so the first new
   token of every row is predicted from its own last prompt token; the attention mask hides the pads
   and ``generate`` derives the position ids from it. Greedy batched output equals batch-size-1
-  output (tested on tiny Idefics2 and tiny LLaVA in fp32 with prompts of different lengths). In
-  bf16/fp16 on a GPU, a different batch composition can change low-order bits of the logits and,
-  rarely, flip a near-tie of the greedy argmax; that is a property of the kernels, not of padding.
+  output (tested on the tiny model of every supported family in fp32 with prompts of different
+  lengths). In bf16/fp16 on a GPU, a different batch composition can change low-order bits of the
+  logits and, rarely, flip a near-tie of the greedy argmax; that is a property of the kernels, not of
+  padding.
 * **Yes/No by logits** (``yes_no="logits"``), what AMBER's authors did for open models: one forward
-  per batch, the answer is whichever of the first tokens of "Yes" and "No"
-  (:func:`lpoi.models.chat.yes_no_token_ids`) has the larger next-token log-prob at the first answer
-  position. The response is exactly ``"Yes"`` or ``"No"`` (an exact tie, which fp32 logits of a real
-  model practically never produce, goes to ``"No"``), and both
-  log-probs are stored in the row as ``logprob_yes`` / ``logprob_no``.
+  per batch, the answer is whichever of the first tokens of "Yes" and "No" -- as the model emits them
+  after its own answer prefix (:func:`lpoi.models.chat.yes_no_token_ids`) -- has the larger next-token
+  log-prob at the first answer position. The response is exactly ``"Yes"`` or ``"No"`` (an exact tie,
+  which fp32 logits of a real model practically never produce, goes to ``"No"``), and both log-probs
+  are stored in the row as ``logprob_yes`` / ``logprob_no``.
 
 Answer rows (``answers.jsonl``, one JSON object per line, in input order)::
 
@@ -85,6 +86,7 @@ def load_for_generation(
     dtype: str = "float32",
     device: str | None = None,
     merge: bool = True,
+    max_pixels: int | None = None,
 ):
     """``(model, processor)`` in eval mode: the base model, base + a trained LoRA adapter, or merged weights.
 
@@ -106,8 +108,8 @@ def load_for_generation(
     if adapter_dir is not None and merged_dir is not None:
         raise ValueError("pass either adapter_dir or merged_dir, not both")
     if merged_dir is not None:
-        return _load_merged(model_name, Path(merged_dir), dtype=dtype, device=device)
-    model, processor = load_vlm(model_name, dtype=dtype)
+        return _load_merged(model_name, Path(merged_dir), dtype=dtype, device=device, max_pixels=max_pixels)
+    model, processor = load_vlm(model_name, dtype=dtype, max_pixels=max_pixels)
     if adapter_dir is not None:
         model = _apply_adapter(model, Path(adapter_dir), merge=merge)
     if device:
@@ -115,7 +117,7 @@ def load_for_generation(
     return model.eval(), processor
 
 
-def _load_merged(model_name: str, folder: Path, *, dtype: str, device: str | None):
+def _load_merged(model_name: str, folder: Path, *, dtype: str, device: str | None, max_pixels: int | None = None):
     from lpoi.models import load_processor, load_vlm, torch_dtype
 
     if not folder.is_dir():
@@ -123,11 +125,11 @@ def _load_merged(model_name: str, folder: Path, *, dtype: str, device: str | Non
     if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
         raise AdapterError(f"{folder} is not a saved model: it needs config.json and *.safetensors weights")
     if any((folder / f).is_file() for f in ("processor_config.json", "preprocessor_config.json")):
-        return load_vlm(str(folder), dtype=dtype, device=device)
+        return load_vlm(str(folder), dtype=dtype, device=device, max_pixels=max_pixels)
     from transformers import AutoModelForImageTextToText
 
     model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch_dtype(dtype), use_safetensors=True)
-    processor = load_processor(model_name)
+    processor = load_processor(model_name, max_pixels=max_pixels)
     if device:
         model.to(device)
     return model.eval(), processor
@@ -334,18 +336,15 @@ def _answer_by_generate(model, processor, rows: list[dict], gen_kwargs: dict, eo
 
 def _answer_by_logits(model, processor, rows: list[dict]) -> None:
     """Fill ``response`` ("Yes"/"No") and the two log-probs from one forward at the first answer position."""
-    import inspect
-
     import torch
 
-    from lpoi.models.chat import tokenizer_of, yes_no_token_ids
+    from lpoi.models.chat import yes_no_token_ids
+    from lpoi.train.logprobs import last_logits
 
-    yes_id, no_id = yes_no_token_ids(tokenizer_of(processor))
+    yes_id, no_id = yes_no_token_ids(processor)
     enc = _encode(model, processor, rows)
-    fwd = getattr(model, "forward", model)
-    kw = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(fwd).parameters else {}
     with torch.inference_mode():
-        logits = model(**enc, **kw).logits[:, -1, :]  # left padding: column -1 is every row's last prompt token
+        logits = last_logits(model, enc)  # left padding: column -1 is every row's last prompt token
     logp = torch.log_softmax(logits.float(), dim=-1).cpu()
     for r, lp in zip(rows, logp):
         ly, ln = float(lp[yes_id]), float(lp[no_id])

@@ -89,17 +89,19 @@ def verify_scores(model, processor, images: Sequence, questions: Sequence[str], 
     """``[(logp_yes, logp_no), ...]``: next-token log-probs of "Yes"/"No" after :data:`VERIFY_PROMPT`.
 
     Batched (``batch_size`` prompts per forward, left padding so the last position is every prompt's
-    last token); log-softmax in float32 over the full vocabulary.
+    last token); log-softmax in float32 over the full vocabulary. "Yes"/"No" are the first tokens the
+    model emits for them after its answer prefix (:func:`lpoi.models.chat.yes_no_token_ids`).
     """
     import torch
 
-    from lpoi.models.chat import encode_prompts, prompt_text, tokenizer_of, yes_no_token_ids
+    from lpoi.models.chat import encode_prompts, prompt_text, yes_no_token_ids
+    from lpoi.train.logprobs import last_logits
 
     if not (len(images) == len(questions) == len(answers)):
         raise ValueError(f"got {len(images)} images, {len(questions)} questions, {len(answers)} answers")
     if batch_size < 1:
         raise ValueError(f"verify.batch_size must be >= 1, got {batch_size}")
-    yes_id, no_id = yes_no_token_ids(tokenizer_of(processor))
+    yes_id, no_id = yes_no_token_ids(processor)
     dev = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     out: list[tuple[float, float]] = []
@@ -109,7 +111,7 @@ def verify_scores(model, processor, images: Sequence, questions: Sequence[str], 
         enc = encode_prompts(processor, prompts, list(images[s:s + batch_size]), padding_side="left")
         enc = {k: (v.to(dev, dtype) if torch.is_floating_point(v) else v.to(dev)) for k, v in enc.items()}
         with torch.inference_mode():
-            logits = model(**enc, logits_to_keep=1).logits[:, -1, :]
+            logits = last_logits(model, enc)
         logp = torch.log_softmax(logits.float(), dim=-1).cpu()
         out.extend((float(lp[yes_id]), float(lp[no_id])) for lp in logp)
     return out
@@ -231,6 +233,7 @@ def run_verify(
     decide: Decider | None = None,
     num_workers: int = 1,
     limit: int | None = None,
+    max_pixels: int | None = None,
 ) -> dict[str, Any]:
     """Stream ``segment.jsonl`` (+ questions/answers from ``prepared.jsonl``) -> ``verify.jsonl`` + rejects.
 
@@ -262,7 +265,7 @@ def run_verify(
             raise ValueError("verify is enabled but no verifier model_name was given")
         from lpoi.models import load_vlm
 
-        model, processor = load_vlm(model_name, dtype=dtype, device=resolve_device(device))
+        model, processor = load_vlm(model_name, dtype=dtype, device=resolve_device(device), max_pixels=max_pixels)
         decide = vlm_decider(model, processor, batch_size=batch_size)
     prepared = PreparedIndex(prepared_path) if enabled else None
     seg_dir = Path(segment_path).parent

@@ -10,7 +10,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["ModelNotFound", "load_causal_lm", "load_detector", "load_segmenter", "load_vlm", "resolve", "torch_dtype"]
+__all__ = [
+    "ModelNotFound",
+    "load_causal_lm",
+    "load_detector",
+    "load_processor",
+    "load_segmenter",
+    "load_vlm",
+    "resolve",
+    "torch_dtype",
+]
 
 
 class ModelNotFound(RuntimeError):
@@ -65,31 +74,36 @@ def _quiet_transformers() -> None:
     logging.set_verbosity_error()
 
 
-def load_processor(name: str, **kw):
+def load_processor(name: str, max_pixels: int | None = None, **kw):
+    """The processor of ``name``; ``max_pixels`` bounds a dynamic-resolution image processor
+    (``model.max_pixels``, see :func:`lpoi.models.chat.apply_resolution_budget`)."""
     from transformers import AutoProcessor
 
+    from lpoi.models.chat import apply_resolution_budget
+
     _quiet_transformers()
-    return _from_pretrained(AutoProcessor, name, "processor", **kw)
+    return apply_resolution_budget(_from_pretrained(AutoProcessor, name, "processor", **kw), max_pixels)
 
 
 def _load_with_processor(loader, name: str, what: str, dtype: str, device: str | None,
-                         trust_remote_code: bool = False, **kw):
+                         trust_remote_code: bool = False, max_pixels: int | None = None, **kw):
     _quiet_transformers()
     model = _from_pretrained(loader, name, what, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code, **kw)
-    processor = load_processor(name, trust_remote_code=trust_remote_code)
+    processor = load_processor(name, max_pixels=max_pixels, trust_remote_code=trust_remote_code)
     if device:
         model.to(device)
     return model.eval(), processor
 
 
 def load_vlm(name: str, dtype: str = "float32", device: str | None = None, trust_remote_code: bool = False,
-             attn_implementation: str | None = None):
-    """(model, processor) for any image-text-to-text model (Idefics2, LLaVA-1.5, ...), in eval mode."""
+             attn_implementation: str | None = None, max_pixels: int | None = None):
+    """(model, processor) for any image-text-to-text model (Idefics2, LLaVA-1.5, Qwen2.5-VL, Qwen3-VL,
+    Gemma 3, SmolVLM, ...), in eval mode; ``max_pixels`` as in :func:`load_processor`."""
     from transformers import AutoModelForImageTextToText
 
     kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
     return _load_with_processor(AutoModelForImageTextToText, name, "vision-language model", dtype, device,
-                                trust_remote_code=trust_remote_code, **kw)
+                                trust_remote_code=trust_remote_code, max_pixels=max_pixels, **kw)
 
 
 def load_causal_lm(name: str, dtype: str = "float32", device: str | None = None):

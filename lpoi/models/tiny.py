@@ -1,7 +1,7 @@
 """Tiny real models, built offline from configs, for the embedded default and the tests.
 
-Each ``tiny/<family>`` name builds the *real* transformers class (Idefics2, LLaVA, Grounding DINO,
-SAM, Llama) at a tiny size with a fixed seed, a tokenizer trained locally with ``tokenizers`` on a
+Each ``tiny/<family>`` name builds the *real* transformers class (Idefics2, LLaVA, Qwen2.5-VL, Qwen3-VL,
+Gemma 3, SmolVLM (Idefics3), Grounding DINO, SAM, Llama) at a tiny size with a fixed seed, a tokenizer trained locally with ``tokenizers`` on a
 built-in corpus (with the family's special tokens and chat template), and the family's processor.
 It is saved once with ``save_pretrained`` (safetensors) into a cache folder and from then on loaded
 with ``from_pretrained`` exactly like a hub checkpoint, so the code path the paper profiles use is the
@@ -20,7 +20,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-TINY_FAMILIES = ("idefics2", "llava", "grounding-dino", "sam", "llama")
+VLM_FAMILIES = ("idefics2", "llava", "qwen2.5-vl", "qwen3-vl", "gemma3", "smolvlm")
+"""The tiny vision-language models, one per supported family (the per-family tests run over all of them)."""
+TINY_FAMILIES = (*VLM_FAMILIES, "grounding-dino", "sam", "llama")
 TINY_VERSION = "1"  # bump when a builder changes, so stale caches are rebuilt
 
 # Built-in corpus for the tokenizers: the words the sample data, the prompts and the benchmarks use
@@ -59,6 +61,68 @@ _LLAVA_TEMPLATE = (
     "{{ '<image>\n' }}{% endfor %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
     "{{ content['text'] + ' '}}{% endfor %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 )  # llava-hf/llava-1.5-7b-hf's template
+# Qwen/Qwen2.5-VL-7B-Instruct's template (its default system turn included).
+_QWEN25_VL_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}"
+    "<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: "
+    "{% endif %}<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video {{ video_count.value }}: "
+    "{% endif %}<|vision_start|><|video_pad|><|vision_end|>{% elif 'text' in content %}{{ content['text'] }}"
+    "{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% endif %}"
+)
+# Qwen/Qwen3-VL-8B-Instruct's template without its tool-call branches (no system turn unless given).
+_QWEN3_VL_TEMPLATE = (
+    "{%- if messages[0].role == 'system' %}{%- if messages[0].content is string %}"
+    "{{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}{%- else %}{{- '<|im_start|>system\n' }}"
+    "{%- for content in messages[0].content %}{%- if 'text' in content %}{{- content.text }}{%- endif %}{%- endfor %}"
+    "{{- '<|im_end|>\n' }}{%- endif %}{%- endif %}"
+    "{%- set image_count = namespace(value=0) %}{%- set video_count = namespace(value=0) %}"
+    "{%- for message in messages %}{%- if message.role == 'user' %}{{- '<|im_start|>' + message.role + '\n' }}"
+    "{%- if message.content is string %}{{- message.content }}{%- else %}{%- for content in message.content %}"
+    "{%- if content.type == 'image' or 'image' in content or 'image_url' in content %}"
+    "{%- set image_count.value = image_count.value + 1 %}{%- if add_vision_id %}Picture {{ image_count.value }}: "
+    "{%- endif -%}<|vision_start|><|image_pad|><|vision_end|>"
+    "{%- elif content.type == 'video' or 'video' in content %}{%- set video_count.value = video_count.value + 1 %}"
+    "{%- if add_vision_id %}Video {{ video_count.value }}: {%- endif -%}<|vision_start|><|video_pad|><|vision_end|>"
+    "{%- elif 'text' in content %}{{- content.text }}{%- endif %}{%- endfor %}{%- endif %}{{- '<|im_end|>\n' }}"
+    "{%- elif message.role == 'assistant' %}{{- '<|im_start|>' + message.role + '\n' }}"
+    "{%- if message.content is string %}{{- message.content }}{%- else %}{%- for content_item in message.content %}"
+    "{%- if 'text' in content_item %}{{- content_item.text }}{%- endif %}{%- endfor %}{%- endif %}"
+    "{{- '<|im_end|>\n' }}{%- endif %}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}"
+    "{%- endif %}"
+)
+# google/gemma-3-4b-it's template: it renders <bos> itself, and the assistant role is "model".
+_GEMMA3_TEMPLATE = (
+    "{{ bos_token }}{%- if messages[0]['role'] == 'system' -%}{%- if messages[0]['content'] is string -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}{%- else -%}"
+    "{%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}{%- endif -%}"
+    "{%- set loop_messages = messages[1:] -%}{%- else -%}{%- set first_user_prefix = \"\" -%}"
+    "{%- set loop_messages = messages -%}{%- endif -%}{%- for message in loop_messages -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception(\"Conversation roles must alternate user/assistant/user/assistant/...\") }}{%- endif -%}"
+    "{%- if (message['role'] == 'assistant') -%}{%- set role = \"model\" -%}{%- else -%}"
+    "{%- set role = message['role'] -%}{%- endif -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else \"\") }}"
+    "{%- if message['content'] is string -%}{{ message['content'] | trim }}"
+    "{%- elif message['content'] is iterable -%}{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'image' -%}{{ '<start_of_image>' }}{%- elif item['type'] == 'text' -%}"
+    "{{ item['text'] | trim }}{%- endif -%}{%- endfor -%}{%- else -%}{{ raise_exception(\"Invalid content type\") }}"
+    "{%- endif -%}{{ '<end_of_turn>\n' }}{%- endfor -%}{%- if add_generation_prompt -%}{{'<start_of_turn>model\n'}}"
+    "{%- endif -%}"
+)
+# HuggingFaceTB/SmolVLM-Instruct's template (Idefics2's, opened with <|im_start|>).
+_SMOLVLM_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
+    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
 _LLAMA_TEMPLATE = (
     "{% for message in messages %}{{ message['role'] + ': ' + message['content'] + '\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
@@ -101,9 +165,10 @@ def _source_digest() -> str:
 # ---------------------------------------------------------------------------------------------- tokenizers
 
 
-def _bpe_tokenizer(special: list[str], vocab_size: int = 1024, **named):
-    """Byte-level BPE trained on the built-in corpus; ``named`` maps bos/eos/unk/pad to special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def _bpe_tokenizer(special: list[str], vocab_size: int = 1024, add_bos: bool = False, **named):
+    """Byte-level BPE trained on the built-in corpus; ``named`` maps bos/eos/unk/pad to special tokens.
+    ``add_bos``: the tokenizer prepends its BOS to every text, as Gemma's and Llama's do."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=None))
@@ -116,6 +181,11 @@ def _bpe_tokenizer(special: list[str], vocab_size: int = 1024, **named):
         show_progress=False,
     )
     tok.train_from_iterator([line for line in _CORPUS.splitlines() if line.strip()] * 4, trainer=trainer)
+    if add_bos:
+        bos = named["bos_token"]
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]
+        )
     return PreTrainedTokenizerFast(tokenizer_object=tok, **named)
 
 
@@ -184,18 +254,19 @@ def _build_idefics2(dest: Path, seed: int) -> None:
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         tie_word_embeddings=False,
     )
-    _seed(seed)
-    model = Idefics2ForConditionalGeneration(cfg).eval()
-    _widen_connector(model.model.connector)
-    _set_generation_defaults(model, tok, eos_extra=["<end_of_utterance>"])
-    model.save_pretrained(dest)
-    proc.save_pretrained(dest)
+    _save_vlm(dest, seed, Idefics2ForConditionalGeneration, cfg, tok, proc, eos_extra=["<end_of_utterance>"],
+              widen=lambda m: m.model.connector)
 
 
 def _widen_connector(connector, gain: float = 4.0) -> None:
     """At the default init (std 0.02) the tiny Idefics2 connector passes almost nothing of the image through
     (the original and a black image change the next-token log-probs by ~3e-5), so the listwise loss could not
-    learn anything on the embedded default. A fan-in-scaled init restores an image signal (~0.07)."""
+    learn anything on the embedded default. A fan-in-scaled init restores an image signal (~0.07).
+
+    Measured the same way on every tiny VLM (max |change| of the next-token log-probs, noise image vs black,
+    default init): LLaVA 0.27, Qwen2.5-VL 0.07, Qwen3-VL 0.12, SmolVLM 0.14 -- the image reaches the text, so
+    they keep their default init; Idefics2 8e-5 and Gemma 3 exactly 0 (zero-initialised projection) get this
+    (0.05 and 0.35 after). ``tests/families`` checks every family stays above 1e-2."""
     import math
 
     import torch
@@ -204,6 +275,11 @@ def _widen_connector(connector, gain: float = 4.0) -> None:
         for mod in connector.modules():
             if isinstance(mod, torch.nn.Linear):
                 mod.weight.normal_(0.0, gain / math.sqrt(mod.in_features))
+        # Gemma 3 projects with a bare (vision, text) matrix (``x @ W``, fan-in = rows), initialised to zeros:
+        # at init its image tokens are all zero and the image cannot reach the text at all.
+        w = getattr(connector, "mm_input_projection_weight", None)
+        if w is not None:
+            w.normal_(0.0, gain / math.sqrt(w.shape[0]))
 
 
 def _build_llava(dest: Path, seed: int) -> None:
@@ -229,11 +305,134 @@ def _build_llava(dest: Path, seed: int) -> None:
         vision_feature_layer=-2,
         image_seq_length=(image_size // patch) ** 2,
     )
-    _seed(seed)
-    model = LlavaForConditionalGeneration(cfg).eval()
-    _set_generation_defaults(model, tok)
-    model.save_pretrained(dest)
-    proc.save_pretrained(dest)
+    _save_vlm(dest, seed, LlavaForConditionalGeneration, cfg, tok, proc)
+
+
+_QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                 "<|image_pad|>", "<|video_pad|>"]
+
+
+def _qwen_parts(patch: int):
+    """Tokenizer and image/video processors shared by the tiny Qwen2.5-VL and Qwen3-VL (the hub models
+    share the Qwen2 tokenizer's special tokens: EOS ``<|im_end|>``, pad ``<|endoftext|>``, no BOS)."""
+    from transformers import Qwen2VLImageProcessor
+
+    tok = _bpe_tokenizer(_QWEN_SPECIAL, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok.add_special_tokens({"additional_special_tokens": _QWEN_SPECIAL[1:]})
+    # Dynamic resolution: images are resized to multiples of patch * merge (16 px here) with at most 64 x 64 px
+    # (16 image tokens), the tiny counterpart of the hub's min/max_pixels.
+    image_proc = Qwen2VLImageProcessor(patch_size=patch, merge_size=2, temporal_patch_size=2,
+                                       min_pixels=(2 * patch) ** 2, max_pixels=64 * 64)
+    return tok, image_proc
+
+
+def _qwen_ids(tok) -> dict:
+    return {k: tok.convert_tokens_to_ids(t) for k, t in (
+        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
+
+
+def _qwen_text(tok, **extra) -> dict:
+    # head_dim 8: the multimodal RoPE sections (temporal, height, width) must sum to head_dim / 2.
+    return dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=512, pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id, bos_token_id=None, **extra)
+
+
+def _build_qwen_vl(dest: Path, seed: int, *, v3: bool) -> None:
+    """Qwen2.5-VL (``v3=False``) or Qwen3-VL: same tokenizer and image processor, their own classes."""
+    import transformers
+
+    names = ("Qwen3VLConfig", "Qwen3VLForConditionalGeneration", "Qwen3VLProcessor", "Qwen3VLVideoProcessor") if v3 \
+        else ("Qwen2_5_VLConfig", "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor", "Qwen2VLVideoProcessor")
+    config_cls, model_cls, processor_cls, video_cls = (getattr(transformers, n) for n in names)
+    patch = 8
+    tok, image_proc = _qwen_parts(patch)
+    proc = processor_cls(image_processor=image_proc, tokenizer=tok,
+                         video_processor=video_cls(patch_size=patch, merge_size=2, temporal_patch_size=2),
+                         chat_template=_QWEN3_VL_TEMPLATE if v3 else _QWEN25_VL_TEMPLATE)
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]}
+    vision = dict(depth=2, hidden_size=16, intermediate_size=32, num_heads=2, patch_size=patch, spatial_merge_size=2,
+                  temporal_patch_size=2, out_hidden_size=32)
+    if v3:  # interleaved M-RoPE; a ViT with learned position embeddings and DeepStack feature taps
+        rope["mrope_interleaved"] = True
+        vision.update(num_position_embeddings=64, deepstack_visual_indexes=[0])
+        text = _qwen_text(tok, head_dim=8, rope_parameters=rope)
+    else:  # a window-attention ViT with one full-attention block
+        vision.update(window_size=32, fullatt_block_indexes=[1])
+        text = _qwen_text(tok, rope_parameters=rope)
+    cfg = config_cls(text_config=text, vision_config=vision, tie_word_embeddings=False, **_qwen_ids(tok))
+    _save_vlm(dest, seed, model_cls, cfg, tok, proc, eos_extra=["<|endoftext|>"])
+
+
+def _build_gemma3(dest: Path, seed: int) -> None:
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessor, Gemma3Processor
+
+    special = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>",
+               "<end_of_image>", "<image_soft_token>"]
+    # Like the hub tokenizer: it prepends <bos> to every text while the chat template renders <bos> too --
+    # the encoding helpers (lpoi.models.chat) must not double it.
+    tok = _bpe_tokenizer(special, add_bos=True, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
+                         unk_token="<unk>", extra_special_tokens={"boi_token": "<start_of_image>",
+                                                                  "eoi_token": "<end_of_image>",
+                                                                  "image_token": "<image_soft_token>"})
+    tok.add_special_tokens({"additional_special_tokens": special[4:]})
+    n_tokens, image_size = 4, 32  # fixed-size input (the hub's is 896 px -> 256 tokens)
+    image_proc = Gemma3ImageProcessor(size={"height": image_size, "width": image_size})
+    proc = Gemma3Processor(image_processor=image_proc, tokenizer=tok, image_seq_length=n_tokens,
+                           chat_template=_GEMMA3_TEMPLATE)
+    cfg = Gemma3Config(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8,
+                         sliding_window=64, max_position_embeddings=512, pad_token_id=tok.pad_token_id,
+                         eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id),
+        vision_config=dict(model_type="siglip_vision_model", hidden_size=16, intermediate_size=32,
+                           num_hidden_layers=1, num_attention_heads=2, image_size=image_size, patch_size=8),
+        mm_tokens_per_image=n_tokens,
+        boi_token_index=tok.convert_tokens_to_ids("<start_of_image>"),
+        eoi_token_index=tok.convert_tokens_to_ids("<end_of_image>"),
+        image_token_index=tok.convert_tokens_to_ids("<image_soft_token>"),
+    )
+    _save_vlm(dest, seed, Gemma3ForConditionalGeneration, cfg, tok, proc, eos_extra=["<end_of_turn>"],
+              widen=lambda m: m.model.multi_modal_projector)
+
+
+def _build_smolvlm(dest: Path, seed: int) -> None:
+    """SmolVLM-Instruct is the Idefics3 architecture (``Idefics3ForConditionalGeneration``); SmolVLM2's own
+    classes need the ``num2words`` package for their processor, and the model is the same design."""
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessor,
+        Idefics3Processor,
+    )
+
+    grid = [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<fake_token_around_image>", "<image>",
+               "<end_of_utterance>", "<global-img>", *grid]
+    tok = _bpe_tokenizer(special, bos_token="<|im_start|>", eos_token="<end_of_utterance>", pad_token="<|im_end|>",
+                         unk_token="<|endoftext|>")
+    tok.add_special_tokens({"additional_special_tokens": special[3:]})
+    crop, patch, scale = 32, 8, 2
+    # Image splitting on (SmolVLM's default): the longest edge is resized to 64 px and cut into up to 2 x 2
+    # crops of 32 px plus a global view, so sequences carry different numbers of crops.
+    image_proc = Idefics3ImageProcessor(do_image_splitting=True, size={"longest_edge": 2 * crop},
+                                        max_image_size={"longest_edge": crop})
+    n_tokens = (crop // patch) ** 2 // scale**2
+    proc = Idefics3Processor(image_processor=image_proc, tokenizer=tok, image_seq_len=n_tokens,
+                             chat_template=_SMOLVLM_TEMPLATE)
+    cfg = Idefics3Config(
+        text_config=dict(model_type="llama", vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=2048, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=crop, patch_size=patch),
+        scale_factor=scale,
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        tie_word_embeddings=False,
+    )
+    _save_vlm(dest, seed, Idefics3ForConditionalGeneration, cfg, tok, proc)
 
 
 def _build_llama(dest: Path, seed: int) -> None:
@@ -300,6 +499,18 @@ def _build_sam(dest: Path, seed: int) -> None:
     proc.save_pretrained(dest)
 
 
+def _save_vlm(dest: Path, seed: int, model_cls, cfg, tok, proc, eos_extra: list[str] = (), widen=None) -> None:
+    """Build ``model_cls(cfg)`` seeded, widen its connector (``widen(model)``, see :func:`_widen_connector`),
+    set greedy generation defaults with the family's end-of-turn tokens, save model and processor."""
+    _seed(seed)
+    model = model_cls(cfg).eval()
+    if widen is not None:
+        _widen_connector(widen(model))
+    _set_generation_defaults(model, tok, eos_extra=eos_extra)
+    model.save_pretrained(dest)
+    proc.save_pretrained(dest)
+
+
 def _set_generation_defaults(model, tok, eos_extra: list[str] = ()) -> None:
     eos = [tok.eos_token_id] + [tok.convert_tokens_to_ids(t) for t in eos_extra]
     gc = model.generation_config
@@ -312,6 +523,10 @@ def _set_generation_defaults(model, tok, eos_extra: list[str] = ()) -> None:
 _BUILDERS = {
     "idefics2": _build_idefics2,
     "llava": _build_llava,
+    "qwen2.5-vl": lambda dest, seed: _build_qwen_vl(dest, seed, v3=False),
+    "qwen3-vl": lambda dest, seed: _build_qwen_vl(dest, seed, v3=True),
+    "gemma3": _build_gemma3,
+    "smolvlm": _build_smolvlm,
     "llama": _build_llama,
     "grounding-dino": _build_grounding_dino,
     "sam": _build_sam,

@@ -2,11 +2,12 @@
 
 A sequence is ``prompt_text(processor, question) + prefix + answer + end_of_turn``, where ``prefix``
 and ``end_of_turn`` come from the model's own chat template (rendered once with a sentinel answer):
-Idefics2 gives ``" " ... "<end_of_utterance>"``, LLaVA-1.5 gives ``" " ... "</s>"`` (its hub template
-ends the assistant turn with a space only, so the tokenizer's EOS is appended -- what LLaVA-1.5 was
-trained with). The answer's tokens are everything after the prompt's tokens: prompt and full text are
-tokenised the same way and the prompt's ids must be a prefix of the full ids, else an error (a template
-whose answer merges with the prompt's last token cannot give an exact boundary).
+Idefics2 and SmolVLM give ``" " ... "<end_of_utterance>"``, Qwen2.5-VL/Qwen3-VL ``"" ... "<|im_end|>"``,
+Gemma 3 ``"" ... "<end_of_turn>"``, LLaVA-1.5 ``" " ... "</s>"`` (its hub template ends the assistant
+turn with a space only, so the tokenizer's EOS is appended -- what LLaVA-1.5 was trained with). The
+answer's tokens are everything after the prompt's tokens: prompt and full text are tokenised the same
+way and the prompt's ids must be a prefix of the full ids, else an error (a template whose answer merges
+with the prompt's last token cannot give an exact boundary).
 
 Image placeholders are expanded by the processor inside the prompt only, so the response length found
 by the tokenizer alone is the number of trailing real tokens of each processed row (checked token by
@@ -22,7 +23,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from lpoi.models.chat import encode_prompts, prompt_text, tokenizer_of
+from lpoi.models.batching import default_offsets, select, trim_token_keys
+from lpoi.models.chat import encode_batch, prompt_text, response_format, text_kwargs, tokenizer_of
 from lpoi.train.data import ListSample, load_sample_image, mdpo_random_crop
 
 __all__ = [
@@ -37,8 +39,6 @@ __all__ = [
 CROP = "crop"
 """Column label of mDPO's randomly cropped original image (``train.mdpo_corruption: crop``)."""
 
-_SENTINEL = "LPOISENTINELANSWER"
-
 
 @dataclass
 class SequenceBatch:
@@ -46,6 +46,8 @@ class SequenceBatch:
 
     ``inputs`` are the processor's tensors (``input_ids``, ``attention_mask``, ``pixel_values``, ...),
     right-padded; ``response_mask[i, t]`` is True where token t of row i belongs to the response.
+    ``offsets`` say which slice of every input tensor belongs to which row (:mod:`lpoi.models.batching`),
+    so a batch of any family -- Qwen's flat patches, SmolVLM's crops -- splits per sequence.
     """
 
     inputs: dict[str, Tensor]
@@ -54,6 +56,8 @@ class SequenceBatch:
     """Owner of each row, for error messages."""
     n_truncated: int = 0
     """Rows whose response was cut at ``max_length``."""
+    offsets: dict[str, Tensor] | None = None
+    """Per input tensor, int64 ``(N + 1,)`` row offsets along dim 0 (CPU); None = one entry per row."""
 
     def __len__(self) -> int:
         return int(self.response_mask.shape[0])
@@ -64,74 +68,36 @@ class SequenceBatch:
             self.response_mask.to(device),
             self.sample_ids,
             self.n_truncated,
+            self.offsets,
         )
 
     def rows(self, start: int, stop: int) -> SequenceBatch:
         """Rows ``start:stop``, trimmed to their longest sequence (less padding per forward)."""
-        return self._take(slice(start, stop), whole=start == 0 and stop >= len(self))
+        return self.select(range(start, min(stop, len(self))))
 
     def select(self, rows: Sequence[int]) -> SequenceBatch:
         """The given rows (any order), trimmed to their longest sequence."""
         rows = list(rows)
-        return self._take(rows, whole=rows == list(range(len(self))))
-
-    def _take(self, index, whole: bool) -> SequenceBatch:
-        n = len(self)
-        inputs = {}
-        for k, v in self.inputs.items():
-            if v.dim() == 0 or v.shape[0] != n:
-                if whole:
-                    inputs[k] = v
-                    continue
-                raise ValueError(
-                    f"cannot split input {k!r} of shape {tuple(v.shape)} per sequence (first dim != {n}); "
-                    "use a micro_batch_sequences that covers the whole batch for this model"
-                )
-            inputs[k] = v[index]
-        length = int(inputs["attention_mask"].sum(-1).max())
-        for k in ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids"):
-            if k in inputs and inputs[k].dim() == 2:
-                inputs[k] = inputs[k][:, :length]
-        picked = range(n)[index] if isinstance(index, slice) else index
-        ids = [self.sample_ids[i] for i in picked] if self.sample_ids else []
-        return SequenceBatch(inputs, self.response_mask[index][:, :length], ids, 0)
+        if rows == list(range(len(self))):
+            return self
+        offsets = self.offsets if self.offsets is not None else default_offsets(self.inputs, len(self))
+        if offsets is None:
+            shapes = {k: tuple(v.shape) for k, v in self.inputs.items()}
+            raise ValueError(
+                f"cannot split inputs {shapes} of {len(self)} sequences without their offsets; pass the "
+                "SequenceBatch's offsets along (SequenceLogps(..., offsets=batch.offsets))"
+            )
+        part = select(self.inputs, offsets, rows)
+        length = int(part.inputs["attention_mask"].sum(-1).max())
+        ids = [self.sample_ids[i] for i in rows] if self.sample_ids else []
+        return SequenceBatch(trim_token_keys(part.inputs, length), self.response_mask[rows][:, :length], ids, 0,
+                             part.offsets)
 
 
-_FORMAT_CACHE: dict[int, tuple[str, str]] = {}
-
-
-def response_format(processor) -> tuple[str, str]:
-    """``(prefix, end_of_turn)`` around an answer, read from the processor's chat template.
-
-    The template is rendered with and without an assistant turn holding a sentinel; ``prefix`` is what
-    sits between the generation prompt and the answer, ``end_of_turn`` the first special token after it
-    (``<end_of_utterance>`` for Idefics2), or the tokenizer's EOS when the template closes the turn with
-    plain text (LLaVA-1.5's hub template).
-    """
-    key = id(processor)
-    if key in _FORMAT_CACHE:
-        return _FORMAT_CACHE[key]
+def _response_length(processor, prompt: str, full: str, sample_id: str) -> tuple[int, list[int]]:
     tok = tokenizer_of(processor)
-    prompt = prompt_text(processor, "Q")
-    messages = [
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q"}]},
-        {"role": "assistant", "content": [{"type": "text", "text": _SENTINEL}]},
-    ]
-    full = processor.apply_chat_template(messages, tokenize=False)
-    at = full.find(_SENTINEL)
-    prefix = full[len(prompt) : at] if at >= 0 and full.startswith(prompt) else " "
-    tail = full[at + len(_SENTINEL) :] if at >= 0 else ""
-    specials = sorted((s for s in tok.all_special_tokens if s and s in tail), key=tail.find)
-    end = specials[0] if specials else tok.eos_token
-    if not end:
-        raise ValueError(f"{type(tok).__name__} has no EOS token and the chat template no end-of-turn token")
-    _FORMAT_CACHE[key] = (prefix, end)
-    return prefix, end
-
-
-def _response_length(tok, prompt: str, full: str, sample_id: str) -> tuple[int, list[int]]:
-    p_ids = tok(prompt)["input_ids"]
-    f_ids = tok(full)["input_ids"]
+    p_ids = tok(prompt, **text_kwargs(processor, prompt))["input_ids"]
+    f_ids = tok(full, **text_kwargs(processor, full))["input_ids"]
     if f_ids[: len(p_ids)] != p_ids:
         raise ValueError(
             f"sample {sample_id!r}: the prompt's tokens are not a prefix of prompt+answer's tokens "
@@ -169,15 +135,15 @@ def encode_sequences(
         if (q, a) not in cache:
             prompt = prompt_text(processor, q)
             full = prompt + prefix + a.strip() + end
-            r, f_ids = _response_length(tok, prompt, full, sid)
+            r, f_ids = _response_length(processor, prompt, full, sid)
             cache[(q, a)] = (full, r, f_ids[len(f_ids) - r :])
         full, r, tail = cache[(q, a)]
         fulls.append(full)
         resp_len.append(r)
         tails.append(tail)
 
-    enc = encode_prompts(processor, fulls, list(images), padding_side="right")
-    inputs = {k: v for k, v in enc.items() if isinstance(v, Tensor)}
+    packed = encode_batch(processor, fulls, list(images), padding_side="right")
+    inputs = packed.inputs
     ids, att = inputs["input_ids"], inputs["attention_mask"]
     lengths = att.sum(-1).tolist()
     mask = torch.zeros_like(ids, dtype=torch.bool)
@@ -204,15 +170,12 @@ def encode_sequences(
             n_trunc += 1
         mask[i, start:length] = True
     width = int(att.sum(-1).max())
-    for k in ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids"):
-        if k in inputs and inputs[k].dim() == 2:
-            inputs[k] = inputs[k][:, :width]
     if n_trunc:
         warnings.warn(
             f"{n_trunc} of {n} sequences had their response truncated to max_length={max_length}",
             stacklevel=2,
         )
-    return SequenceBatch(inputs, mask[:, :width], list(sample_ids), n_trunc)
+    return SequenceBatch(trim_token_keys(inputs, width), mask[:, :width], list(sample_ids), n_trunc, packed.offsets)
 
 
 def method_columns(method: str, k: int, mdpo_corruption: str = "hidden") -> tuple[int | str, ...]:

@@ -1,23 +1,40 @@
 """Sequence log-probabilities: the sum of the response tokens' log-probs, prompt and padding masked.
 
 All sequences of a step go through as few forwards as memory allows (``micro_batch_sequences`` rows
-per forward, each chunk trimmed to its own longest row). Only the positions that predict a response
-token reach the LM head -- transformers' ``logits_to_keep`` with a boolean mask -- and the log-softmax
-is taken in float32 on those positions only (summed per sequence in float64): for a 32k vocabulary and
-600-token image prompts this skips ~80 % of the LM-head work and of the float32 logits memory of the
-naive full-sequence version.
+per forward, each chunk trimmed to its own longest row, split per sequence by the batch's offsets, so
+Qwen's flat patch tensors and SmolVLM's crops are cut correctly). Only the positions that predict a
+response token reach the LM head: the backbone's hidden states are taken at those positions and the
+head is applied there alone (:func:`kept_logits`), and the log-softmax is taken in float32 on those
+positions only (summed per sequence in float64). For a 32k vocabulary and 600-token image prompts this
+skips ~80 % of the LM-head work and of the float32 logits memory of the full-sequence forward.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch import Tensor, nn
 
 from lpoi.train.collate import SequenceBatch
 
-__all__ = ["SequenceLogps", "sequence_logps", "token_logps_from_logits"]
+__all__ = ["FAST_PATH_CLASSES", "SequenceLogps", "kept_logits", "last_logits", "sequence_logps",
+           "token_logps_from_logits"]
 
-_NO_LOGITS_TO_KEEP: set[type] = set()  # model classes whose forward rejects the argument
+FAST_PATH_CLASSES = frozenset({
+    "Idefics2ForConditionalGeneration",
+    "Idefics3ForConditionalGeneration",
+    "LlavaForConditionalGeneration",
+    "Qwen2_5_VLForConditionalGeneration",
+    "Qwen3VLForConditionalGeneration",
+    "Gemma3ForConditionalGeneration",
+})
+"""Classes whose forward is ``lm_head(backbone(...)[0])`` with nothing after the head (read in the
+transformers source; note Gemma 3's VLM applies no final logit soft-capping, unlike its text-only
+``Gemma3ForCausalLM``), so the head can be applied at the kept positions alone. ``tests/families``
+checks, for each, that this path is taken and equals the full forward's logits."""
+
+_WARNED: set[str] = set()
 
 
 def token_logps_from_logits(logits: Tensor, targets: Tensor) -> Tensor:
@@ -26,27 +43,43 @@ def token_logps_from_logits(logits: Tensor, targets: Tensor) -> Tensor:
     return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
-def _kept_logits(model, inputs: dict[str, Tensor], keep: Tensor) -> Tensor:
-    """Logits at the True positions of ``keep`` ``(n, T)``, flattened to ``(P, V)`` in row-major order."""
-    cls = type(model)
-    if cls not in _NO_LOGITS_TO_KEEP:
-        try:
-            logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits
-        except (TypeError, IndexError) as e:
-            # older transformers take only an int (TypeError) or index 3-D with the mask (IndexError)
-            if isinstance(e, TypeError) and "logits_to_keep" not in str(e):
-                raise
-            _NO_LOGITS_TO_KEEP.add(cls)
-        else:
-            if logits.dim() == 2 and logits.shape[0] == int(keep.sum()):
-                return logits
-            if logits.dim() == 3 and logits.shape[1] == keep.shape[1]:  # the model ignored the mask
-                return logits[keep]
-            raise RuntimeError(
-                f"{cls.__name__} returned logits of shape {tuple(logits.shape)} for a "
-                f"logits_to_keep mask of shape {tuple(keep.shape)}"
-            )
-    return model(**inputs, use_cache=False).logits[keep]
+def _backbone_and_head(model) -> tuple[nn.Module, nn.Module] | None:
+    """The (backbone, LM head) of a supported class, through a peft wrapper; None for any other class."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if type(base).__name__ not in FAST_PATH_CLASSES:
+        return None
+    backbone = getattr(base, getattr(base, "base_model_prefix", "model"), None)
+    head = base.get_output_embeddings()
+    if not isinstance(backbone, nn.Module) or head is None:
+        return None
+    return backbone, head
+
+
+def kept_logits(model, inputs: dict[str, Tensor], keep: Tensor) -> Tensor:
+    """Logits at the True positions of ``keep`` ``(n, T)``, flattened to ``(P, V)`` in row-major order.
+
+    Supported classes (:data:`FAST_PATH_CLASSES`): the backbone's last hidden states at the kept
+    positions through the LM head. Any other class: its own full forward, sliced (with a one-time
+    warning that the saving is lost) -- never a guess at what its forward does after the head.
+    """
+    parts = _backbone_and_head(model)
+    if parts is None:
+        name = type(model.get_base_model() if hasattr(model, "get_base_model") else model).__name__
+        if name not in _WARNED:
+            _WARNED.add(name)
+            warnings.warn(f"{name}: no fast log-prob path for this class; computing full-sequence logits",
+                          stacklevel=2)
+        return model(**inputs, use_cache=False).logits[keep]
+    backbone, head = parts
+    hidden = backbone(**inputs, use_cache=False, return_dict=True)[0]
+    return head(hidden[keep])
+
+
+def last_logits(model, inputs: dict[str, Tensor]) -> Tensor:
+    """Next-token logits ``(n, V)`` at the last column of a left-padded batch (every prompt's last token)."""
+    keep = torch.zeros_like(inputs["input_ids"], dtype=torch.bool)
+    keep[:, -1] = True
+    return kept_logits(model, inputs, keep)
 
 
 def _chunk_logps(model, batch: SequenceBatch) -> Tensor:
@@ -58,7 +91,7 @@ def _chunk_logps(model, batch: SequenceBatch) -> Tensor:
     keep[:, :-1] = resp[:, 1:]  # position t predicts token t+1
     targets = ids[:, 1:][resp[:, 1:]]
     rows = torch.arange(resp.shape[0], device=resp.device)[:, None].expand_as(resp)[keep]
-    tok = token_logps_from_logits(_kept_logits(model, batch.inputs, keep), targets).double()
+    tok = token_logps_from_logits(kept_logits(model, batch.inputs, keep), targets).double()
     return torch.zeros(resp.shape[0], dtype=tok.dtype, device=tok.device).index_add(0, rows, tok)
 
 
@@ -70,9 +103,9 @@ def sequence_logps(model, batch: SequenceBatch, *, micro_batch_sequences: int | 
     the losses are made of.
 
     Args:
-        model: any ``AutoModelForImageTextToText`` (or a peft/DDP wrapper of one) taking the
-            processor's tensors; gradients flow when grad mode is on.
-        batch: right-padded sequences with their response mask (``collate.encode_sequences``).
+        model: any ``AutoModelForImageTextToText`` (or a peft wrapper of one) taking the processor's
+            tensors; gradients flow when grad mode is on.
+        batch: right-padded sequences with their response mask and offsets (``collate.encode_sequences``).
         micro_batch_sequences: most rows per forward; None = all rows in one forward.
     """
     n = len(batch)
@@ -89,6 +122,8 @@ class SequenceLogps(nn.Module):
 
     ``reference=True`` computes the frozen base model's log-probs instead: the peft adapter disabled,
     eval mode, no gradients -- through the same (wrapped) forward, so FSDP gathers its shards as usual.
+    ``offsets`` are the batch's (``SequenceBatch.offsets``): without them a family whose inputs are not
+    one row per sequence (Qwen-VL, SmolVLM) cannot be cut into micro-batches.
     """
 
     def __init__(self, model: nn.Module, micro_batch_sequences: int | None = None):
@@ -96,8 +131,9 @@ class SequenceLogps(nn.Module):
         self.model = model
         self.micro_batch_sequences = micro_batch_sequences
 
-    def forward(self, inputs: dict[str, Tensor], response_mask: Tensor, reference: bool = False) -> Tensor:
-        batch = SequenceBatch(inputs, response_mask)
+    def forward(self, inputs: dict[str, Tensor], response_mask: Tensor, reference: bool = False,
+                offsets: dict[str, Tensor] | None = None) -> Tensor:
+        batch = SequenceBatch(inputs, response_mask, offsets=offsets)
         if not reference:
             return sequence_logps(self.model, batch, micro_batch_sequences=self.micro_batch_sequences)
         was_training = self.model.training

@@ -35,13 +35,16 @@ class ReferenceError(ValueError):
     """Reference log-probs that do not match the training run (model, K, max_length, a sample)."""
 
 
-def reference_meta(*, model_name: str, k: int, max_length: int | None, dtype: str) -> dict:
+def reference_meta(*, model_name: str, k: int, max_length: int | None, dtype: str,
+                   max_pixels: int | None = None) -> dict:
+    # max_pixels changes the image tokens (Qwen, SmolVLM) or only the pixels (Idefics2): part of the meta
     return {
         "format": FORMAT_VERSION,
         "model_name": model_name,
         "k": k,
         "max_length": max_length,
         "dtype": dtype,
+        "max_pixels": max_pixels,
     }
 
 
@@ -71,6 +74,7 @@ def run_reference(
     max_length: int | None = None,
     device: str | None = None,
     progress: bool = True,
+    max_pixels: int | None = None,
 ) -> dict:
     """Compute and store the reference log-probs of every sample of ``lists_path`` (resumable).
 
@@ -85,6 +89,7 @@ def run_reference(
         max_length: the tokenisation limit -- must equal the training run's.
         device: ``cuda``, ``cpu``, ... (default: CUDA when available).
         progress: show a progress bar.
+        max_pixels: ``model.max_pixels`` (the processor's resolution budget) -- must equal the training run's.
 
     Returns:
         Stats: ``n_samples``, ``n_computed``, ``n_resumed``, ``k``, ``n_truncated``, ``seconds``,
@@ -97,7 +102,7 @@ def run_reference(
     t0 = time.perf_counter()
     samples = load_lists(lists_path, min_k=1)
     k = samples[0].k
-    meta = reference_meta(model_name=model_name, k=k, max_length=max_length, dtype=dtype)
+    meta = reference_meta(model_name=model_name, k=k, max_length=max_length, dtype=dtype, max_pixels=max_pixels)
     out_path = Path(out_path)
     digests = {s.id: s.digest for s in samples}
     if out_path.exists():
@@ -114,7 +119,7 @@ def run_reference(
         n_resumed = len(samples) - len(todo)
         if todo:
             device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-            model, processor = load_vlm(model_name, dtype=dtype, device=device)
+            model, processor = load_vlm(model_name, dtype=dtype, device=device, max_pixels=max_pixels)
             bar = _bar(len(todo), progress)
             columns = tuple(range(k))
             for start in range(0, len(todo), batch_size):
@@ -144,7 +149,8 @@ def run_reference(
 
 
 def load_reference(
-    path: str | Path, samples: list[ListSample], *, model_name: str, max_length: int | None
+    path: str | Path, samples: list[ListSample], *, model_name: str, max_length: int | None,
+    max_pixels: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Reference log-probs aligned with ``samples``: ``(list (N, K) float64, rejected (N,), meta)``.
 
@@ -162,7 +168,7 @@ def load_reference(
     if meta is None:
         raise ReferenceError(f"{path}: no meta header line; re-run the reference stage")
     k = samples[0].k
-    want = {"model_name": model_name, "k": k, "max_length": max_length}
+    want = {"model_name": model_name, "k": k, "max_length": max_length, "max_pixels": max_pixels}
     for key, value in want.items():
         if meta.get(key) != value:
             raise ReferenceError(

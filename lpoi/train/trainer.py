@@ -347,6 +347,7 @@ def train(
     keep_checkpoints: int = 2,
     progress: bool = True,
     callback: Callable[[int, dict], None] | None = None,
+    max_pixels: int | None = None,
 ) -> dict:
     """Train a LoRA adapter with ``method`` on the lists manifest; returns a summary.
 
@@ -376,6 +377,7 @@ def train(
         num_workers: DataLoader workers for image decoding and tokenisation.
         keep_checkpoints: newest checkpoints kept while training. progress: a progress bar.
         callback: ``callback(step, metrics)`` after every optimizer step (tests use it to simulate a kill).
+        max_pixels: ``model.max_pixels``, the processor's resolution budget (must equal the reference's).
 
     Returns:
         ``{"steps", "resumed_from", "final": {metric: value}, "history": [per-step metrics of this call],
@@ -425,7 +427,7 @@ def train(
         if reference_path is None:
             raise ValueError("train.reference is 'precomputed' but no reference_path was given")
         ref_list, ref_rej, meta = load_reference(
-            reference_path, samples, model_name=model_name, max_length=max_length
+            reference_path, samples, model_name=model_name, max_length=max_length, max_pixels=max_pixels
         )
         if meta.get("dtype") != dtype and main:
             warnings.warn(
@@ -439,7 +441,7 @@ def train(
     warmup_steps = math.ceil(warmup_ratio * total_steps)
 
     # ---- model
-    model, processor = load_vlm(model_name, dtype=dtype)
+    model, processor = load_vlm(model_name, dtype=dtype, max_pixels=max_pixels)
     model.to(accelerator.device)
     if gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
@@ -487,6 +489,7 @@ def train(
         scheduler=scheduler,
         precision=precision,
         max_length=max_length,
+        max_pixels=max_pixels,
         lora=lora_kw,
         seed=seed,
         mdpo_corruption=mdpo_corruption,
@@ -569,7 +572,8 @@ def train(
             # accelerate's accumulation: no gradient all-reduce until the last micro-step, the loss scaled
             # by 1/grad_accum in backward (DeepSpeed scales it itself)
             with accelerator.accumulate(wrapper):
-                policy = wrapper(batch.inputs, batch.response_mask).view(len(idx), n_cols + 1)
+                policy = wrapper(batch.inputs, batch.response_mask, offsets=batch.offsets)
+                policy = policy.view(len(idx), n_cols + 1)
                 ref = _reference(batch, idx, columns, ref_list, ref_rej, wrapper, accelerator.device)
                 out = preference_loss(
                     method,
@@ -646,7 +650,8 @@ def train(
         if merge:
             merged_dir = out_dir / "merged"
             if sharded:  # the sharded model cannot be merged in place: reload base + adapter
-                merge_adapter(model_name=model_name, adapter_dir=adapter_dir, out_dir=merged_dir, dtype=dtype)
+                merge_adapter(model_name=model_name, adapter_dir=adapter_dir, out_dir=merged_dir, dtype=dtype,
+                              max_pixels=max_pixels)
             else:
                 _save_merged(unwrapped.merge_and_unload(), processor, merged_dir)
         shutil.rmtree(ckpt_root, ignore_errors=True)
@@ -682,7 +687,8 @@ def _save_merged(model, processor, merged_dir: Path) -> None:
 
 
 def merge_adapter(
-    *, model_name: str, adapter_dir: str | Path, out_dir: str | Path, dtype: str = "float32"
+    *, model_name: str, adapter_dir: str | Path, out_dir: str | Path, dtype: str = "float32",
+    max_pixels: int | None = None,
 ) -> Path:
     """Base model + LoRA adapter -> merged full weights and processor in ``out_dir`` (safetensors).
 
@@ -691,7 +697,7 @@ def merge_adapter(
 
     from lpoi.models import load_vlm
 
-    model, processor = load_vlm(model_name, dtype=dtype)
+    model, processor = load_vlm(model_name, dtype=dtype, max_pixels=max_pixels)
     merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     _save_merged(merged, processor, Path(out_dir))
     return Path(out_dir)
@@ -730,7 +736,7 @@ def _online_logps(batch: SequenceBatch, wrapper) -> Tensor:
     """The frozen base model's log-probs: the same weights with the LoRA adapter disabled (eval mode),
     through the prepared module so autocast, DDP and FSDP behave as in the policy forward."""
     with torch.no_grad():
-        return wrapper(batch.inputs, batch.response_mask, reference=True)
+        return wrapper(batch.inputs, batch.response_mask, reference=True, offsets=batch.offsets)
 
 
 def _check_finite(loss: Tensor, policy: Tensor, ids: list[str], step: int, accelerator) -> None:

@@ -146,7 +146,7 @@ def test_logits_mode_per_item(tmp_path, models, monkeypatch):
     assert stats["n_logits"] == 4 and stats["n_generated"] == 5
     assert "logprob_yes" not in rows[0] and "yes_no" not in rows[0]
 
-    yes_id, no_id = yes_no_token_ids(proc.tokenizer)
+    yes_id, no_id = yes_no_token_ids(proc)
     for it, row in zip(items[1:], rows[1:]):
         # independent reference: a batch-of-one forward with all logits, last prompt position
         enc = encode_prompts(proc, [prompt_text(proc, it["question"])], [Image.open(it["image"]).convert("RGB")])

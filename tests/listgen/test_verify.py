@@ -14,7 +14,7 @@ from lpoi.listgen.interpolate import box_mask, save_mask
 from lpoi.listgen.shard import merge_shards, shard_path
 from lpoi.listgen.verify import VerifyItem, hidden_image, run_verify, verify_prompt, verify_scores
 from lpoi.models import load_vlm
-from lpoi.models.chat import encode_prompts, prompt_text, tokenizer_of, yes_no_token_ids
+from lpoi.models.chat import encode_prompts, prompt_text, yes_no_token_ids
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_verify_scores_tiny_vlm_batched_equals_single(vlm, tmp_path):
     ans = ["A red box.", "Yes, green.", "On the left side of the table."]
     got = verify_scores(model, proc, ims, qs, ans, batch_size=2)
     assert len(got) == 3
-    yes_id, no_id = yes_no_token_ids(tokenizer_of(proc))
+    yes_id, no_id = yes_no_token_ids(proc)
     for im, q, a, (ly, ln) in zip(ims, qs, ans, got):
         assert np.isfinite(ly) and np.isfinite(ln) and ly < 0 and ln < 0
         enc = encode_prompts(proc, [prompt_text(proc, verify_prompt(q, a))], [im])

@@ -27,7 +27,11 @@ def test_same_seed_same_weights_different_seed_different(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("name,cls", [("tiny/idefics2", "Idefics2ForConditionalGeneration"),
-                                      ("tiny/llava", "LlavaForConditionalGeneration")])
+                                      ("tiny/llava", "LlavaForConditionalGeneration"),
+                                      ("tiny/qwen2.5-vl", "Qwen2_5_VLForConditionalGeneration"),
+                                      ("tiny/qwen3-vl", "Qwen3VLForConditionalGeneration"),
+                                      ("tiny/gemma3", "Gemma3ForConditionalGeneration"),
+                                      ("tiny/smolvlm", "Idefics3ForConditionalGeneration")])
 def test_vlm_forward_and_generate(name, cls):
     model, proc = load_vlm(name)
     assert type(model).__name__ == cls
@@ -40,8 +44,10 @@ def test_vlm_forward_and_generate(name, cls):
         logits = model(**batch).logits
     assert logits.shape[:2] == batch["input_ids"].shape
     assert torch.isfinite(logits).all()
-    yes, no = yes_no_token_ids(proc.tokenizer)
+    yes, no = yes_no_token_ids(proc)
     assert yes != no and proc.tokenizer.decode([yes]).strip() == "Yes"
+    out = model.generate(**batch, max_new_tokens=3, do_sample=False)
+    assert out.shape[0] == 2 and out.shape[1] > batch["input_ids"].shape[1]
 
 
 def test_detector_and_segmenter_shapes():

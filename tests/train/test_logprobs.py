@@ -1,9 +1,9 @@
-"""Sequence log-probs on the tiny Idefics2 and LLaVA: batched, padded, chunked == naive one-at-a-time.
+"""Sequence log-probs on the tiny model of every supported family: batched, padded, chunked == naive.
 
-The naive reference here shares no code with ``lpoi.train.logprobs``/``collate``: it runs the
-processor on the prompt alone and on prompt + answer (one sequence, no padding), checks the prompt's
-ids are a prefix, runs the model on the full sequence, and sums ``log_softmax`` (float64) of each
-answer token at the position before it.
+The naive reference here shares no code with ``lpoi.train.logprobs``/``collate``/``lpoi.models.chat``:
+it runs the processor on the prompt alone and on prompt + answer (one sequence, no padding, call options
+from the hand table below), checks the prompt's ids are a prefix, runs the model's full forward on the
+full sequence, and sums ``log_softmax`` (float64) of each answer token at the position before it.
 """
 
 import numpy as np
@@ -12,15 +12,27 @@ import torch
 from PIL import Image
 
 from lpoi.models import load_vlm
-from lpoi.models.chat import processor_kwargs, prompt_text, tokenizer_of
+from lpoi.models.chat import prompt_text, tokenizer_of
+from lpoi.models.tiny import VLM_FAMILIES
 from lpoi.train.collate import CROP, collate_samples, encode_sequences, method_columns, response_format
 from lpoi.train.data import load_lists, mdpo_random_crop, random_crop_box, write_synthetic_lists
 from lpoi.train.logprobs import sequence_logps
 
-FAMILIES = ["tiny/idefics2", "tiny/llava"]
+FAMILIES = [f"tiny/{f}" for f in VLM_FAMILIES]
 # Hand-read from the templates in lpoi/models/tiny.py (copies of the hub templates): Idefics2 renders
-# "Assistant: {answer}<end_of_utterance>\n"; LLaVA-1.5's ends the turn with a space, so EOS closes it.
-EXPECTED_FORMAT = {"tiny/idefics2": (" ", "<end_of_utterance>"), "tiny/llava": (" ", "</s>")}
+# "Assistant: {answer}<end_of_utterance>\n"; LLaVA-1.5's ends the turn with a space, so EOS closes it;
+# Qwen and Gemma 3 start the answer right after the newline of their assistant header.
+EXPECTED_FORMAT = {
+    "tiny/idefics2": (" ", "<end_of_utterance>"),
+    "tiny/llava": (" ", "</s>"),
+    "tiny/qwen2.5-vl": ("", "<|im_end|>"),
+    "tiny/qwen3-vl": ("", "<|im_end|>"),
+    "tiny/gemma3": ("", "<end_of_turn>"),
+    "tiny/smolvlm": (" ", "<end_of_utterance>"),
+}
+# Processor call options of the naive encoding: Idefics2 as in the paper (no image splitting); Gemma 3's
+# template renders <bos> itself, so its tokenizer must not add a second one.
+NAIVE_KW = {"tiny/idefics2": {"do_image_splitting": False}, "tiny/gemma3": {"add_special_tokens": False}}
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -49,18 +61,18 @@ ANSWERS = [
 SIZES = [(40, 50), (32, 32), (60, 20), (24, 36)]
 
 
-def _naive(model, processor, question, answer, image, end, max_length=None):
+def _naive(name, model, processor, question, answer, image, max_length=None):
+    prefix, end = EXPECTED_FORMAT[name]
     pt = prompt_text(processor, question)
-    kw = processor_kwargs(processor)
+    kw = NAIVE_KW.get(name, {})
     e_prompt = processor(text=[pt], images=[[image]], return_tensors="pt", **kw)
-    e_full = processor(text=[pt + " " + answer + end], images=[[image]], return_tensors="pt", **kw)
+    e_full = processor(text=[pt + prefix + answer + end], images=[[image]], return_tensors="pt", **kw)
     n_prompt = e_prompt["input_ids"].shape[1]
     ids = e_full["input_ids"][0]
     assert ids[:n_prompt].tolist() == e_prompt["input_ids"][0].tolist()
     if max_length is not None and ids.shape[0] > max_length:
-        e_full = {
-            k: (v[:, :max_length] if k in ("input_ids", "attention_mask") else v) for k, v in e_full.items()
-        }
+        shape = e_full["input_ids"].shape  # cut every per-token tensor (Qwen's mm_token_type_ids, Gemma's ...)
+        e_full = {k: (v[:, :max_length] if tuple(v.shape) == tuple(shape) else v) for k, v in e_full.items()}
         ids = ids[:max_length]
     with torch.no_grad():
         logp = torch.log_softmax(model(**e_full).logits[0].double(), -1)
@@ -80,7 +92,7 @@ def test_response_format_and_exact_boundary(vlm):
     )
     tok = tokenizer_of(processor)
     for i, (q, a, im) in enumerate(zip(QUESTIONS, ANSWERS, _images(SIZES))):
-        _, n_resp = _naive(model, processor, q, a, im, end)
+        _, n_resp = _naive(name, model, processor, q, a, im)
         mask = batch.response_mask[i]
         assert int(mask.sum()) == n_resp
         # the masked tokens decode to the answer and its end-of-turn token, nothing of the prompt
@@ -93,7 +105,6 @@ def test_response_format_and_exact_boundary(vlm):
 @pytest.mark.parametrize("micro", [None, 1, 3])
 def test_sequence_logps_equals_naive_unpadded(vlm, micro):
     name, model, processor = vlm
-    end = EXPECTED_FORMAT[name][1]
     images = _images(SIZES)
     batch = encode_sequences(
         processor, questions=QUESTIONS, answers=ANSWERS, images=images, sample_ids=["a", "b", "c", "d"]
@@ -101,14 +112,13 @@ def test_sequence_logps_equals_naive_unpadded(vlm, micro):
     assert len(set(batch.inputs["attention_mask"].sum(-1).tolist())) > 1  # mixed lengths: padding present
     with torch.no_grad():
         got = sequence_logps(model, batch, micro_batch_sequences=micro)
-    want = [_naive(model, processor, q, a, im, end)[0] for q, a, im in zip(QUESTIONS, ANSWERS, images)]
+    want = [_naive(name, model, processor, q, a, im)[0] for q, a, im in zip(QUESTIONS, ANSWERS, images)]
     assert got.dtype == torch.float64 and got.shape == (4,)
     np.testing.assert_allclose(got.numpy(), want, atol=1e-5, rtol=0)
 
 
 def test_truncation_cuts_the_response_only(vlm, recwarn):
     name, model, processor = vlm
-    end = EXPECTED_FORMAT[name][1]
     images = _images(SIZES[:2])
     full = encode_sequences(
         processor, questions=QUESTIONS[:2], answers=ANSWERS[:2], images=images, sample_ids=["a", "b"]
@@ -133,7 +143,7 @@ def test_truncation_cuts_the_response_only(vlm, recwarn):
     with torch.no_grad():
         got = sequence_logps(model, cut)
     want = [
-        _naive(model, processor, q, a, im, end, max_length=max_length)[0]
+        _naive(name, model, processor, q, a, im, max_length=max_length)[0]
         for q, a, im in zip(QUESTIONS[:2], ANSWERS[:2], images)
     ]
     np.testing.assert_allclose(got.numpy(), want, atol=1e-5, rtol=0)
@@ -156,14 +166,11 @@ def test_collate_layout_shares_the_original_chosen_row(tmp_path, vlm):
     assert len(batch) == 2 * 4 and batch.sample_ids == ["s000"] * 4 + ["s001"] * 4
     with torch.no_grad():
         got = sequence_logps(model, batch).view(2, 4)
-    end = EXPECTED_FORMAT[name][1]
     for b, s in enumerate(lists):
         for j in range(3):
-            want, _ = _naive(
-                model, processor, s.prompt, s.chosen, Image.open(s.images[j]).convert("RGB"), end
-            )
+            want, _ = _naive(name, model, processor, s.prompt, s.chosen, Image.open(s.images[j]).convert("RGB"))
             assert abs(float(got[b, j]) - want) < 1e-5
-        want, _ = _naive(model, processor, s.prompt, s.rejected, Image.open(s.images[0]).convert("RGB"), end)
+        want, _ = _naive(name, model, processor, s.prompt, s.rejected, Image.open(s.images[0]).convert("RGB"))
         assert abs(float(got[b, 3]) - want) < 1e-5
 
 
@@ -208,3 +215,21 @@ def test_mdpo_crop_box_keeps_1_to_20_percent():
     img = _images([(64, 48)])[0]
     out = mdpo_random_crop(img, "x")
     assert out.size == img.size and np.asarray(out).tobytes() != np.asarray(img).tobytes()
+
+
+def test_an_unknown_class_falls_back_to_full_logits_and_says_so():
+    """A class outside FAST_PATH_CLASSES (here the text-only tiny Llama) may post-process its logits: its own
+    full forward is used, sliced, with a warning -- never a guessed backbone + head."""
+    from lpoi.models import load_causal_lm
+    from lpoi.train import logprobs
+
+    model, tok = load_causal_lm("tiny/llama")
+    assert type(model).__name__ not in logprobs.FAST_PATH_CLASSES
+    inputs = dict(tok(["a red car", "two dogs on the grass"], return_tensors="pt", padding=True))
+    keep = inputs["attention_mask"].bool()
+    logprobs._WARNED.discard(type(model).__name__)
+    with pytest.warns(UserWarning, match="no fast log-prob path"), torch.no_grad():
+        got = logprobs.kept_logits(model, inputs, keep)
+    with torch.no_grad():
+        want = model(**inputs).logits[keep]
+    torch.testing.assert_close(got, want, atol=0, rtol=0)

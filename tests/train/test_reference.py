@@ -38,7 +38,7 @@ def test_values_equal_one_sequence_at_a_time(lists, full_ref):
     out, stats = full_ref
     meta, rows = _rows(out)
     assert meta == {
-        "meta": {"format": 1, "model_name": MODEL, "k": 3, "max_length": None, "dtype": "float32"}
+        "meta": {"format": 1, "model_name": MODEL, "k": 3, "max_length": None, "dtype": "float32", "max_pixels": None}
     }
     assert stats["n_samples"] == stats["n_computed"] == 5 and stats["n_resumed"] == 0 and stats["k"] == 3
     model, processor = load_vlm(MODEL)
