@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from lpoi.train.data import write_synthetic_lists
-from lpoi.train.trainer import train
+from trainkw import run_train as train
+from trainkw import split
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,7 +46,7 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
         lora={"r": 4, "alpha": 16, "dropout": 0.0},
         live_dir=str(tmp_path / "live2"),
     )
-    (tmp_path / "kw.json").write_text(json.dumps({**kw, "out_dir": str(tmp_path / "two")}))
+    (tmp_path / "kw.json").write_text(json.dumps(split({**kw, "out_dir": str(tmp_path / "two")})))
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -60,7 +61,7 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
             "--nproc_per_node",
             "2",
             "-m",
-            "lpoi.train.trainer",
+            "lpoi.train.recipe",
             str(tmp_path / "kw.json"),
             "--summary",
             str(tmp_path / "two.json"),
