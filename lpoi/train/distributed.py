@@ -43,8 +43,12 @@ def _no_accelerator() -> bool:
 def make_accelerator(cfg: TrainParams):
     """The run's ``Accelerator``: mixed precision from ``train.precision``, accumulation from ``train.grad_accum``."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedDataParallelKwargs, DistributedType, FullyShardedDataParallelPlugin
 
+    # accelerate keeps one state per process and refuses an Accelerator with another precision; one
+    # process may run several recipes (tests, a grid runner). The process group (PartialState) stays.
+    AcceleratorState._reset_state(reset_partial_state=False)
     acc = Accelerator(
         mixed_precision=PRECISIONS[cfg.precision][1],
         cpu=_no_accelerator(),
