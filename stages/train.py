@@ -21,10 +21,10 @@ def main():
 
     lists, reference = f"{args.lists}/lists.jsonl", f"{args.reference}/reference.jsonl"
     # checkpoints survive a kill (persist: true) but never a change of params or inputs
-    ckpt = resumable_dir(f"{args.out}/checkpoints",
-                         fingerprint({s: p.section(s) for s in ("model", "train", "reference")}, [lists, reference]))
-    train(p.train, p.model, p.reference, TrainPaths(lists=lists, reference=reference, out=args.out, live=args.live,
-                                                    checkpoints=ckpt))
+    ckpt = resumable_dir(f"{args.out}/checkpoints", fingerprint(
+        {s: p.section(s) for s in ("model", "train", "reference")}, [lists, reference]))
+    paths = TrainPaths(lists=lists, reference=reference, out=args.out, live=args.live, checkpoints=ckpt)
+    train(p.train, p.model, p.reference, paths)
     ckpt.mkdir(parents=True, exist_ok=True)  # dvc.yaml declares it; the recipe clears it when done
 
 

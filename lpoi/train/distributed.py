@@ -41,10 +41,11 @@ def _no_accelerator() -> bool:
 
 
 def make_accelerator(cfg: TrainParams):
-    """The run's ``Accelerator``: mixed precision from ``train.precision``, accumulation from ``train.grad_accum``."""
+    """The run's ``Accelerator``: mixed precision of ``train.precision``, ``train.grad_accum`` micro-steps."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from accelerate.utils import DistributedDataParallelKwargs, DistributedType, FullyShardedDataParallelPlugin
+    from accelerate.utils import DistributedDataParallelKwargs, DistributedType
+    from accelerate.utils import FullyShardedDataParallelPlugin as FsdpPlugin
 
     # accelerate keeps one state per process and refuses an Accelerator with another precision; one
     # process may run several recipes (tests, a grid runner). The process group (PartialState) stays.
@@ -56,10 +57,10 @@ def make_accelerator(cfg: TrainParams):
         gradient_accumulation_steps=cfg.grad_accum,
     )
     if acc.distributed_type == DistributedType.DEEPSPEED:
-        raise ValueError("DeepSpeed is not supported by the training recipe; use conf/accelerate/fsdp.yaml (FSDP2)")
+        raise ValueError("DeepSpeed is not supported by the training recipe; use conf/accelerate/fsdp.yaml")
     fsdp_env = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
     if fsdp_env and acc.distributed_type == DistributedType.MULTI_CPU:
-        plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* variables `accelerate launch` set
+        plugin = FsdpPlugin()  # reads the FSDP_* variables `accelerate launch` set
         if acc.mixed_precision != "no":
             plugin.set_mixed_precision(acc.mixed_precision)
         acc.state.distributed_type = DistributedType.FSDP
@@ -80,7 +81,8 @@ def prepare_fsdp_wrapping(accelerator, model: torch.nn.Module) -> None:
     plugin = accelerator.state.fsdp_plugin
     if plugin.transformer_cls_names_to_wrap is None:
         names = getattr(model, "_no_split_modules", None) or []
-        plugin.transformer_cls_names_to_wrap = sorted(n for n in names if get_module_class_from_name(model, n))
+        present = [n for n in names if get_module_class_from_name(model, n) is not None]
+        plugin.transformer_cls_names_to_wrap = sorted(present)
 
 
 def trainable_state_dict(module: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:

@@ -83,4 +83,4 @@ def check_finite(loss: Tensor, policy: Tensor, ids: list[str], step: int, accele
             f"non-finite loss ({float(loss.detach())}) at optimizer step {step + 1} on samples {ids}; "
             "check these rows' answers and images, or lower the learning rate"
         )
-    raise NonFiniteLossError(f"non-finite loss on another process at optimizer step {step + 1}; see its error")
+    raise NonFiniteLossError(f"non-finite loss on another process at optimizer step {step + 1}; see its log")

@@ -29,7 +29,7 @@ def micro_batches(
     rank: int,
     seed: int,
 ) -> list[list[tuple[int, int]]]:
-    """This process's micro-batches of ``(epoch, sample index)``, in order, for steps ``start_step..total_steps-1``."""
+    """This process's micro-batches of ``(epoch, sample index)``, in order, for steps start..total-1."""
     g = batch_size * world * grad_accum
     spe = steps_per_epoch(n, g)
     out = []
@@ -71,7 +71,7 @@ class _Items(torch.utils.data.Dataset):
 
 
 def step_loader(processor, samples, columns, *, batches, max_length, seed: int, num_workers: int):
-    """A DataLoader over ``batches`` (from :func:`micro_batches`): image decoding and tokenisation in workers."""
+    """A DataLoader over ``batches`` (:func:`micro_batches`): image decoding and tokenisation in workers."""
     return torch.utils.data.DataLoader(
         _Items(),
         batch_sampler=batches,

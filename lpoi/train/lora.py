@@ -1,4 +1,4 @@
-"""LoRA for the recipe: the peft config from ``train.lora``, a byte-deterministic adapter folder, fp32 merging.
+"""LoRA for the recipe: the peft config of ``train.lora``, a byte-deterministic adapter folder, fp32 merging.
 
 The adapter folder is a DVC output that every generate stage depends on, so its bytes must be a
 function of the trained weights only. peft's ``save_pretrained`` alone is not: ``target_modules``

@@ -52,7 +52,13 @@ from torch import Tensor
 
 from lpoi.config import ModelParams, ReferenceParams, TrainParams
 from lpoi.io import atomic_write_json, sha256_file
-from lpoi.train.checkpoint import config_fingerprint, latest_checkpoint, load_checkpoint, remove_partial, save_checkpoint
+from lpoi.train.checkpoint import (
+    config_fingerprint,
+    latest_checkpoint,
+    load_checkpoint,
+    remove_partial,
+    save_checkpoint,
+)
 from lpoi.train.collate import CROP, SequenceBatch, method_columns
 from lpoi.train.curves import Curves
 from lpoi.train.data import load_lists, steps_per_epoch
@@ -94,7 +100,8 @@ class TrainPaths:
                 object.__setattr__(self, name, Path(value))
 
 
-def train(cfg: TrainParams, model: ModelParams, reference: ReferenceParams, paths: TrainPaths, **hooks) -> dict:
+def train(cfg: TrainParams, model: ModelParams, reference: ReferenceParams, paths: TrainPaths,
+          **hooks) -> dict:
     """Train a LoRA adapter; returns the summary of :meth:`Recipe.cleanup`. ``hooks``: see :class:`Recipe`."""
     return Recipe(cfg, model, reference, paths, **hooks).run()
 
@@ -147,9 +154,9 @@ class Recipe:
         self.columns = method_columns(cfg.method, self.samples[0].k, cfg.mdpo_corruption)
         self.ref_list = self.ref_rej = self.ref_dtype = None
         if cfg.reference == "precomputed":
-            self.ref_list, self.ref_rej, meta = load_reference(
-                self.paths.reference, self.samples, model_name=self.model_cfg.name, max_length=self.ref_cfg.max_length
-            )
+            self.ref_list, self.ref_rej, meta = load_reference(self.paths.reference, self.samples,
+                                                               model_name=self.model_cfg.name,
+                                                               max_length=self.ref_cfg.max_length)
             self.ref_dtype = meta.get("dtype")
             if self.ref_dtype != self.dtype and self.main:
                 warnings.warn(f"reference log-probs were computed in {self.ref_dtype} but training runs in "
@@ -186,7 +193,7 @@ class Recipe:
         self.params = [p for p in self.wrapper.parameters() if p.requires_grad]  # FSDP2 swaps in DTensors
 
     def _fingerprint(self) -> str:
-        """What a checkpoint must match to be resumed: every config object in full, the inputs' bytes, the world."""
+        """What a checkpoint must match to be resumed: the config objects in full, the inputs, the world."""
         ref = self.paths.reference if self.cfg.reference == "precomputed" else None
         return config_fingerprint({
             "train": self.cfg.model_dump(mode="json"),
@@ -207,7 +214,8 @@ class Recipe:
                                                       optimizer=self.optimizer, scheduler=self.scheduler)
                 self.start_step = int(state["step"])
                 if self.main:
-                    print(f"[train] resuming from {latest[1]} (step {self.start_step}/{self.total_steps})", flush=True)
+                    print(f"[train] resuming from {latest[1]} (step {self.start_step}/{self.total_steps})",
+                          flush=True)
             elif self.main:
                 warnings.warn(f"checkpoints in {self.ckpt_root} come from a different configuration; "
                               "starting afresh", stacklevel=3)
@@ -220,11 +228,12 @@ class Recipe:
 
     def train(self) -> None:
         cfg = self.cfg
-        batches = micro_batches(self.start_step, self.total_steps, n=len(self.samples), batch_size=cfg.batch_size,
-                                grad_accum=cfg.grad_accum, world=self.world, rank=self.acc.process_index,
-                                seed=cfg.seed)
+        batches = micro_batches(self.start_step, self.total_steps, n=len(self.samples),
+                                batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, world=self.world,
+                                rank=self.acc.process_index, seed=cfg.seed)
         loader = iter(step_loader(self.processor, self.samples, self.columns, batches=batches,
-                                  max_length=self.ref_cfg.max_length, seed=cfg.seed, num_workers=cfg.num_workers))
+                                  max_length=self.ref_cfg.max_length, seed=cfg.seed,
+                                  num_workers=cfg.num_workers))
         self.run_history, self.n_truncated = [], 0
         bar = self._progress_bar()
         self.wrapper.train()
@@ -247,7 +256,7 @@ class Recipe:
             bar.close()
 
     def _step(self, step: int, loader) -> tuple[dict[str, float], Tensor | None]:
-        """One optimizer step over ``grad_accum`` micro-batches; returns summed diagnostics and the grad norm."""
+        """One optimizer step over ``grad_accum`` micro-batches; returns the summed diagnostics, grad norm."""
         acc, sums = self.acc, {}
         for _ in range(self.cfg.grad_accum):
             idx, batch = next(loader)
@@ -259,7 +268,8 @@ class Recipe:
                 acc.backward(out["loss"])
             _accumulate(sums, out, self.columns)
         assert acc.sync_gradients, "micro-steps out of step with accelerate's accumulation counter"
-        grad_norm = acc.clip_grad_norm_(self.params, self.cfg.max_grad_norm) if self.cfg.max_grad_norm > 0 else None
+        clip = self.cfg.max_grad_norm
+        grad_norm = acc.clip_grad_norm_(self.params, clip) if clip > 0 else None
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -280,7 +290,7 @@ class Recipe:
         return out
 
     def _reference_logps(self, batch: SequenceBatch, idx: list[int]) -> Tensor:
-        """Reference log-probs ``(B, C + 1)``: from the file, or online with the adapter off (crop columns always)."""
+        """Reference log-probs ``(B, C + 1)``: from the file, or online with the adapter off (crop: always)."""
         b, c1 = len(idx), len(self.columns) + 1
         if self.ref_list is None:
             return self._online(batch).view(b, c1)
@@ -298,7 +308,7 @@ class Recipe:
         return flat.view(b, c1)
 
     def _online(self, batch: SequenceBatch) -> Tensor:
-        """The frozen base model's log-probs through the prepared module (autocast, DDP, FSDP as in the policy)."""
+        """The frozen base model's log-probs through the prepared module (autocast, DDP, FSDP as the policy)."""
         with torch.no_grad():
             return self.wrapper(batch.inputs, batch.response_mask, reference=True)
 
@@ -326,8 +336,9 @@ class Recipe:
 
     def save_checkpoint(self, step: int) -> None:
         """``ckpt_root/step-N``: LoRA weights + AdamW state (sharded), scheduler, RNG, the history 1..N."""
-        save_checkpoint(self.ckpt_root, step, accelerator=self.acc, model=self.wrapper, optimizer=self.optimizer,
-                        scheduler=self.scheduler, keep=self.keep, history=self.history,
+        save_checkpoint(self.ckpt_root, step, accelerator=self.acc, model=self.wrapper,
+                        optimizer=self.optimizer, scheduler=self.scheduler, keep=self.keep,
+                        history=self.history,
                         state={"step": step, "fingerprint": self.fingerprint,
                                "config": self.cfg.model_dump(mode="json")})
 
@@ -393,7 +404,7 @@ def _accumulate(sums: dict[str, float], out: dict[str, Tensor], columns) -> None
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m lpoi.train.recipe JOB.json``: one run from a job file (for ``accelerate launch``/``torchrun``).
+    """``python -m lpoi.train.recipe JOB.json``: one run from a job file (``accelerate launch``, ``torchrun``).
 
     JOB.json: ``{"train": {...}, "model": {...}, "reference": {...}, "paths": {"lists", "out", ...}}`` --
     sections validated like ``params.yaml`` (missing keys take their defaults)."""
