@@ -357,7 +357,8 @@ def make_batches(family: str, model, n_img: int, side: int, *, b: int, k: int, r
 def run_family(family: str, args, device: str, dtype) -> dict:
     from peft import get_peft_model
 
-    from lpoi.train.trainer import lora_config
+    from lpoi.config import LoraParams
+    from lpoi.train.lora import lora_config
 
     t0 = time.perf_counter()
     model, n_img, side = build(family, args.tiny, device, dtype)
@@ -366,7 +367,7 @@ def run_family(family: str, args, device: str, dtype) -> dict:
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
-    peft_model = get_peft_model(model, lora_config(r=8, alpha=8, dropout=0.0))
+    peft_model = get_peft_model(model, lora_config(LoraParams(r=8, alpha=8, dropout=0.0)))
     perturb_lora(peft_model, std=0.01)
     peft_model.train()
     n_params = sum(p.numel() for p in peft_model.parameters())

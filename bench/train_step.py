@@ -117,16 +117,17 @@ def main(argv=None) -> None:
 
     from peft import get_peft_model
 
+    from lpoi.config import LoraParams
     from lpoi.models import load_vlm
     from lpoi.train.data import load_lists, write_synthetic_lists
-    from lpoi.train.trainer import lora_config
+    from lpoi.train.lora import lora_config
 
     b, k = args.batch, args.k
     with tempfile.TemporaryDirectory() as tmp:
         samples = load_lists(write_synthetic_lists(tmp, n_samples=b, k=k, seed=1))
         model, processor = load_vlm(args.model)
         torch.manual_seed(0)
-        peft_model = get_peft_model(model, lora_config(r=8, alpha=8, dropout=0.0))
+        peft_model = get_peft_model(model, lora_config(LoraParams(r=8, alpha=8, dropout=0.0)))
         perturb_lora(peft_model)
         peft_model.train()
         ours = collate_samples(processor, samples, columns=tuple(range(k)))

@@ -146,11 +146,25 @@ class ReferenceParams(_Section):
 
 
 class LoraParams(_Section):
+    """The paper's LoRA: rank 8, alpha 8, every linear layer (the LM head excepted), image side included."""
+
     r: int = Field(8, ge=1)
     alpha: float = Field(8, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: str | list[str] = "all-linear"
+    """``all-linear``, a list of module names, or a regex (peft's ``target_modules``)."""
     exclude_vision_tower: bool = False
+    """Keep the image encoder and projector frozen (``lpoi.train.lora.VISION_MODULES``)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, raw: Any) -> Any:
+        # a misspelt LoRA key (``rank``) names the allowed ones, not just "unknown key"
+        if isinstance(raw, dict):
+            unknown = sorted(set(raw) - set(cls.model_fields))
+            if unknown:
+                raise ValueError(f"unknown train.lora key(s) {unknown}; allowed: {sorted(cls.model_fields)}")
+        return raw
 
 
 class WeightsParams(_Section):
@@ -160,33 +174,50 @@ class WeightsParams(_Section):
 
 
 class TrainParams(_Section):
+    """The training recipe (``lpoi.train.recipe``); the only place its settings are validated."""
+
     method: Literal["lpoi", "mdpo", "dpo"] = "lpoi"
+    """``lpoi``: DPO + Plackett-Luce list + anchor; ``mdpo``: DPO + image pair + anchor; ``dpo``: text pair only."""
     beta: float = 0.1
+    """Temperature of every term (> 0)."""
     delta: float = 0.0
+    """Anchor margin."""
     weights: WeightsParams = WeightsParams()
     reference: Literal["precomputed", "online"] = "precomputed"
+    """``precomputed``: the reference stage's file; ``online``: adapter disabled, every step (the official way)."""
     mdpo_corruption: Literal["hidden", "crop"] = "hidden"
+    """mdpo's corrupted image: the fully hidden list image, or mDPO's 1-20 % random crop (reference online)."""
     lr: float = Field(5e-6, gt=0)
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1)
+    """Optimizer steps; overrides ``epochs`` when set."""
     batch_size: int = Field(1, ge=1)
+    """Samples per process per micro-step; the global batch is ``batch_size * processes * grad_accum``."""
     grad_accum: int = Field(1, ge=1)
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    """After the linear warmup."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Base weights in that dtype + autocast; LoRA weights stay float32."""
     gradient_checkpointing: bool = False
+    """Trade compute for activation memory (non-reentrant)."""
     micro_batch_sequences: int = Field(12, ge=1)
+    """Most sequences per forward (a micro-batch brings ``batch_size * (K + 1)``)."""
     lora: LoraParams = LoraParams()
     save_steps: int = Field(50, ge=0)
     """Checkpoint every N optimizer steps (0: never); checkpoints are removed when training ends."""
     merge: bool = False
+    """Also write ``merged/``: base + adapter merged in float32 (whatever ``precision``)."""
     seed: int = 0
+    """LoRA init, data order, dropout, mDPO crops."""
     max_grad_norm: float = Field(1.0, ge=0)
     """Gradient clipping (0: off)."""
     weight_decay: float = Field(0.0, ge=0)
+    """AdamW's."""
     num_workers: int = Field(0, ge=0)
     """DataLoader workers for image decoding and tokenisation."""
     logging_steps: int = Field(1, ge=1)
+    """Log a curve point every N optimizer steps (and at the last)."""
 
     @field_validator("beta")
     @classmethod

@@ -1,6 +1,6 @@
 """train: LoRA on DPO + Plackett-Luce listwise + anchor (train.method: lpoi | mdpo | dpo), resumable.
 
-Multi-GPU: accelerate launch --config_file conf/accelerate/ddp.yaml stages/train.py ARGS
+Multi-GPU: accelerate launch --config_file conf/accelerate/ddp.yaml|fsdp.yaml stages/train.py ARGS
 """
 
 import _common
@@ -15,25 +15,17 @@ def main():
     ap.add_argument("--live", required=True, help="dvclive folder (metrics.json, plots/)")
     args = ap.parse_args()
     p = _common.load(args)
-    t = p.train
 
     from lpoi.stage import fingerprint, resumable_dir
-    from lpoi.train.trainer import train
+    from lpoi.train.recipe import TrainPaths, train
 
+    lists, reference = f"{args.lists}/lists.jsonl", f"{args.reference}/reference.jsonl"
     # checkpoints survive a kill (persist: true) but never a change of params or inputs
-    ckpt = resumable_dir(f"{args.out}/checkpoints",
-                         fingerprint({"model": p.model.model_dump(), "train": t.model_dump(), "ref": p.reference.model_dump()},
-                                     [f"{args.lists}/lists.jsonl", f"{args.reference}/reference.jsonl"]))
-    train(lists_path=f"{args.lists}/lists.jsonl", reference_path=f"{args.reference}/reference.jsonl", out_dir=args.out,
-          model_name=p.model.name, method=t.method, beta=t.beta, weights=t.weights.model_dump(), delta=t.delta,
-          reference=t.reference, lr=t.lr, epochs=t.epochs, max_steps=t.max_steps, batch_size=t.batch_size,
-          grad_accum=t.grad_accum, warmup_ratio=t.warmup_ratio, scheduler=t.scheduler, precision=t.precision,
-          gradient_checkpointing=t.gradient_checkpointing, micro_batch_sequences=t.micro_batch_sequences,
-          max_length=p.reference.max_length, lora=t.lora.model_dump(), seed=t.seed, save_steps=t.save_steps,
-          merge=t.merge, mdpo_corruption=t.mdpo_corruption, live_dir=args.live, checkpoint_dir=ckpt,
-          max_grad_norm=t.max_grad_norm, weight_decay=t.weight_decay, num_workers=t.num_workers,
-          logging_steps=t.logging_steps, max_pixels=p.model.max_pixels)
-    ckpt.mkdir(parents=True, exist_ok=True)  # dvc.yaml declares it; the trainer clears it when done
+    ckpt = resumable_dir(f"{args.out}/checkpoints", fingerprint(
+        {s: p.section(s) for s in ("model", "train", "reference")}, [lists, reference]))
+    paths = TrainPaths(lists=lists, reference=reference, out=args.out, live=args.live, checkpoints=ckpt)
+    train(p.train, p.model, p.reference, paths)
+    ckpt.mkdir(parents=True, exist_ok=True)  # dvc.yaml declares it; the recipe clears it when done
 
 
 if __name__ == "__main__":

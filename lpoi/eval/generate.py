@@ -93,11 +93,17 @@ def load_for_generation(
     * neither folder: ``model_name`` alone (:func:`lpoi.models.load_vlm`);
     * ``adapter_dir``: the peft adapter the train stage wrote (``adapter_config.json`` +
       ``adapter_model.safetensors``), loaded onto ``model_name`` with ``PeftModel.from_pretrained``.
-      With ``merge=True`` (default) the LoRA deltas are folded into the base weights
+      In float32 with ``merge=True`` (default) the LoRA deltas are folded into the base weights
       (``merge_and_unload``) so generation runs at the base model's speed; ``merge=False`` keeps the
-      unmerged ``PeftModel`` (same outputs up to float rounding, slower);
-    * ``merged_dir``: a folder written by ``save_pretrained`` of merged weights; its processor is
-      taken from the folder when saved there, else from ``model_name``.
+      unmerged ``PeftModel`` (same outputs up to float rounding, slower). **In bfloat16/float16 the
+      adapter is never merged**: added to half-precision weights, most deltas of a preference run
+      (lr ~5e-6) are below half a rounding step and vanish, and the merged model would be the base
+      model. Unmerged, the LoRA weights stay float32 (peft's ``autocast_adapter_dtype``) and their
+      contribution is added to each layer's output (tested: a bf16 merge returns the base model's
+      logits while this path returns the unmerged ``PeftModel``'s, bit for bit);
+    * ``merged_dir``: a folder written by ``save_pretrained`` of merged weights (``train.merge``
+      writes float32); its processor is taken from the folder when saved there, else from
+      ``model_name``. Only in float32: cast to half precision the merged deltas vanish the same way.
 
     Only safetensors adapters are loaded (no pickle). Every saved adapter tensor must land on a
     module of the base model, otherwise the adapter was trained for another model and we refuse
@@ -108,10 +114,15 @@ def load_for_generation(
     if adapter_dir is not None and merged_dir is not None:
         raise ValueError("pass either adapter_dir or merged_dir, not both")
     if merged_dir is not None:
+        if dtype != "float32":
+            raise AdapterError(
+                f"merged weights cast to {dtype} lose the small LoRA deltas (they fall below half a rounding "
+                "step); generate from the adapter (kept unmerged in half precision) or with model.dtype: float32"
+            )
         return _load_merged(model_name, Path(merged_dir), dtype=dtype, device=device, max_pixels=max_pixels)
     model, processor = load_vlm(model_name, dtype=dtype, max_pixels=max_pixels)
     if adapter_dir is not None:
-        model = _apply_adapter(model, Path(adapter_dir), merge=merge)
+        model = _apply_adapter(model, Path(adapter_dir), merge=merge and dtype == "float32")
     if device:
         model.to(device)
     return model.eval(), processor

@@ -26,7 +26,8 @@ from lpoi.train.collate import encode_sequences
 from lpoi.train.data import write_synthetic_lists
 from lpoi.train.logprobs import FAST_PATH_CLASSES, kept_logits, sequence_logps
 from lpoi.train.reference import run_reference
-from lpoi.train.trainer import train
+from trainkw import MAX_LENGTH
+from trainkw import run_train as train
 
 FAMILIES = [f"tiny/{f}" for f in VLM_FAMILIES]
 # Processor call options of a naive single-sequence encoding (hand-written, as in test_logprobs).
@@ -147,10 +148,11 @@ def test_lora_can_leave_the_image_side_frozen(vlm):
     """``train.lora.exclude_vision_tower``: every family's vision encoder and projector match VISION_MODULES."""
     from peft import get_peft_model
 
-    from lpoi.train.trainer import VISION_MODULES, lora_config
+    from lpoi.config import LoraParams
+    from lpoi.train.lora import VISION_MODULES, lora_config
 
     name, model, _ = vlm
-    peft_model = get_peft_model(model, lora_config(exclude_vision_tower=True))
+    peft_model = get_peft_model(model, lora_config(LoraParams(exclude_vision_tower=True)))
     try:
         adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in peft_model.named_parameters() if ".lora_A" in n}
         vision = [n for n, _ in model.named_modules() if any(f".{m}." in f".{n}." for m in VISION_MODULES)]
@@ -245,7 +247,8 @@ def test_precomputed_and_online_reference_give_the_same_losses(vlm, lists, tmp_p
     policy = reference): lpoi K=3 = 2 log 2 + log 3!, mdpo 3 log 2, dpo log 2 (see tests/train/test_trainer)."""
     name = vlm[0]
     ref = tmp_path / "ref.jsonl"
-    run_reference(lists, ref, model_name=name, batch_size=2, micro_batch_sequences=3, progress=False)
+    run_reference(lists, ref, model_name=name, batch_size=2, micro_batch_sequences=3, max_length=MAX_LENGTH,
+                  progress=False)
     pre = _train(lists, tmp_path / "pre", name, reference_path=ref)
     online = _train(lists, tmp_path / "on", name, reference_path=None, reference="online")
     assert pre[0] == pytest.approx(2 * math.log(2) + math.log(6), abs=1e-6)
@@ -267,7 +270,7 @@ def test_learning_signal_on_qwen2_5_vl(tmp_path):
     name = "tiny/qwen2.5-vl"
     lists = write_synthetic_lists(tmp_path / "data", n_samples=8, k=5)
     ref = tmp_path / "ref.jsonl"
-    run_reference(lists, ref, model_name=name, batch_size=4, progress=False)
+    run_reference(lists, ref, model_name=name, batch_size=4, max_length=MAX_LENGTH, progress=False)
     summary = train(lists_path=lists, reference_path=ref, out_dir=tmp_path / "run", model_name=name, beta=1.0,
                     lr=3e-3, batch_size=2, max_steps=30, scheduler="constant", save_steps=0, progress=False, seed=0,
                     lora={"r": 8, "alpha": 16, "dropout": 0.0})
@@ -281,7 +284,7 @@ def test_learning_signal_on_qwen2_5_vl(tmp_path):
     model, processor = load_vlm(name)
     model = PeftModel.from_pretrained(model, str(tmp_path / "run" / "adapter")).eval()
     samples = load_lists(lists)
-    ref_list, ref_rej, _ = load_reference(ref, samples, model_name=name, max_length=None)
+    ref_list, ref_rej, _ = load_reference(ref, samples, model_name=name, max_length=MAX_LENGTH)
     with torch.no_grad():
         logps = sequence_logps(model, collate_samples(processor, samples, columns=range(5))).view(len(samples), 6)
     after = preference_loss("lpoi", policy_list_logps=logps[:, :5], policy_rejected_logps=logps[:, 5],

@@ -16,9 +16,14 @@ import numpy as np
 import pytest
 import torch
 
+from lpoi.config import LoraParams
 from lpoi.train.data import ManifestError, step_sample_indices, write_synthetic_lists
+from lpoi.train.guards import NonFiniteLossError
+from lpoi.train.loader import micro_batches as _micro_batches
+from lpoi.train.lora import VISION_MODULES, lora_config
 from lpoi.train.reference import ReferenceError, run_reference
-from lpoi.train.trainer import VISION_MODULES, NonFiniteLossError, _micro_batches, lora_config, train
+from trainkw import MAX_LENGTH
+from trainkw import run_train as train
 
 LLAVA, IDEFICS2 = "tiny/llava", "tiny/idefics2"
 
@@ -29,7 +34,7 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     lists = write_synthetic_lists(root, n_samples=8, k=5)
     ref = root / "reference_llava.jsonl"
-    run_reference(lists, ref, model_name=LLAVA, batch_size=4, progress=False)
+    run_reference(lists, ref, model_name=LLAVA, batch_size=4, progress=False, max_length=MAX_LENGTH)
     return lists, ref
 
 
@@ -148,7 +153,7 @@ def _evaluate(model_dir_or_adapter, data, base=LLAVA, merged=False):
     if not merged:
         model = PeftModel.from_pretrained(model, str(model_dir_or_adapter)).eval()
     samples = load_lists(lists)
-    ref_list, ref_rej, _ = load_reference(ref, samples, model_name=base, max_length=None)
+    ref_list, ref_rej, _ = load_reference(ref, samples, model_name=base, max_length=MAX_LENGTH)
     with torch.no_grad():
         logps = sequence_logps(model, collate_samples(processor, samples, columns=range(5))).view(
             len(samples), 6
@@ -262,7 +267,7 @@ def test_mdpo_first_step_losses_and_the_crop_reference(data, tmp_path):
 def test_dpo_on_idefics2(tmp_path):
     lists = write_synthetic_lists(tmp_path / "d", n_samples=4, k=3)
     ref = tmp_path / "ref.jsonl"
-    run_reference(lists, ref, model_name=IDEFICS2, progress=False)
+    run_reference(lists, ref, model_name=IDEFICS2, progress=False, max_length=MAX_LENGTH)
     dpo = train(
         lists_path=lists,
         reference_path=ref,
@@ -292,7 +297,7 @@ def test_lora_can_exclude_the_vision_side():
         assert set(vision) <= set(VISION_MODULES)
         for exclude in (False, True):
             model, _ = load_vlm(name)
-            peft_model = get_peft_model(model, lora_config(r=4, alpha=4, exclude_vision_tower=exclude))
+            peft_model = get_peft_model(model, lora_config(LoraParams(r=4, alpha=4, exclude_vision_tower=exclude)))
             adapted = [n for n, _ in peft_model.named_parameters() if "lora_A" in n]
             on_vision = [n for n in adapted if any(f".{v}." in n for v in vision)]
             assert adapted and len(adapted) > len(on_vision)
