@@ -20,7 +20,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-TINY_FAMILIES = ("idefics2", "llava", "grounding-dino", "sam", "llama")
+from lpoi.models.tiny_card import CARD_BUILDERS, card_source_digest
+
+TINY_FAMILIES = ("idefics2", "llava", "grounding-dino", "sam", "llama", *CARD_BUILDERS)
 TINY_VERSION = "1"  # bump when a builder changes, so stale caches are rebuilt
 
 # Built-in corpus for the tokenizers: the words the sample data, the prompts and the benchmarks use
@@ -95,7 +97,7 @@ def tiny_path(family: str, seed: int = 0) -> Path:
 
 def _source_digest() -> str:
     # The cache key follows this file, so editing a builder can never serve stale weights.
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:8]
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:8] + card_source_digest()
 
 
 # ---------------------------------------------------------------------------------------------- tokenizers
@@ -315,4 +317,5 @@ _BUILDERS = {
     "llama": _build_llama,
     "grounding-dino": _build_grounding_dino,
     "sam": _build_sam,
+    **CARD_BUILDERS,  # tiny/groundingdino-py, tiny/segment-anything: the original packages (tiny_card.py)
 }
