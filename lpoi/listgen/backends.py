@@ -76,12 +76,13 @@ class TransformersDetector:
 
 
 class GroundingDinoDetector:
-    """The original ``groundingdino`` model (:class:`lpoi.models.groundingdino.Original`)."""
+    """The original ``groundingdino`` model (:class:`lpoi.models.groundingdino.Original`); half precision runs
+    under ``torch.autocast(autocast)`` on float32 weights (the package cannot run on cast weights)."""
 
     name = "groundingdino"
 
-    def __init__(self, original):
-        self.original = original
+    def __init__(self, original, autocast=None):
+        self.original, self.autocast = original, autocast
         self.max_text_len = original.max_text_len
 
     def prompt_chunks(self, phrases: Sequence[str]) -> list[list[str]]:
@@ -110,7 +111,7 @@ class GroundingDinoDetector:
         if not encoded.rows:
             return [[] for _ in encoded.sizes]
         i = encoded.inputs
-        probs, boxes = predict(self.original.model, i["pixels"], i["mask"], i["captions"])
+        probs, boxes = predict(self.original.model, i["pixels"], i["mask"], i["captions"], autocast=self.autocast)
         return read_detections(probs, boxes, encoded, box_threshold, text_threshold)
 
 
@@ -137,12 +138,13 @@ class TransformersSegmenter:
 
 
 class SegmentAnythingSegmenter:
-    """The original ``segment_anything`` ``Sam`` (:func:`lpoi.models.sam.predict`)."""
+    """The original ``segment_anything`` ``Sam`` (:func:`lpoi.models.sam.predict`); half precision as autocast,
+    as for :class:`GroundingDinoDetector`."""
 
     name = "segment-anything"
 
-    def __init__(self, model, spec):
-        self.model, self.spec = model, spec
+    def __init__(self, model, spec, autocast=None):
+        self.model, self.spec, self.autocast = model, spec, autocast
 
     def encode(self, rows, images, boxes):
         from lpoi.models.sam import preprocess
@@ -157,7 +159,7 @@ class SegmentAnythingSegmenter:
         from lpoi.models.sam import predict
 
         out = [(np.zeros((0, h, w), dtype=bool), np.zeros((0,), dtype=np.float32)) for w, h in encoded["sizes"]]
-        for i, res in zip(encoded["rows"], predict(self.model, encoded["prepared"])):
+        for i, res in zip(encoded["rows"], predict(self.model, encoded["prepared"], autocast=self.autocast)):
             out[i] = res
         return out
 
@@ -165,10 +167,14 @@ class SegmentAnythingSegmenter:
 # ---------------------------------------------------------------------------------------------- loaders
 
 
-def _dtype(dtype):
+def _autocast(dtype):
+    """None for float32, else the torch dtype the original packages run under autocast."""
+    import torch
+
     from lpoi.models import torch_dtype
 
-    return torch_dtype(dtype) if isinstance(dtype, str) else dtype
+    dt = torch_dtype(dtype) if isinstance(dtype, str) else dtype
+    return None if dt == torch.float32 else dt
 
 
 def _transformers_detector(path: str, device, dtype):
@@ -181,7 +187,7 @@ def _transformers_detector(path: str, device, dtype):
 def _groundingdino_detector(path: str, device, dtype):
     from lpoi.models.groundingdino import load_original
 
-    return GroundingDinoDetector(load_original(path, dtype=_dtype(dtype), device=device))
+    return GroundingDinoDetector(load_original(path, device=device), autocast=_autocast(dtype))
 
 
 def _transformers_segmenter(path: str, device, dtype):
@@ -194,8 +200,8 @@ def _transformers_segmenter(path: str, device, dtype):
 def _segment_anything_segmenter(path: str, device, dtype):
     from lpoi.models.sam import load_original
 
-    model, spec = load_original(path, dtype=_dtype(dtype), device=device)
-    return SegmentAnythingSegmenter(model, spec)
+    model, spec = load_original(path, device=device)
+    return SegmentAnythingSegmenter(model, spec, autocast=_autocast(dtype))
 
 
 DETECTORS: dict[str, Callable[..., Any]] = {"groundingdino": _groundingdino_detector,

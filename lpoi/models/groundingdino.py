@@ -42,7 +42,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
-from lpoi.models.keymap import apply_rules, check_keys, read_state_dict
+from lpoi.models.keymap import apply_rules, check_keys, place, read_state_dict
+from lpoi.models.keymap import is_card as _is_card
 
 __all__ = ["CARD_FORMAT", "VARIANTS", "GDinoSpec", "build_original", "from_hf", "hf_config", "hf_processor",
            "is_card", "load_original", "load_port", "predict", "preprocess", "to_hf"]
@@ -330,11 +331,8 @@ def hf_processor(spec: GDinoSpec, tokenizer):
 
 
 def is_card(path: str | os.PathLike) -> bool:
-    p = Path(path)
-    if p.is_file():
-        return p.suffix in (".pth", ".pt", ".safetensors")
-    card = p / "card.json"
-    return card.is_file() and json.loads(card.read_text()).get("format") == CARD_FORMAT
+    """Whether ``path`` holds weights in the original package's format (file or card folder)."""
+    return _is_card(path, CARD_FORMAT)
 
 
 def _text_encoder(spec: GDinoSpec, root: Path | None):
@@ -407,7 +405,7 @@ def load_original(path: str, dtype=None, device: str | None = None) -> Original:
     bad = [k for k in missing if not _ORIG_UNUSED.search(k)]
     if bad or unexpected:
         raise KeyError(f"{path}: groundingdino state dict does not fit: missing {bad[:4]}, unexpected {unexpected[:4]}")
-    return Original(_place(model, dtype, device), spec, tok)
+    return Original(place(model, dtype, device), spec, tok)
 
 
 def load_port(path: str, dtype=None, device: str | None = None):
@@ -422,15 +420,7 @@ def load_port(path: str, dtype=None, device: str | None = None):
     if bad or unexpected:
         raise KeyError(f"{path}: converted state dict does not fit the port: missing {bad[:4]}, "
                        f"unexpected {unexpected[:4]}")
-    return _place(model, dtype, device), hf_processor(spec, tok)
-
-
-def _place(model, dtype, device):
-    if dtype is not None:
-        model.to(dtype)
-    if device:
-        model.to(device)
-    return model.eval()
+    return place(model, dtype, device), hf_processor(spec, tok)
 
 
 # ---------------------------------------------------------------------------------------------- inference
@@ -448,12 +438,18 @@ def preprocess(spec: GDinoSpec, images: list):
     return nt.tensors, nt.mask
 
 
-def predict(model, pixels, mask, captions: list[str]):
-    """``(sigmoid probabilities (B, Q, 256) — padding columns 0, boxes (B, Q, 4) normalised cx, cy, w, h)``."""
+def predict(model, pixels, mask, captions: list[str], autocast=None):
+    """``(sigmoid probabilities (B, Q, 256) — padding columns 0, boxes (B, Q, 4) normalised cx, cy, w, h)``.
+
+    ``autocast``: a torch dtype (bfloat16/float16) to run in under ``torch.autocast``, the weights staying
+    float32 — the package mixes float32 buffers into its ops, so casting the weights themselves fails."""
+    import contextlib
+
     import torch
     from groundingdino.util.misc import NestedTensor
 
     p0 = next(model.parameters())
-    with torch.inference_mode():
+    amp = torch.autocast(p0.device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
+    with torch.inference_mode(), amp:
         out = model(NestedTensor(pixels.to(p0.device, p0.dtype), mask.to(p0.device)), captions=captions)
     return torch.sigmoid(out["pred_logits"].float()).cpu(), out["pred_boxes"].float().cpu()

@@ -1,5 +1,5 @@
 """State-dict plumbing shared by the original-package adapters (:mod:`lpoi.models.sam`,
-:mod:`lpoi.models.groundingdino`): safe checkpoint reading and checked key renaming.
+:mod:`lpoi.models.groundingdino`): safe checkpoint reading, card detection, checked key renaming.
 
 The key mappings themselves live next to each model; this module only applies one and refuses to
 load a partial result. A rename that misses a key, or leaves a source tensor unused, is an error
@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-__all__ = ["UnsafeCheckpoint", "apply_rules", "check_keys", "read_state_dict"]
+__all__ = ["UnsafeCheckpoint", "apply_rules", "check_keys", "is_card", "place", "read_state_dict"]
 
 
 class UnsafeCheckpoint(RuntimeError):
@@ -53,6 +53,27 @@ def read_state_dict(path: str | os.PathLike, *, unwrap: str | None = None) -> di
         raise UnsafeCheckpoint(f"{path}: {len(bad)} entries are not tensors (e.g. {bad[:3]}); "
                                f"expected a plain state dict" + (f" under {unwrap!r}" if unwrap else ""))
     return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def is_card(path: str | os.PathLike, fmt: str) -> bool:
+    """Whether ``path`` holds original-format weights: a checkpoint file, or a card folder whose
+    ``card.json`` names ``fmt``."""
+    import json
+
+    p = Path(path)
+    if p.is_file():
+        return p.suffix in (".pth", ".pt", ".safetensors")
+    card = p / "card.json"
+    return card.is_file() and json.loads(card.read_text()).get("format") == fmt
+
+
+def place(model, dtype=None, device: str | None = None):
+    """``model`` cast to ``dtype`` (if given), moved to ``device`` (if given), in eval mode."""
+    if dtype is not None:
+        model.to(dtype)
+    if device:
+        model.to(device)
+    return model.eval()
 
 
 def apply_rules(key: str, rules: Iterable[tuple[str, str]]) -> str:

@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lpoi.models.keymap import apply_rules, check_keys, read_state_dict
+from lpoi.models.keymap import apply_rules, check_keys, place, read_state_dict
+from lpoi.models.keymap import is_card as _is_card
 
 __all__ = ["CARD_FORMAT", "VARIANTS", "SamSpec", "build_original", "from_hf", "hf_config", "hf_processor",
            "is_card", "load_original", "load_port", "predict", "preprocess", "spec_from_state_dict", "to_hf"]
@@ -228,11 +229,7 @@ def build_original_keys(spec: SamSpec) -> list[str]:
 
 def is_card(path: str | os.PathLike) -> bool:
     """Whether ``path`` holds weights in the original package's format (file or card folder)."""
-    p = Path(path)
-    if p.is_file():
-        return p.suffix in (".pth", ".pt", ".safetensors")
-    card = p / "card.json"
-    return card.is_file() and json.loads(card.read_text()).get("format") == CARD_FORMAT
+    return _is_card(path, CARD_FORMAT)
 
 
 def _read_card(path: Path) -> tuple[dict, SamSpec]:
@@ -257,7 +254,7 @@ def load_original(path: str, dtype=None, device: str | None = None):
         sd = from_hf(hf.state_dict(), spec)
     model = build_original(spec)
     model.load_state_dict(sd, strict=True)
-    return _place(model, dtype, device), spec
+    return place(model, dtype, device), spec
 
 
 def load_port(path: str, dtype=None, device: str | None = None):
@@ -268,15 +265,7 @@ def load_port(path: str, dtype=None, device: str | None = None):
     model = SamModel(hf_config(spec))
     hf_sd = to_hf(sd, spec, target_keys=model.state_dict().keys())
     model.load_state_dict(hf_sd, strict=True)
-    return _place(model, dtype, device), hf_processor(spec)
-
-
-def _place(model, dtype, device):
-    if dtype is not None:
-        model.to(dtype)
-    if device:
-        model.to(device)
-    return model.eval()
+    return place(model, dtype, device), hf_processor(spec)
 
 
 # ---------------------------------------------------------------------------------------------- inference
@@ -310,8 +299,11 @@ def preprocess(spec: SamSpec, image, boxes) -> Prepared:
     return Prepared(x, (int(h), int(w)), tuple(arr.shape[:2]), b)
 
 
-def predict(model, prepared: list[Prepared]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per image ``(masks bool (N, H, W), best predicted IoU (N,))`` for its boxes (see the module doc)."""
+def predict(model, prepared: list[Prepared], autocast=None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per image ``(masks bool (N, H, W), best predicted IoU (N,))`` for its boxes (see the module doc).
+    ``autocast``: as in :func:`lpoi.models.groundingdino.predict` (the package cannot run on cast weights)."""
+    import contextlib
+
     import torch
 
     from lpoi.listgen.segment import select_best_masks
@@ -320,7 +312,8 @@ def predict(model, prepared: list[Prepared]) -> list[tuple[np.ndarray, np.ndarra
         return []
     p0 = next(model.parameters())
     out = []
-    with torch.inference_mode():
+    amp = torch.autocast(p0.device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
+    with torch.inference_mode(), amp:
         emb = model.image_encoder(torch.stack([p.pixels for p in prepared]).to(p0.device, p0.dtype))
         pe = model.prompt_encoder.get_dense_pe()
         for j, p in enumerate(prepared):

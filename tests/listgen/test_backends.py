@@ -323,3 +323,16 @@ def test_paper_preset_composes_the_papers_recipe():
     assert (default.lists.mask, default.lists.highlight, default.verify.model) == ("sam", False, None)
     assert (default.detect.backend, default.segment.backend) == ("groundingdino", "segment-anything")
     assert comp("listgen=sam") == default
+
+
+def test_tiny_card_cache_key_follows_the_builders_code():
+    """The tiny cache key covers tiny_card.py and the two adapters that build the weights (so an edit rebuilds)."""
+    import hashlib
+
+    from lpoi.models import tiny, tiny_card
+
+    here = Path(tiny_card.__file__).parent
+    h = hashlib.sha256(b"".join((here / f).read_bytes() for f in ("tiny_card.py", "sam.py", "groundingdino.py")))
+    assert tiny_card.card_source_digest() == h.hexdigest()[:8]
+    assert tiny._source_digest().endswith(h.hexdigest()[:8])
+    assert {"groundingdino-py", "segment-anything"} <= set(tiny.TINY_FAMILIES)
