@@ -135,6 +135,10 @@ def _phrase_mask_bert():
 
 def build_original(spec: GDinoSpec, tokenizer, bert_config):
     """A randomly initialised ``groundingdino`` model of this size (eval mode)."""
+    if spec.hidden_dim != 256:
+        raise ValueError(f"groundingdino-py runs only with hidden_dim 256 (its text position features are hard-coded "
+                         f"to 256), this model has {spec.hidden_dim}: use detect.backend=transformers for it (e.g. "
+                         f"tiny/grounding-dino), or tiny/groundingdino-py")
     with contextlib.redirect_stdout(io.StringIO()):  # the package prints while importing and building
         from groundingdino.models.GroundingDINO.backbone.backbone import Joiner
         from groundingdino.models.GroundingDINO.backbone.position_encoding import build_position_encoding

@@ -285,11 +285,36 @@ def test_official_checkpoint_files_load_with_weights_only(tmp_path, monkeypatch,
         ref.detect(ref.encode(rows[:2], images[:2], ph), 0.0, 0.0)
 
 
+def test_transformers_checkpoints_load_into_the_originals(gd_pair, sam_pair, sample, tmp_path):
+    """The other direction through the loaders: a ``save_pretrained`` folder of each port (as on the hub:
+    ``IDEA-Research/grounding-dino-tiny``, ``facebook/sam-vit-base``) runs in the original package."""
+    rows, images = sample
+    original, port, proc = gd_pair
+    port.save_pretrained(tmp_path / "gd")
+    proc.save_pretrained(tmp_path / "gd")
+    det = open_detector("groundingdino", str(tmp_path / "gd"))
+    assert det.original.spec == dataclasses.replace(original.spec, text_encoder="bert-base-uncased")  # tokenizer: the folder's
+    ph = [["red car", "dog"], ["tree", "house"], ["ball"]]
+    ref = GroundingDinoDetector(original)
+    assert det.detect(det.encode(rows[:3], images[:3], ph), 0.0, 0.0) == \
+        ref.detect(ref.encode(rows[:3], images[:3], ph), 0.0, 0.0)
+    orig, sport, sproc, spec = sam_pair
+    sport.save_pretrained(tmp_path / "sam")
+    seg = open_segmenter("segment-anything", str(tmp_path / "sam"))
+    boxes = [[[4, 4, 50, 40], [20, 10, 120, 90]]] * 3
+    ref = SegmentAnythingSegmenter(orig, spec)
+    for (m1, i1), (m2, i2) in zip(seg.segment(seg.encode(rows[:3], images[:3], boxes)),
+                                  ref.segment(ref.encode(rows[:3], images[:3], boxes))):
+        assert np.array_equal(m1, m2) and np.abs(i1 - i2).max() < 1e-6
+
+
 def test_unknown_backend_and_wrong_weights_are_one_line_errors():
     with pytest.raises(ValueError, match="unknown detect backend 'yolo'; known: groundingdino, transformers"):
         open_detector("yolo", "tiny/groundingdino-py")
     with pytest.raises(ValueError, match="not a Grounding DINO state dict"):
         open_detector("groundingdino", str(Path(resolve("tiny/segment-anything")) / "model.safetensors"))
+    with pytest.raises(ValueError, match="hidden_dim 256"):  # the port's tiny model is narrower than 256
+        open_detector("groundingdino", "tiny/grounding-dino")
 
 
 def test_tiny_card_models_are_seeded_and_rebuilt_identically(tmp_path, monkeypatch):
