@@ -377,7 +377,8 @@ def run_detect(
     passed pre-loaded (then ``model_name``, ``device`` and ``dtype`` are not used to load), or a whole
     ``backend`` (:mod:`lpoi.listgen.backends`); otherwise ``backend_name`` loads ``model_name``.
     Returns stats: ``{"samples", "written", "rejected", "skipped", "rejects_by_reason", "sources",
-    "fallback_used", "truncated", "seconds", "samples_per_s"}`` for this invocation.
+    "fallback_used", "truncated", "backend" (which implementation ran), "seconds", "samples_per_s"}`` for this
+    invocation.
     """
     from tqdm.auto import tqdm
 
@@ -396,7 +397,7 @@ def run_detect(
     coco_chunks = backend.prompt_chunks(list(COCO_CLASSES)) if fallback else []
 
     stats: dict[str, Any] = {"samples": 0, "written": 0, "rejected": 0, "skipped": 0, "rejects_by_reason": {},
-                             "sources": {}, "fallback_used": 0, "truncated": 0}
+                             "sources": {}, "fallback_used": 0, "truncated": 0, "backend": backend.name}
     t0 = time.perf_counter()
     with StageOutput(out_path, rejects_path, shard, limit=limit) as out, \
             tqdm(total=count_shard_rows(prepared_path, shard, batch_size), disable=not progress, desc="detect",

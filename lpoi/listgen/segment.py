@@ -231,7 +231,8 @@ def run_segment(
         backend = TransformersSegmenter(model, processor) if model is not None else \
             open_segmenter(backend_name, model_name, device=resolve_device(device), dtype=dtype)
     stats: dict[str, Any] = {"samples": 0, "written": 0, "rejected": 0, "skipped": 0, "masks": 0,
-                             "sam_masks": 0, "mask_fallback": 0, "rejects_by_reason": {}}
+                             "sam_masks": 0, "mask_fallback": 0, "rejects_by_reason": {},
+                             "backend": backend.name if backend is not None else None}
     t0 = time.perf_counter()
     with StageOutput(out_path, rejects_path, shard, limit=limit) as out, \
             ThreadPoolExecutor(max_workers=max(1, num_workers)) as writer, \
