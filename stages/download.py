@@ -12,6 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import _common  # noqa: F401  (puts this checkout's lpoi first on sys.path, as in every stage)
+
 import lpoi.download as dl
 
 
