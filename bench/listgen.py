@@ -4,6 +4,8 @@
                                             # peak RSS at N and 4N samples, last line rss_ratio=X.XX
     python bench/listgen.py --n 32
     python bench/listgen.py --real-size     # GPU: real-size random-init Grounding-DINO-Tiny + SAM ViT-B
+    python bench/listgen.py --backends      # GPU: the original packages vs the transformers ports, real size
+    python bench/listgen.py --backends --tiny --n 4   # the same comparison on the tiny cards (CPU proof)
 
 Data: N synthetic samples like the embedded default — drawn scenes (coloured shapes on a background,
 unique per sample) with template answers naming the drawn objects ("The image shows a red ball. Next to
@@ -26,6 +28,17 @@ the thresholds, and a realistic load for segment). Verify is off in this mode (i
 chosen VLM, 1 forward per try, not of this stage's code); the tokenizer is the tiny model's BERT-style
 WordPiece (no BERT vocab offline; it spells unknown words in more tokens, so prompts are, if anything,
 longer). Target: >= 10 samples/s for detect + segment on one H100 (10k pairs in under 20 minutes).
+
+``--backends`` (issue 13): Grounding-DINO Swin-T (``groundingdino-py``, the ``groundingdino_swint_ogc``
+architecture with a BERT-base-sized text encoder) vs transformers' port, and SAM ViT-B (``segment-anything``)
+vs ``SamModel`` — each pair with the *same* random weights (the original built with a fixed seed, moved to
+the port by :mod:`lpoi.models`' key mapping), on the same N drawn 640x480 scenes, through the backends the
+stages use (``encode`` + ``detect``/``segment``, each implementation's own preprocessing). Each backend runs
+in its own process: samples/s (encode + model; ``model`` = model calls only) and peak memory (GPU:
+``max_memory_allocated``; CPU: peak RSS) side by side, and the largest box / mask disagreement between the
+two. On cuda the ports run on bf16 weights and the originals under bf16 autocast (they cannot run on cast
+weights), so their numbers differ at bf16 level there; ``--dtype float32`` compares like for like.
+``--tiny`` uses the tiny cards instead (seconds on a CPU; proves the code path, measures nothing).
 """
 
 from __future__ import annotations
@@ -263,6 +276,152 @@ def _spawn(args, n: int) -> dict:
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _card_pairs(kind: str, tiny: bool):
+    """(original-format weights, how to build each backend): the same seeded weights for both."""
+    import torch
+    from transformers import BertConfig
+
+    from lpoi.models import groundingdino as gd
+    from lpoi.models import resolve
+    from lpoi.models import sam as sm
+    from lpoi.models.tiny import _bert_wordpiece, _corpus_words
+
+    if tiny:
+        return resolve("tiny/groundingdino-py" if kind == "detect" else "tiny/segment-anything"), None
+    torch.manual_seed(0)
+    if kind == "segment":
+        spec = sm.VARIANTS["vit_b"]
+        return sm.build_original(spec), spec
+    tok = _bert_wordpiece(_corpus_words())  # no BERT vocab offline (see --real-size)
+    bert = BertConfig(**GDINO_TINY["text_config"])
+    spec = gd.VARIANTS["swint_ogc"]
+    return gd.build_original(spec, tok, bert), (spec, tok, bert)
+
+
+def _backend(kind: str, name: str, tiny: bool, device: str, dtype: str):
+    """One backend of the comparison, its weights equal to the other's (see :func:`_card_pairs`)."""
+    import torch
+
+    from lpoi.listgen import backends as B
+    from lpoi.models import groundingdino as gd
+    from lpoi.models import sam as sm
+    from lpoi.models import torch_dtype
+
+    weights, extra = _card_pairs(kind, tiny)
+    if tiny:
+        return (B.open_detector if kind == "detect" else B.open_segmenter)(name, weights, device=device, dtype=dtype)
+    amp = B._autocast(dtype)
+    if kind == "segment" and name == "segment-anything":
+        return B.SegmentAnythingSegmenter(weights.to(device).eval(), extra, autocast=amp)
+    if kind == "segment":
+        from transformers import SamModel
+
+        port = SamModel(sm.hf_config(extra))
+        port.load_state_dict(sm.to_hf(weights.state_dict(), extra, target_keys=port.state_dict().keys()))
+        return B.TransformersSegmenter(port.to(device, torch_dtype(dtype)).eval(), sm.hf_processor(extra))
+    spec, tok, bert = extra
+    if name == "groundingdino":
+        return B.GroundingDinoDetector(gd.Original(weights.to(device).eval(), spec, tok), autocast=amp)
+    from transformers import GroundingDinoForObjectDetection
+
+    port = GroundingDinoForObjectDetection(gd.hf_config(spec, bert))
+    port.load_state_dict(gd.to_hf(weights.state_dict(), port.state_dict().keys()), strict=False)
+    del weights
+    torch.cuda.empty_cache() if device.startswith("cuda") else None
+    return B.TransformersDetector(port.to(device, torch_dtype(dtype)).eval(), gd.hf_processor(spec, tok))
+
+
+def backend_child(args) -> dict:
+    """``--backends`` child: one backend over N scenes; timings, peak memory and its outputs."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from lpoi.listgen.objects import extract_candidates
+    from lpoi.listgen.shard import resolve_device
+
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pairs, img_dir = make_data(Path(args.workdir), args.n, (128, 96) if args.tiny else (640, 480))
+    recs = json.loads(pairs.read_text())
+    rows = [dict(r, image_path=str(img_dir / r["img_path"])) for r in recs]
+    images = [Image.open(r["image_path"]).convert("RGB") for r in rows]
+    t = time.perf_counter()
+    be = _backend(args.kind, args.backend, args.tiny, device, args.dtype)
+    load = time.perf_counter() - t
+    if args.kind == "detect":
+        work = [[c["phrase"] for c in extract_candidates(r["prompt"], r["chosen"], max_candidates=8)] for r in rows]
+        run = lambda enc: be.detect(enc, 0.0, 0.0)  # thresholds 0: every candidate gets a box (same compute)
+    else:
+        work = [[[w * k / 4, h * k / 4, w * (k + 2) / 4, h * (k + 2) / 4] for k in range(3)]
+                for w, h in (im.size for im in images)]  # 3 boxes per image, as segment's max_masks default
+        run = be.segment
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    bs = args.batch_size
+    run(be.encode(rows[:bs], images[:bs], work[:bs]))  # warm-up, not timed
+    sync()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    out, t_model, t0 = [], 0.0, time.perf_counter()
+    for i in range(0, len(rows), bs):
+        enc = be.encode(rows[i:i + bs], images[i:i + bs], work[i:i + bs])
+        t1 = time.perf_counter()
+        out += run(enc)
+        sync()
+        t_model += time.perf_counter() - t1
+    total = time.perf_counter() - t0
+    res = {"kind": args.kind, "backend": args.backend, "n": len(rows), "device": device, "load_seconds": load,
+           "samples_per_s": len(rows) / total, "model_samples_per_s": len(rows) / t_model,
+           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.startswith("cuda"):
+        res["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    if args.kind == "detect":
+        res["out"] = out
+    else:  # masks are large: keep each mask's pixel count and a hash-free fingerprint (row sums)
+        res["out"] = [[[int(m.sum()), np.asarray(m.sum(1)).tolist()] for m in ms] for ms, _ in out]
+    return res
+
+
+def _compare(a: dict, b: dict) -> str:
+    """Largest disagreement between two backends' outputs on the same scenes."""
+    if a["kind"] == "detect":
+        same = all([d["index"] for d in x] == [d["index"] for d in y] for x, y in zip(a["out"], b["out"]))
+        box = max((max(abs(p - q) for p, q in zip(u["box"], v["box"])) for x, y in zip(a["out"], b["out"])
+                   for u, v in zip(x, y)), default=0.0)
+        return f"same detected phrases: {same}, max box diff {box:.2f} px"
+    px = max((sum(abs(p - q) for p, q in zip(u[1], v[1])) for x, y in zip(a["out"], b["out"]) for u, v in zip(x, y)),
+             default=0)
+    return f"max mask disagreement >= {px} px (row-sum L1)"
+
+
+def compare_backends(args) -> int:
+    results = {}
+    for kind, names in (("detect", ("groundingdino", "transformers")), ("segment", ("segment-anything", "transformers"))):
+        for name in names:
+            with tempfile.TemporaryDirectory(prefix="lpoi-bench-backends-") as tmp:
+                cmd = [sys.executable, __file__, "--backend-child", "--kind", kind, "--backend", name, "--n", str(args.n),
+                       "--workdir", tmp, "--batch-size", str(args.batch_size), "--dtype", args.dtype,
+                       "--threads", str(args.threads)] + (["--device", args.device] if args.device else []) + \
+                      (["--tiny"] if args.tiny else [])
+                env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+                env.setdefault("NLTK_DATA", str(REPO.parent / "shared" / "nltk_data"))
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(REPO), check=False)
+                if proc.returncode != 0:
+                    sys.stderr.write(proc.stderr[-4000:])
+                    raise SystemExit(f"bench child {kind}/{name} failed (exit {proc.returncode})")
+                results[(kind, name)] = json.loads(proc.stdout.strip().splitlines()[-1])
+        a, b = (results[(kind, n)] for n in names)
+        mem = "peak_gpu_mib" if "peak_gpu_mib" in a else "peak_rss_mib"
+        print(f"{kind:<7} n={a['n']} device={a['device']} dtype={args.dtype}  " + "  |  ".join(
+            f"{r['backend']}: {r['samples_per_s']:.3g} samples/s (model {r['model_samples_per_s']:.3g}), "
+            f"{mem}={r[mem]:.0f}, load {r['load_seconds']:.1f}s" for r in (a, b))
+            + f"  |  original/port speed {a['samples_per_s'] / b['samples_per_s']:.2f}; {_compare(a, b)}", flush=True)
+    summary = {f"{k}/{n}": {x: v for x, v in r.items() if x != "out"} for (k, n), r in results.items()}
+    print(json.dumps(summary))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=16, help="samples of the small run (the large one has 4N)")
@@ -276,11 +435,20 @@ def main(argv=None) -> int:
                     help="processes for the lists PNGs (default 0; 4 with --real-size)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch default)")
     ap.add_argument("--sizes", default="1,4", help="multiples of N to run, each in a fresh process")
+    ap.add_argument("--backends", action="store_true",
+                    help="original groundingdino-py / segment-anything vs the transformers ports (same weights)")
+    ap.add_argument("--tiny", action="store_true", help="with --backends: the tiny cards (CPU proof)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--backend-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--kind", help=argparse.SUPPRESS)
+    ap.add_argument("--backend", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.dtype is None:
-        args.dtype = "bfloat16" if args.real_size else "float32"
+        from lpoi.listgen.shard import resolve_device
+
+        gpu = resolve_device(args.device).startswith("cuda")
+        args.dtype = "bfloat16" if args.real_size or (args.backends and gpu and not args.tiny) else "float32"
     if args.prefetch is None:
         args.prefetch = 4 if args.real_size else 1
     if args.list_workers is None:
@@ -288,6 +456,11 @@ def main(argv=None) -> int:
     if args.child:
         print(json.dumps(child(args)))
         return 0
+    if args.backend_child:
+        print(json.dumps(backend_child(args)))
+        return 0
+    if args.backends:
+        return compare_backends(args)
     runs = {}
     for m in [int(x) for x in args.sizes.split(",")]:
         r = _spawn(args, m * args.n)

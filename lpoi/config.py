@@ -106,7 +106,12 @@ class PrepareParams(_Section):
 
 
 class DetectParams(_Section):
-    model: str = "tiny/grounding-dino"
+    backend: Literal["groundingdino", "transformers"] = "groundingdino"
+    """``groundingdino``: the original ``groundingdino-py``; ``transformers``: its port
+    (``GroundingDinoForObjectDetection``). Either loads either weight format (lpoi/listgen/backends.py)."""
+    model: str = "tiny/groundingdino-py"
+    """``tiny/groundingdino-py`` | ``tiny/grounding-dino`` | a hub id (``IDEA-Research/grounding-dino-tiny``) |
+    a folder | an official ``.pth`` (``python stages/download.py groundingdino-swint-ogc``)."""
     box_threshold: float = Field(0.35, ge=0, le=1)
     text_threshold: float = Field(0.25, ge=0, le=1)
     batch_size: int = Field(8, ge=1)
@@ -116,7 +121,11 @@ class DetectParams(_Section):
 
 
 class SegmentParams(_Section):
-    model: str = "tiny/sam"
+    backend: Literal["segment-anything", "transformers"] = "segment-anything"
+    """``segment-anything``: Meta's original package; ``transformers``: its port (``SamModel``)."""
+    model: str = "tiny/segment-anything"
+    """``tiny/segment-anything`` | ``tiny/sam`` | a hub id (``facebook/sam-vit-base``) | a folder | an official
+    ``.pth`` (``python stages/download.py sam-vit-b``)."""
     batch_size: int = Field(8, ge=1)
 
 

@@ -1,4 +1,5 @@
-"""detect: critical-object candidates (NLTK) and Grounding DINO boxes, one prompt per image, batched, resumable.
+"""detect: critical-object candidates (NLTK) and Grounding DINO boxes (detect.backend: groundingdino | transformers),
+one prompt per image, batched, resumable.
 
 Shard across GPUs with --shard i/n (one process per GPU), then merge with lpoi.listgen.shard.merge_shards.
 """
@@ -18,14 +19,16 @@ def main():
     p = _common.load(args)
     d = p.detect
 
+    from lpoi.listgen.backends import load_detector_backend
     from lpoi.listgen.detect import run_detect
     from lpoi.stage import fingerprint, pick_device, resumable_dir, write_metrics
 
     out = resumable_dir(args.out, fingerprint({"detect": d.model_dump(), "seed": p.seed}, [args.prepared]))
+    backend = load_detector_backend(d, device=pick_device(p.model.device), dtype=p.model.dtype)
     stats = run_detect(f"{args.prepared}/prepared.jsonl", out / "detect.jsonl", out / "rejects.jsonl",
                        model_name=d.model, box_threshold=d.box_threshold, text_threshold=d.text_threshold,
                        batch_size=d.batch_size, max_candidates=d.max_candidates, fallback=d.fallback, seed=p.seed,
-                       shard=args.shard, device=pick_device(p.model.device), dtype=p.model.dtype, limit=args.limit)
+                       shard=args.shard, limit=args.limit, backend=backend)
     if args.metrics:
         write_metrics(args.metrics, stats)
 

@@ -1,4 +1,5 @@
-"""segment: SAM masks for the detected candidates (box prompts, best multimask by predicted IoU), resumable.
+"""segment: SAM masks for the detected candidates (segment.backend: segment-anything | transformers; box prompts,
+best multimask by predicted IoU), resumable.
 
 With lists.mask = bbox the paper's box masks are used and SAM is not loaded.
 """
@@ -19,17 +20,19 @@ def main():
     p = _common.load(args)
     s = p.segment
 
+    from lpoi.listgen.backends import load_segmenter_backend
     from lpoi.listgen.segment import run_segment
     from lpoi.stage import fingerprint, pick_device, resumable_dir, write_metrics
 
     fp = fingerprint({"segment": s.model_dump(), "mask": p.lists.mask, "max_tries": p.verify.max_tries},
                      [args.prepared, args.detect])
     out = resumable_dir(args.out, fp)
+    backend = None  # lists.mask = bbox: SAM is never loaded
+    if p.lists.mask == "sam":
+        backend = load_segmenter_backend(s, device=pick_device(p.model.device), dtype=p.model.dtype)
     stats = run_segment(f"{args.detect}/detect.jsonl", out / "segment.jsonl", out / "masks", model_name=s.model,
                         batch_size=s.batch_size, max_masks_per_sample=p.verify.max_tries, mask_kind=p.lists.mask,
-                        shard=args.shard, device=pick_device(p.model.device), dtype=p.model.dtype,
-                        rejects_path=out / "rejects.jsonl",
-                        limit=args.limit)
+                        shard=args.shard, rejects_path=out / "rejects.jsonl", limit=args.limit, backend=backend)
     if args.metrics:
         write_metrics(args.metrics, stats)
 

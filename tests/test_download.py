@@ -562,7 +562,7 @@ def test_cli_subprocess_with_hf_endpoint_from_the_environment(server, tmp_path):
 
 def test_shipped_sources_are_valid_and_amber_hashes_match_the_official_files():
     specs = load_sources()
-    assert set(specs) == {"mdpo-10k", "amber", "objhal", "mmhal"}
+    assert {n for n, s in specs.items() if s.kind == "dataset"} == {"mdpo-10k", "amber", "objhal", "mmhal"}
     for spec in specs.values():
         for f in spec.files:
             assert f.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", f.sha256)
@@ -614,6 +614,44 @@ def test_amber_fetch_end_to_end_with_the_recorded_hashes(server, tmp_path):
     n = len(server.log)
     rep2 = fetch("amber", dest2, sources=specs, progress=False)
     assert rep2.extracted[0].status == "placed" and len(server.log) == n + 10  # only the 10 data files
+
+
+def test_shipped_checkpoints_pin_the_official_files():
+    """The three original checkpoints of issue 13: the official URLs, with size and sha256 recorded (values
+    published by several independent projects; a download checks them)."""
+    ck = {n: s for n, s in load_sources().items() if s.kind == "checkpoint"}
+    assert set(ck) == {"sam-vit-b", "sam-vit-h", "groundingdino-swint-ogc"}
+    expect = {"sam-vit-b": ("sam_vit_b_01ec64.pth", 375042383, "ec2df627"),
+              "sam-vit-h": ("sam_vit_h_4b8939.pth", 2564550879, "a7bf3b02"),
+              "groundingdino-swint-ogc": ("groundingdino_swint_ogc.pth", 693997677, "3b3ca256")}
+    for name, (fname, size, sha_start) in expect.items():
+        (f,) = ck[name].files
+        assert (f.path, f.size) == (fname, size) and f.sha256.startswith(sha_start) and len(f.sha256) == 64
+        assert f.url.startswith("https://") and f.url.endswith("/" + fname)
+        assert ck[name].default_root == "models/external"
+
+
+def test_checkpoint_cli_lands_in_models_external_and_refuses_a_wrong_file(server, tmp_path):
+    """``python stages/download.py NAME`` for a checkpoint entry: default folder models/external/NAME, verified;
+    a server handing out other bytes is refused and nothing is left in place."""
+    blob = payload(50_000, seed=3)
+    server.files["/w/ckpt.pth"] = blob
+    server.files["/w/bad.pth"] = payload(50_000, seed=4)
+    src = tmp_path / "sources.json"
+    entry = lambda url: {"description": "w", "licence": "CC0", "layout": ["ckpt.pth"],
+                         "files": [{"path": "ckpt.pth", "url": server.url + url, "size": len(blob), "sha256": sha(blob)}]}
+    src.write_text(json.dumps({"datasets": {}, "checkpoints": {"demo-ckpt": entry("/w/ckpt.pth"),
+                                                                "bad-ckpt": entry("/w/bad.pth")}}))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HOME": str(tmp_path / "home")}
+    cmd = [sys.executable, str(REPO / "stages" / "download.py"), "--sources", str(src), "--no-progress"]
+    r = subprocess.run(cmd + ["demo-ckpt"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "models/external/demo-ckpt/ckpt.pth").read_bytes() == blob
+    r = subprocess.run(cmd + ["bad-ckpt"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "sha256" in r.stderr.lower()
+    assert not (tmp_path / "models/external/bad-ckpt/ckpt.pth").exists()
+    r = subprocess.run(cmd + ["--list"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert "demo-ckpt" in r.stdout and "checkpoint" in r.stdout
 
 
 @pytest.mark.parametrize(

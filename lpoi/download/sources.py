@@ -6,6 +6,7 @@ A hash is either 64 lowercase hex digits or the literal marker :data:`TO_BE_FILL
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -74,10 +75,16 @@ class DatasetSpec:
     files: tuple[FileSpec, ...]
     checks: tuple[dict, ...] = ()
     homepage: str = ""
+    kind: str = "dataset"  # "dataset" (under data/external) | "checkpoint" (model weights, under models/external)
+
+    @property
+    def default_root(self) -> str:
+        return "models/external" if self.kind == "checkpoint" else "data/external"
 
 
 def load_sources(path: str | os.PathLike | None = None) -> dict[str, DatasetSpec]:
-    """Parse and validate a sources file (default: the one shipped in ``lpoi/sources.json``)."""
+    """Parse and validate a sources file (default: the one shipped in ``lpoi/sources.json``): its
+    ``datasets`` and its ``checkpoints`` (model weights; same entry format) in one mapping by name."""
     path = Path(path) if path is not None else DEFAULT_SOURCES
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
@@ -85,13 +92,19 @@ def load_sources(path: str | os.PathLike | None = None) -> dict[str, DatasetSpec
         raise FileNotFoundError(f"sources file not found: {path}") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("datasets"), dict):
-        raise ValueError(f"{path}: expected an object with a 'datasets' mapping")
-    return {name: _dataset(name, d, path) for name, d in raw["datasets"].items()}
+    if not isinstance(raw, dict) or not isinstance(raw.get("datasets"), dict) \
+            or not isinstance(raw.get("checkpoints", {}), dict):
+        raise ValueError(f"{path}: expected an object with a 'datasets' mapping (and optionally 'checkpoints')")
+    out = {name: _dataset(name, d, path) for name, d in raw["datasets"].items()}
+    for name, d in raw.get("checkpoints", {}).items():
+        if name in out:
+            raise ValueError(f"{path}: checkpoints.{name}: the name is also a dataset")
+        out[name] = dataclasses.replace(_dataset(name, d, path, "checkpoints"), kind="checkpoint")
+    return out
 
 
-def _dataset(name: str, d: dict, src: Path) -> DatasetSpec:
-    where = f"{src}: datasets.{name}"
+def _dataset(name: str, d: dict, src: Path, section: str = "datasets") -> DatasetSpec:
+    where = f"{src}: {section}.{name}"
     _expect_keys(d, {"description", "licence", "layout", "files", "checks", "homepage"}, where)
     files = tuple(_file(f, f"{where}.files[{i}]") for i, f in enumerate(_req(d, "files", list, where)))
     paths = [f.path for f in files]

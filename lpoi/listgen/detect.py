@@ -67,7 +67,9 @@ __all__ = [
     "detect_encoded",
     "encode_detection_batch",
     "normalize_phrase",
+    "read_detections",
     "run_detect",
+    "tokenize_prompts",
 ]
 
 log = logging.getLogger(__name__)
@@ -197,29 +199,44 @@ class EncodedBatch:
     truncated: list[int] = field(default_factory=list)  # per input image: phrases left out
 
 
+def tokenize_prompts(tokenizer, phrases: Sequence[Sequence[str]], max_text_len: int) -> dict:
+    """The text half of a detection batch, shared by every Grounding DINO backend: one prompt per image
+    (trailing phrases that do not fit ``max_text_len`` are dropped), tokenised with padding.
+
+    Returns ``{"kept", "rows", "truncated", "prompts", "spans", "tokens"}``: per input image the number of
+    leading phrases in its prompt and the number left out; the images that have a prompt (``rows``), their
+    prompt strings, per kept phrase the token columns (``spans``) and the tokenizer's output (``None`` when
+    no image has a prompt)."""
+    kept = [fit_phrases(tokenizer, ph, max_text_len) for ph in phrases]
+    rows = [i for i, k in enumerate(kept) if k > 0]
+    out = {"kept": kept, "rows": rows, "truncated": [len(ph) - k for ph, k in zip(phrases, kept)], "prompts": [],
+           "spans": [], "tokens": None}
+    if not rows:
+        return out
+    prompts, char_spans = zip(*(build_prompt(phrases[i][: kept[i]]) for i in rows))
+    with _TOKENIZER_LOCK:
+        enc = tokenizer(list(prompts), padding="longest", return_offsets_mapping=True, return_token_type_ids=True,
+                        return_tensors="pt")
+    if enc["input_ids"].shape[1] > max_text_len:  # fit_phrases' count disagrees with the tokenizer
+        raise RuntimeError(f"prompt of {enc['input_ids'].shape[1]} tokens exceeds max_text_len={max_text_len}")
+    offsets = enc.pop("offset_mapping")
+    out.update(prompts=list(prompts), spans=[phrase_token_spans(offsets[j], char_spans[j]) for j in range(len(rows))],
+               tokens=enc)
+    return out
+
+
 def encode_detection_batch(processor, images: Sequence, phrases: Sequence[Sequence[str]], max_text_len: int) -> EncodedBatch:
     """Tokenise one prompt per image (trailing phrases that do not fit are dropped) and preprocess the
     images; images without any phrase are left out of the model inputs."""
     if len(images) != len(phrases):
         raise ValueError(f"{len(images)} images but {len(phrases)} phrase lists")
-    tok = processor.tokenizer
-    kept = [fit_phrases(tok, ph, max_text_len) for ph in phrases]
-    rows = [i for i, k in enumerate(kept) if k > 0]
+    t = tokenize_prompts(processor.tokenizer, phrases, max_text_len)
     sizes = [im.size for im in images]
-    truncated = [len(ph) - k for ph, k in zip(phrases, kept)]
-    if not rows:
-        return EncodedBatch({}, [], [], kept, sizes, truncated)
-    prompts, char_spans = zip(*(build_prompt(phrases[i][: kept[i]]) for i in rows))
-    with _TOKENIZER_LOCK:
-        enc = tok(list(prompts), padding="longest", return_offsets_mapping=True, return_token_type_ids=True,
-                  return_tensors="pt")
-    if enc["input_ids"].shape[1] > max_text_len:  # fit_phrases' count disagrees with the tokenizer
-        raise RuntimeError(f"prompt of {enc['input_ids'].shape[1]} tokens exceeds max_text_len={max_text_len}")
-    offsets = enc.pop("offset_mapping")
-    spans = [phrase_token_spans(offsets[j], char_spans[j]) for j in range(len(rows))]
-    pix = processor.image_processor(images=[images[i] for i in rows], return_tensors="pt")
-    inputs = {"pixel_values": pix["pixel_values"], "pixel_mask": pix["pixel_mask"], **dict(enc)}
-    return EncodedBatch(inputs, rows, spans, kept, sizes, truncated)
+    if not t["rows"]:
+        return EncodedBatch({}, [], [], t["kept"], sizes, t["truncated"])
+    pix = processor.image_processor(images=[images[i] for i in t["rows"]], return_tensors="pt")
+    inputs = {"pixel_values": pix["pixel_values"], "pixel_mask": pix["pixel_mask"], **dict(t["tokens"])}
+    return EncodedBatch(inputs, t["rows"], t["spans"], t["kept"], sizes, t["truncated"])
 
 
 def detect_encoded(model, batch: EncodedBatch, *, box_threshold: float = 0.35,
@@ -228,17 +245,28 @@ def detect_encoded(model, batch: EncodedBatch, *, box_threshold: float = 0.35,
     :func:`detect_batch`)."""
     import torch
 
-    results: list[list[dict[str, Any]]] = [[] for _ in batch.sizes]
     if not batch.rows:
-        return results
+        return [[] for _ in batch.sizes]
     dev = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     inputs = {k: v.to(dev) for k, v in batch.inputs.items()}
     inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
     with torch.inference_mode():
         out = model(**inputs)
-    probs = torch.sigmoid(out.logits.float()).cpu()  # (B, Q, max_text_len); padded columns are -inf -> 0
-    cxcywh = out.pred_boxes.float().cpu()
+    # (B, Q, max_text_len); padded columns are -inf -> 0
+    return read_detections(torch.sigmoid(out.logits.float()).cpu(), out.pred_boxes.float().cpu(), batch,
+                           box_threshold, text_threshold)
+
+
+def read_detections(probs, cxcywh, batch: EncodedBatch, box_threshold: float,
+                    text_threshold: float) -> list[list[dict[str, Any]]]:
+    """Model outputs -> per input image ``[{"index", "box", "score", "box_score"}]``, for any Grounding DINO
+    implementation: ``probs`` (B, Q, T >= prompt length) sigmoid token probabilities and ``cxcywh`` (B, Q, 4)
+    normalised boxes of the encoded images (``batch.rows``), boxes clipped to the image and assigned with
+    :func:`assign_boxes`."""
+    import torch
+
+    results: list[list[dict[str, Any]]] = [[] for _ in batch.sizes]
     for j, i in enumerate(batch.rows):
         w, h = batch.sizes[i]
         cx, cy, bw, bh = cxcywh[j].unbind(-1)
@@ -278,7 +306,7 @@ def detect_batch(model, processor, images: Sequence, phrases: Sequence[Sequence[
 # ---------------------------------------------------------------------------------------------- the stage
 
 
-def _load_block(rows: list[dict], max_candidates: int, processor, max_text_len: int) -> dict:
+def _load_block(rows: list[dict], max_candidates: int, backend) -> dict:
     """CPU part of a block (runs in a prefetch thread): images, candidates, encoded model inputs."""
     from lpoi.listgen.objects import extract_candidates
 
@@ -294,19 +322,19 @@ def _load_block(rows: list[dict], max_candidates: int, processor, max_text_len: 
         images.append(img)
         cands.append(extract_candidates(row["prompt"], row["chosen"], max_candidates=max_candidates))
     phrases = [[c["phrase"] for c in cs] for cs in cands]
-    enc = encode_detection_batch(processor, images, phrases, max_text_len)
+    enc = backend.encode(ok_rows, images, phrases)
     return {"rows": rows, "ok_rows": ok_rows, "images": images, "cands": cands, "errors": errors, "enc": enc}
 
 
-def _fallback(model, processor, images: list, chunks: list[list[str]], box_threshold: float,
+def _fallback(backend, rows: list[dict], images: list, chunks: list[list[str]], box_threshold: float,
               text_threshold: float) -> list[list[dict[str, Any]]]:
     """All COCO-class detections per image, over as many prompts as ``chunks``."""
     found: list[list[dict[str, Any]]] = [[] for _ in images]
     for chunk in chunks:
-        dets = detect_batch(model, processor, images, [chunk] * len(images), box_threshold=box_threshold,
-                            text_threshold=text_threshold)
+        dets = backend.detect(backend.encode(rows, images, [chunk] * len(images)), box_threshold, text_threshold)
         for i, ds in enumerate(dets):
-            found[i].extend({"label": d["phrase"], "box": d["box"], "score": d["score"]} for d in ds)
+            found[i].extend({"label": normalize_phrase(chunk[d["index"]]), "box": d["box"], "score": d["score"]}
+                            for d in ds)
     return found
 
 
@@ -330,6 +358,8 @@ def run_detect(
     limit: int | None = None,
     model=None,
     processor=None,
+    backend=None,
+    backend_name: str = "transformers",
 ) -> dict[str, Any]:
     """Stream ``prepared.jsonl`` -> ``detect.jsonl`` + ``rejects`` (resumable, shardable).
 
@@ -344,9 +374,11 @@ def run_detect(
     resume (finished ids are skipped; a partly finished block is recomputed whole so results do not
     depend on where a previous run stopped). ``num_workers`` threads prepare the next blocks (image
     decoding, candidate extraction, tokenising) while the model runs. ``model``/``processor`` may be
-    passed pre-loaded (then ``model_name``, ``device`` and ``dtype`` are not used to load).
+    passed pre-loaded (then ``model_name``, ``device`` and ``dtype`` are not used to load), or a whole
+    ``backend`` (:mod:`lpoi.listgen.backends`); otherwise ``backend_name`` loads ``model_name``.
     Returns stats: ``{"samples", "written", "rejected", "skipped", "rejects_by_reason", "sources",
-    "fallback_used", "truncated", "seconds", "samples_per_s"}`` for this invocation.
+    "fallback_used", "truncated", "backend" (which implementation ran), "seconds", "samples_per_s"}`` for this
+    invocation.
     """
     from tqdm.auto import tqdm
 
@@ -357,30 +389,30 @@ def run_detect(
         raise ValueError(f"detect thresholds must be in [0, 1], got box={box_threshold}, text={text_threshold}")
     if batch_size < 1:
         raise ValueError(f"detect.batch_size must be >= 1, got {batch_size}")
-    if model is None:
-        from lpoi.models import load_detector
+    if backend is None:
+        from lpoi.listgen.backends import TransformersDetector, open_detector
 
-        model, processor = load_detector(model_name, dtype=dtype, device=resolve_device(device))
-    max_text_len = int(getattr(model.config, "max_text_len", 256))
-    coco_chunks = chunk_phrases(processor.tokenizer, list(COCO_CLASSES), max_text_len) if fallback else []
+        backend = TransformersDetector(model, processor) if model is not None else \
+            open_detector(backend_name, model_name, device=resolve_device(device), dtype=dtype)
+    coco_chunks = backend.prompt_chunks(list(COCO_CLASSES)) if fallback else []
 
     stats: dict[str, Any] = {"samples": 0, "written": 0, "rejected": 0, "skipped": 0, "rejects_by_reason": {},
-                             "sources": {}, "fallback_used": 0, "truncated": 0}
+                             "sources": {}, "fallback_used": 0, "truncated": 0, "backend": backend.name}
     t0 = time.perf_counter()
     with StageOutput(out_path, rejects_path, shard, limit=limit) as out, \
             tqdm(total=count_shard_rows(prepared_path, shard, batch_size), disable=not progress, desc="detect",
                  unit="sample") as bar:
 
 
-        load = lambda rows: _load_block(rows, max_candidates, processor, max_text_len)
+        load = lambda rows: _load_block(rows, max_candidates, backend)
         todo = pending_blocks(prepared_path, shard, batch_size, out, stats, bar)
         for blk in prefetch_map(load, todo, workers=num_workers):
-            dets = detect_encoded(model, blk["enc"], box_threshold=box_threshold, text_threshold=text_threshold)
+            dets = backend.detect(blk["enc"], box_threshold, text_threshold)
             need = [i for i, ds in enumerate(dets) if not ds]
             found = {}
             if need and fallback:
-                fb = _fallback(model, processor, [blk["images"][i] for i in need], coco_chunks, box_threshold,
-                               text_threshold)
+                fb = _fallback(backend, [blk["ok_rows"][i] for i in need], [blk["images"][i] for i in need],
+                               coco_chunks, box_threshold, text_threshold)
                 found = dict(zip(need, fb))
             by_id = {}
             for i, row in enumerate(blk["ok_rows"]):

@@ -119,14 +119,27 @@ def load_causal_lm(name: str, dtype: str = "float32", device: str | None = None)
 
 
 def load_detector(name: str, dtype: str = "float32", device: str | None = None):
-    """(model, processor) for Grounding DINO (``IDEA-Research/grounding-dino-tiny`` or ``tiny/grounding-dino``)."""
+    """(model, processor) of transformers' Grounding DINO (``IDEA-Research/grounding-dino-tiny``,
+    ``tiny/grounding-dino``); original-format weights (``tiny/groundingdino-py``, ``groundingdino_swint_ogc.pth``)
+    are converted (:func:`lpoi.models.groundingdino.load_port`)."""
+    from . import groundingdino
+
+    if groundingdino.is_card(resolve(name)):
+        _quiet_transformers()
+        return groundingdino.load_port(resolve(name), dtype=torch_dtype(dtype), device=device)
     from transformers import AutoModelForZeroShotObjectDetection
 
     return _load_with_processor(AutoModelForZeroShotObjectDetection, name, "detector", dtype, device)
 
 
 def load_segmenter(name: str, dtype: str = "float32", device: str | None = None):
-    """(model, processor) for SAM (``facebook/sam-vit-base``/``-huge`` or ``tiny/sam``)."""
+    """(model, processor) of transformers' SAM (``facebook/sam-vit-base``/``-huge``, ``tiny/sam``);
+    original-format weights (``tiny/segment-anything``, ``sam_vit_b_01ec64.pth``) are converted
+    (:func:`lpoi.models.sam.load_port`)."""
+    from . import sam
+
+    if sam.is_card(resolve(name)):
+        return sam.load_port(resolve(name), dtype=torch_dtype(dtype), device=device)
     from transformers import SamModel
 
     return _load_with_processor(SamModel, name, "segmenter", dtype, device)

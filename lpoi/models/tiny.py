@@ -20,9 +20,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from lpoi.models.tiny_card import CARD_BUILDERS, card_source_digest
+
 VLM_FAMILIES = ("idefics2", "llava", "qwen2.5-vl", "qwen3-vl", "gemma3", "smolvlm")
 """The tiny vision-language models, one per supported family (the per-family tests run over all of them)."""
-TINY_FAMILIES = (*VLM_FAMILIES, "grounding-dino", "sam", "llama")
+TINY_FAMILIES = (*VLM_FAMILIES, "grounding-dino", "sam", "llama", *CARD_BUILDERS)
 TINY_VERSION = "1"  # bump when a builder changes, so stale caches are rebuilt
 
 # Built-in corpus for the tokenizers: the words the sample data, the prompts and the benchmarks use
@@ -159,7 +161,7 @@ def tiny_path(family: str, seed: int = 0) -> Path:
 
 def _source_digest() -> str:
     # The cache key follows this file, so editing a builder can never serve stale weights.
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:8]
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:8] + card_source_digest()
 
 
 # ---------------------------------------------------------------------------------------------- tokenizers
@@ -530,4 +532,5 @@ _BUILDERS = {
     "llama": _build_llama,
     "grounding-dino": _build_grounding_dino,
     "sam": _build_sam,
+    **CARD_BUILDERS,  # tiny/groundingdino-py, tiny/segment-anything: the original packages (tiny_card.py)
 }
