@@ -54,15 +54,14 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from lpoi.io import ImageRejected, JsonlAppender, load_image, read_jsonl, to_rgb, write_jsonl
+from lpoi.io import ImageRejected, load_image, read_jsonl, to_rgb, write_jsonl
+from lpoi.runner import Runner, StageOutput, Tally, Write, summarize
 
-__all__ = ["AdapterError", "generate_answers", "load_for_generation"]
+__all__ = ["AdapterError", "answers_metrics", "answers_tally", "generate_answers", "load_for_generation"]
 
 CONTROL_KEYS = ("id", "question", "image", "yes_no")  # consumed here, not copied into the row
 RESERVED_KEYS = ("response", "error", "error_detail", "logprob_yes", "logprob_no")  # written here
@@ -191,6 +190,7 @@ def generate_answers(
     progress: bool = True,
     extra_generate_kwargs: dict | None = None,
     retry_errors: bool = False,
+    journal: bool = False,
 ) -> dict[str, Any]:
     """Answer ``items`` into ``out_path`` (append-only JSONL, resumable); return throughput stats.
 
@@ -205,7 +205,10 @@ def generate_answers(
     both modes), ``n_logits`` (of which by yes/no logits), ``n_errors`` + ``errors`` (per reason),
     ``n_skipped`` (already in the file), ``n_new_tokens`` (generated tokens up to and including the
     first end-of-sequence), ``seconds`` (wall time of the call), ``samples_per_s``,
-    ``new_tokens_per_s``, ``batch_size``.
+    ``new_tokens_per_s``, ``batch_size``; the stage's metrics over the whole file under ``"output"``
+    (:func:`answers_metrics`). The loop is the per-sample runner's (:mod:`lpoi.runner`: images load on a
+    prefetch thread; only unfinished items are batched; ``journal`` as in
+    :class:`lpoi.runner.StageOutput`).
     """
     _check_int("batch_size", batch_size, 1)
     _check_int("max_new_tokens", max_new_tokens, 1)
@@ -234,80 +237,86 @@ def generate_answers(
         if len(kept) != len(rows):
             write_jsonl(out_path, kept)
 
-    stats: Counter = Counter()
-    errors: Counter = Counter()
-    total = _total(items, limit)
-    bar = _progress(total, progress, desc=out_path.parent.name or "generate")
-    t0 = time.perf_counter()
-    seen: set = set()
-    pending: list[dict] = []  # rows of the current batch, in input order; "_image" set on usable ones
-    pending_mode: str | None = None
-
-    with JsonlAppender(out_path, key=id_key) as app:
-
-        def flush() -> None:
-            nonlocal pending
-            if not pending:
-                return
-            todo = [r for r in pending if "_image" in r]
-            if todo:
-                if pending_mode == "logits":
-                    _answer_by_logits(model, processor, todo)
-                    stats["n_logits"] += len(todo)
-                else:
-                    stats["n_new_tokens"] += _answer_by_generate(model, processor, todo, gen_kwargs, eos_ids)
-                stats["n_generated"] += len(todo)
-            for r in pending:
-                r.pop("_image", None)
-                app.write(r)
-            bar.update(len(pending))
-            pending = []
-
-        for k, item in enumerate(items):
-            if limit is not None and k >= limit:
-                break
-            stats["n_items"] += 1
-            item_id, question = _check_item(item, k, id_key)
-            key = json.dumps(item_id, sort_keys=True) if isinstance(item_id, (list, dict)) else item_id
-            if key in seen:
-                raise ValueError(f"item {k}: {id_key} {item_id!r} appears twice in the input")
-            seen.add(key)
-            if key in app.done:
-                stats["n_skipped"] += 1
-                bar.update(1)
-                continue
-            mode = "logits" if yes_no == "logits" and item.get("yes_no") else "generate"
-            if pending and (mode != pending_mode or len(pending) >= batch_size):
-                flush()
-            pending_mode = mode
-            row = _row(item, item_id, question, id_key)
+    def load(block: list[dict]) -> list[dict]:  # prefetch thread: the answer row, with its image when usable
+        rows = []
+        for w in block:
+            row = _row(w["item"], w[id_key], w["question"], id_key)
             try:
-                row["_image"] = _image(item.get("image"), k, item_id)
+                row["_image"] = _image(w["item"].get("image"), w["k"], w[id_key])
             except ImageRejected as e:
                 row.update(response="", error=e.reason, error_detail=e.detail)
-                errors[e.reason] += 1
-            pending.append(row)
-        flush()
-    bar.close()
+            rows.append(row)
+        return rows
 
-    seconds = time.perf_counter() - t0
+    def process(rows: list[dict], block: list[dict]) -> list[Write]:
+        todo = [r for r in rows if "_image" in r]
+        tokens = [0] * len(todo)
+        if todo and block[0]["mode"] == "logits":
+            _answer_by_logits(model, processor, todo)
+        elif todo:
+            tokens = _answer_by_generate(model, processor, todo, gen_kwargs, eos_ids)
+        n_new = {id(r): n for r, n in zip(todo, tokens)}
+        for r in rows:
+            r.pop("_image", None)
+        return [Write(r, counts={"n_new_tokens": n_new.get(id(r), 0)}) for r in rows]
+
+    with StageOutput(out_path, None, "0/1", key=id_key, journal=journal) as out:
+        runner = Runner(out, batch_size, pending_only=True, cut=lambda w: w["mode"], progress=progress,
+                        desc=f"generate {out_path.parent.name or ''}".strip(), tally=answers_tally())
+        st = runner.run(_work(items, limit, id_key, yes_no), load, process, total=_total(items, limit))
+    secs = st["seconds"]
     return {
-        "n_items": stats["n_items"],
-        "n_generated": stats["n_generated"],
-        "n_logits": stats["n_logits"],
-        "n_errors": sum(errors.values()),
-        "errors": dict(errors),
-        "n_skipped": stats["n_skipped"],
-        "n_new_tokens": stats["n_new_tokens"],
-        "seconds": seconds,
-        "samples_per_s": stats["n_generated"] / seconds if seconds > 0 else 0.0,
-        "new_tokens_per_s": stats["n_new_tokens"] / seconds if seconds > 0 else 0.0,
+        "n_items": st["skipped"] + st["written"],
+        "n_generated": st["n_generated"],
+        "n_logits": st["n_logits"],
+        "n_errors": st["n_errors"],
+        "errors": st["errors"],
+        "n_skipped": st["skipped"],
+        "resumed": st["resumed"],
+        "unverified": st["unverified"],
+        "n_new_tokens": st["n_new_tokens"],
+        "seconds": secs,
+        "samples_per_s": st["n_generated"] / secs if secs > 0 else 0.0,
+        "new_tokens_per_s": st["n_new_tokens"] / secs if secs > 0 else 0.0,
         "batch_size": batch_size,
+        "output": answers_metrics(out.out_path),
     }
 
 
-def _answer_by_generate(model, processor, rows: list[dict], gen_kwargs: dict, eos_ids: set[int]) -> int:
-    """Fill ``response`` of each row by batched generation; return the number of new tokens."""
+def _work(items: Iterable[dict], limit: int | None, id_key: str, yes_no: str | None) -> Iterator[dict]:
+    """The runner's rows: each item checked (no duplicate ids), with its answer mode."""
+    seen: set = set()
+    for k, item in enumerate(items):
+        if limit is not None and k >= limit:
+            break
+        item_id, question = _check_item(item, k, id_key)
+        key = json.dumps(item_id, sort_keys=True) if isinstance(item_id, (list, dict)) else item_id
+        if key in seen:
+            raise ValueError(f"item {k}: {id_key} {item_id!r} appears twice in the input")
+        seen.add(key)
+        mode = "logits" if yes_no == "logits" and item.get("yes_no") else "generate"
+        yield {id_key: item_id, "question": question, "item": item, "k": k, "mode": mode}
+
+
+def _count_answer(row: dict) -> dict[str, Any]:
+    err = row.get("error")
+    return {"n_generated": int(err is None), "n_logits": int("logprob_yes" in row), "n_errors": int(err is not None),
+            "errors": {err: 1} if err is not None else {}}
+
+
+def answers_tally() -> Tally:
+    return Tally(_count_answer, zero={"n_generated": 0, "n_logits": 0, "n_errors": 0, "errors": {}, "n_new_tokens": 0})
+
+
+def answers_metrics(path: str | os.PathLike) -> dict[str, Any]:
+    """The generate stage's metrics over a whole answers file: answers, answered by logits, error rows."""
+    c = summarize(path, None, answers_tally())
+    return {"n_answers": c["written"], "n_logits": c["n_logits"], "n_errors": c["n_errors"],
+            "errors": dict(sorted(c["errors"].items()))}
+
+
+def _answer_by_generate(model, processor, rows: list[dict], gen_kwargs: dict, eos_ids: set[int]) -> list[int]:
+    """Fill ``response`` of each row by batched generation; return each row's number of new tokens."""
     import torch
 
     from lpoi.models.chat import tokenizer_of
@@ -318,10 +327,10 @@ def _answer_by_generate(model, processor, rows: list[dict], gen_kwargs: dict, eo
     width = enc["input_ids"].shape[1]
     new = out[:, width:].cpu()  # left padding: every prompt ends at column `width`
     tok = tokenizer_of(processor)
-    n_tokens = 0
+    n_tokens = []
     for r, ids in zip(rows, new.tolist()):
         r["response"] = tok.decode(ids, skip_special_tokens=True).strip()
-        n_tokens += _n_until_eos(ids, eos_ids)
+        n_tokens.append(_n_until_eos(ids, eos_ids))
     return n_tokens
 
 
@@ -441,9 +450,3 @@ def _total(items: Iterable[dict], limit: int | None) -> int | None:
     except TypeError:
         return limit
     return n if limit is None else min(n, limit)
-
-
-def _progress(total: int | None, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=f"generate {desc}", unit="item", disable=not enabled)

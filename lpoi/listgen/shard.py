@@ -1,7 +1,7 @@
 """Split the model stages (detect, segment, verify) across GPUs or machines, and merge them back.
 
-Also the small streaming helpers those stages share (:func:`iter_blocks`, :func:`prefetch_map`,
-:func:`resolve_device`).
+Also the small streaming helpers the per-sample runner (:mod:`lpoi.runner`) uses (:func:`iter_blocks`,
+:func:`prefetch_map`, :func:`resolve_device`).
 
 A stage run with ``--shard i/n`` processes only its share of the input and writes its outputs next to
 the unsharded ones with a ``.shard-i-of-n`` infix (``detect.jsonl`` -> ``detect.shard-0-of-4.jsonl``,
@@ -39,6 +39,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator, Sequence
+from itertools import islice
 from pathlib import Path
 
 from lpoi.io import atomic_open, read_jsonl
@@ -46,6 +47,7 @@ from lpoi.io import atomic_open, read_jsonl
 __all__ = [
     "ShardError",
     "StageOutput",
+    "blocks_of",
     "count_shard_rows",
     "in_shard",
     "iter_blocks",
@@ -53,7 +55,6 @@ __all__ = [
     "parse_shard",
     "prefetch_map",
     "resolve_device",
-    "pending_blocks",
     "shard_path",
     "shard_rows",
 ]
@@ -190,17 +191,20 @@ def iter_blocks(path: str | os.PathLike, shard: str | tuple[int, int], block: in
     """
     if block < 1:
         raise ShardError(f"batch size must be >= 1, got {block}")
+    return blocks_of(read_jsonl(path), shard, block)
+
+
+def blocks_of(rows, shard: str | tuple[int, int], size: int) -> Iterator[list[dict]]:
+    """Consecutive blocks of ``size`` rows of ``rows``; block ``b`` belongs to shard ``b mod n``."""
+    if size < 1:
+        raise ShardError(f"batch size must be >= 1, got {size}")
     i, n = parse_shard(shard)
-    buf: list[dict] = []
+    it = iter(rows)
     b = 0
-    for row in read_jsonl(path):
-        buf.append(row)
-        if len(buf) == block:
-            if b % n == i:
-                yield buf
-            buf, b = [], b + 1
-    if buf and b % n == i:
-        yield buf
+    while buf := list(islice(it, size)):
+        if b % n == i:
+            yield buf
+        b += 1
 
 
 def count_shard_rows(path: str | os.PathLike, shard: str | tuple[int, int], block: int) -> int:
@@ -239,59 +243,6 @@ def prefetch_map(fn, items, workers: int = 1, depth: int = 2) -> Iterator:
                 fut.cancel()
 
 
-class StageOutput:
-    """A stage's resumable outputs: result rows in ``out_path``, reject rows in ``rejects_path``.
-
-    Both are :class:`lpoi.io.JsonlAppender` files (one flushed line per sample; a partial last line from
-    a kill is cut off on open), under their shard names (:func:`shard_path`). ``done(id)`` is true for a
-    sample found in either file, so a re-run skips it. ``limit`` stops a run after that many new rows
-    (quick subsets, and the tests' stand-in for a kill).
-    """
-
-    def __init__(self, out_path, rejects_path, shard, *, limit: int | None = None):
-        from lpoi.io import JsonlAppender
-
-        self.out_path = shard_path(out_path, shard)
-        self.rejects_path = shard_path(rejects_path, shard) if rejects_path is not None else None
-        self._out = JsonlAppender(self.out_path)
-        self._rej = JsonlAppender(self.rejects_path) if self.rejects_path is not None else None
-        self._done = set(self._out.done) | (set(self._rej.done) if self._rej is not None else set())
-        self.resumed = len(self._done)
-        self.limit = limit
-        self.written = 0
-        self.rejected = 0
-
-    def done(self, sample_id) -> bool:
-        return sample_id in self._done
-
-    @property
-    def full(self) -> bool:
-        return self.limit is not None and self.written + self.rejected >= self.limit
-
-    def write(self, row: dict) -> None:
-        self._out.write(row)
-        self._done.add(row["id"])
-        self.written += 1
-
-    def reject(self, sample_id, reason: str, detail: str, **extra) -> None:
-        if self._rej is None:
-            raise RuntimeError(f"sample {sample_id!r} rejected ({reason}: {detail}) but the stage has no rejects file")
-        self._rej.write({"id": sample_id, "reason": reason, "detail": detail, **extra})
-        self._done.add(sample_id)
-        self.rejected += 1
-
-    def close(self) -> None:
-        self._out.close()
-        if self._rej is not None:
-            self._rej.close()
-
-    def __enter__(self) -> StageOutput:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
 def resolve_device(device: str | None) -> str:
     """``None``/``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; anything else unchanged."""
     if device in (None, "", "auto"):
@@ -299,6 +250,14 @@ def resolve_device(device: str | None) -> str:
 
         return "cuda" if torch.cuda.is_available() else "cpu"
     return str(device)
+
+
+def __getattr__(name: str):
+    if name == "StageOutput":  # it used to live here; lpoi.runner imports this module, hence the lazy import
+        from lpoi.runner import StageOutput
+
+        return StageOutput
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -316,13 +275,3 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     main()
 
-
-def pending_blocks(path, shard, batch_size: int, out: "StageOutput", stats: dict, bar) -> Iterator[list[dict]]:
-    """This shard's blocks of ``path`` that still hold an unfinished row; finished blocks are counted in
-    ``stats["skipped"]`` and ticked off ``bar`` (a resumed run skips them without loading anything)."""
-    for rows in iter_blocks(path, shard, batch_size):
-        if all(out.done(r["id"]) for r in rows):
-            stats["skipped"] += len(rows)
-            bar.update(len(rows))
-            continue
-        yield rows

@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["ModelNotFound", "load_causal_lm", "load_detector", "load_segmenter", "load_vlm", "resolve", "torch_dtype"]
+from .identity import model_identity
+
+__all__ = ["ModelNotFound", "load_causal_lm", "load_detector", "load_segmenter", "load_vlm", "model_identity", "resolve",
+           "torch_dtype"]
 
 
 class ModelNotFound(RuntimeError):
