@@ -43,13 +43,14 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from lpoi.io import JsonlAppender, atomic_write_bytes, atomic_write_text, read_jsonl, sha256_file
-from lpoi.listgen.shard import blocks_of, parse_shard, prefetch_map, shard_path
 
-__all__ = ["Reject", "Runner", "StageOutput", "Tally", "Write", "blocks_of", "fault_point", "summarize"]
+__all__ = ["Reject", "Runner", "ShardError", "StageOutput", "Tally", "Write", "blocks_of", "fault_point", "parse_shard",
+           "prefetch_map", "shard_path", "summarize"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,97 @@ class Write:
     row: dict
     files: Mapping[Path, Callable[[], Any] | None] = field(default_factory=dict)
     counts: Mapping[str, int] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------- shards and blocks
+# (the sharding scheme is described in lpoi.listgen.shard, which also merges shard outputs)
+
+
+class ShardError(ValueError):
+    """A bad shard spec, or shard files that do not fit together (duplicates, unknown ids, wrong order)."""
+
+
+def parse_shard(spec: str | tuple[int, int]) -> tuple[int, int]:
+    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``; a ``(i, n)`` tuple is checked the same way.
+
+    >>> parse_shard("1/4")
+    (1, 4)
+    """
+    if isinstance(spec, tuple) and len(spec) == 2:
+        i, n = spec
+    elif isinstance(spec, str):
+        parts = spec.strip().split("/")
+        if len(parts) != 2:
+            raise ShardError(f"shard must look like 'i/n' (e.g. '0/4'), got {spec!r}")
+        try:
+            i, n = int(parts[0]), int(parts[1])
+        except ValueError:
+            raise ShardError(f"shard must be two integers 'i/n' (e.g. '0/4'), got {spec!r}") from None
+    else:
+        raise ShardError(f"shard must be a string 'i/n', got {spec!r}")
+    if isinstance(i, bool) or isinstance(n, bool) or not isinstance(i, int) or not isinstance(n, int):
+        raise ShardError(f"shard must be two integers, got {spec!r}")
+    if n < 1:
+        raise ShardError(f"shard count n must be >= 1, got {spec!r}")
+    if not 0 <= i < n:
+        raise ShardError(f"shard index i must be in [0, n), got {spec!r}")
+    return i, n
+
+
+def shard_path(path: str | os.PathLike, shard: str | tuple[int, int]) -> Path:
+    """Where shard ``i/n`` writes what the unsharded run writes to ``path``.
+
+    >>> shard_path("data/detect.jsonl", "2/4").as_posix()
+    'data/detect.shard-2-of-4.jsonl'
+    >>> shard_path("data/detect.jsonl", "0/1").as_posix()
+    'data/detect.jsonl'
+    """
+    i, n = parse_shard(shard)
+    path = Path(path)
+    if n == 1:
+        return path
+    return path.with_name(f"{path.stem}.shard-{i}-of-{n}{path.suffix}")
+
+
+def blocks_of(rows: Iterable[dict], shard: str | tuple[int, int], size: int) -> Iterator[list[dict]]:
+    """Consecutive blocks of ``size`` rows of ``rows``; block ``b`` belongs to shard ``b mod n``."""
+    if size < 1:
+        raise ShardError(f"batch size must be >= 1, got {size}")
+    i, n = parse_shard(shard)
+    it = iter(rows)
+    b = 0
+    while buf := list(islice(it, size)):
+        if b % n == i:
+            yield buf
+        b += 1
+
+
+def prefetch_map(fn, items, workers: int = 1, depth: int = 2) -> Iterator:
+    """``map(fn, items)`` computed ``depth`` items ahead in ``workers`` threads, results in order.
+
+    Overlaps CPU work (image decoding, resizing, tokenising) with the accelerator's work on the current
+    batch. ``workers=0`` is a plain lazy map. The input is consumed lazily (at most ``depth`` items in
+    flight), so memory stays bounded.
+    """
+    if workers <= 0:
+        yield from map(fn, items)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    it = iter(items)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque = deque()
+        try:
+            for item in it:
+                pending.append(pool.submit(fn, item))
+                if len(pending) > depth:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for fut in pending:
+                fut.cancel()
 
 
 # ---------------------------------------------------------------------------------------------- fault points

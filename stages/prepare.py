@@ -1,5 +1,7 @@
 """prepare: validate pairwise preference records -> prepared.jsonl + rejects.jsonl (one line per dropped record)."""
 
+import time
+
 import _common
 from _common import parser, run
 
@@ -14,12 +16,14 @@ def main():
     p = _common.load(args).prepare
 
     from lpoi.listgen.prepare import run_prepare
-    from lpoi.stage import Stopwatch, write_metrics
+    from lpoi.stage import write_metrics, write_timings
 
-    clock = Stopwatch()
+    t0 = time.perf_counter()
     summary = run_prepare(args.pairs, args.images, f"{args.out}/prepared.jsonl", f"{args.out}/rejects.jsonl",
                           p.max_reject_ratio, max_pixels=p.max_pixels, min_side=p.min_side)
-    write_metrics(args.metrics, {**summary, "samples_per_s": clock.rate(summary["records_in"])})
+    secs = time.perf_counter() - t0
+    write_metrics(args.metrics, summary)  # results only; timings beside them (not a metric)
+    write_timings(args.metrics, {"stage": "prepare", "seconds": secs, "samples_per_s": summary["records_in"] / secs})
 
 
 if __name__ == "__main__":

@@ -17,13 +17,11 @@ def main():
     p = _common.load(args)
     t = p.train
 
-    from lpoi.stage import fingerprint, resumable_dir
+    from lpoi.stage import hold_stage
     from lpoi.train.trainer import train
 
-    # checkpoints survive a kill (persist: true) but never a change of params or inputs
-    ckpt = resumable_dir(f"{args.out}/checkpoints",
-                         fingerprint({"model": p.model.model_dump(), "train": t.model_dump(), "ref": p.reference.model_dump()},
-                                     [f"{args.lists}/lists.jsonl", f"{args.reference}/reference.jsonl"]))
+    # checkpoints survive a kill (persist: true) but never a change of deps, params or model (dvc.yaml entry)
+    ckpt = hold_stage("train", args, models=[p.model.name])
     train(lists_path=f"{args.lists}/lists.jsonl", reference_path=f"{args.reference}/reference.jsonl", out_dir=args.out,
           model_name=p.model.name, method=t.method, beta=t.beta, weights=t.weights.model_dump(), delta=t.delta,
           reference=t.reference, lr=t.lr, epochs=t.epochs, max_steps=t.max_steps, batch_size=t.batch_size,

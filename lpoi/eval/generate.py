@@ -211,25 +211,12 @@ def generate_answers(
     :class:`lpoi.runner.StageOutput`).
     """
     _check_int("batch_size", batch_size, 1)
-    _check_int("max_new_tokens", max_new_tokens, 1)
-    _check_int("num_beams", num_beams, 1)
     if limit is not None:
         _check_int("limit", limit, 0)
     if yes_no not in (None, "generate", "logits"):
         raise ValueError(f"yes_no must be None, 'generate' or 'logits', got {yes_no!r}")
-    extra_kw = dict(extra_generate_kwargs or {})
-    clash = sorted(set(extra_kw) & set(_OWN_GENERATE_KWARGS))
-    if clash:
-        raise ValueError(f"extra_generate_kwargs must not repeat the explicit arguments: {clash}")
-
-    gen_kwargs = {"max_new_tokens": max_new_tokens, "do_sample": bool(do_sample), "num_beams": num_beams,
-                  "pad_token_id": _pad_id(processor, model), **extra_kw}
-    if temperature is not None:
-        gen_kwargs["temperature"] = temperature
-    if top_p is not None:
-        gen_kwargs["top_p"] = top_p
-    eos_ids = _eos_ids(model, extra_kw.get("eos_token_id"))
-
+    gen_kwargs = _generate_kwargs(model, processor, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                  temperature=temperature, top_p=top_p, num_beams=num_beams, extra=extra_generate_kwargs)
     out_path = Path(out_path)
     if retry_errors and out_path.exists():
         rows = list(read_jsonl(out_path))
@@ -237,50 +224,67 @@ def generate_answers(
         if len(kept) != len(rows):
             write_jsonl(out_path, kept)
 
-    def load(block: list[dict]) -> list[dict]:  # prefetch thread: the answer row, with its image when usable
+    job = _AnswerJob(model, processor, gen_kwargs, _eos_ids(model, gen_kwargs.get("eos_token_id")), id_key)
+    with StageOutput(out_path, None, "0/1", key=id_key, journal=journal) as out:
+        runner = Runner(out, batch_size, pending_only=True, cut=lambda w: w["mode"], progress=progress,
+                        desc=f"generate {out_path.parent.name or ''}".strip(), tally=answers_tally())
+        st = runner.run(_work(items, limit, id_key, yes_no), job.load, job.process, total=_total(items, limit))
+    secs = st["seconds"]
+    return {"n_items": st["skipped"] + st["written"], "n_generated": st["n_generated"], "n_logits": st["n_logits"],
+            "n_errors": st["n_errors"], "errors": st["errors"], "n_skipped": st["skipped"], "resumed": st["resumed"],
+            "unverified": st["unverified"], "n_new_tokens": st["n_new_tokens"], "seconds": secs,
+            "samples_per_s": st["n_generated"] / secs if secs > 0 else 0.0,
+            "new_tokens_per_s": st["n_new_tokens"] / secs if secs > 0 else 0.0, "batch_size": batch_size,
+            "output": answers_metrics(out.out_path)}
+
+
+def _generate_kwargs(model, processor, *, max_new_tokens, do_sample, temperature, top_p, num_beams, extra) -> dict:
+    """The ``generate`` keyword arguments: greedy unless asked, the pad id always explicit."""
+    _check_int("max_new_tokens", max_new_tokens, 1)
+    _check_int("num_beams", num_beams, 1)
+    extra_kw = dict(extra or {})
+    clash = sorted(set(extra_kw) & set(_OWN_GENERATE_KWARGS))
+    if clash:
+        raise ValueError(f"extra_generate_kwargs must not repeat the explicit arguments: {clash}")
+    kw = {"max_new_tokens": max_new_tokens, "do_sample": bool(do_sample), "num_beams": num_beams,
+          "pad_token_id": _pad_id(processor, model), **extra_kw}
+    if temperature is not None:
+        kw["temperature"] = temperature
+    if top_p is not None:
+        kw["top_p"] = top_p
+    return kw
+
+
+class _AnswerJob:
+    """The generate stage's two halves for the runner: load a block's images, answer a block."""
+
+    def __init__(self, model, processor, gen_kwargs: dict, eos_ids: set[int], id_key: str):
+        self.model, self.processor, self.gen_kwargs, self.eos_ids, self.id_key = model, processor, gen_kwargs, eos_ids, id_key
+
+    def load(self, block: list[dict]) -> list[dict]:
+        """Prefetch thread: each item's answer row, with its image when usable (an error row otherwise)."""
         rows = []
         for w in block:
-            row = _row(w["item"], w[id_key], w["question"], id_key)
+            row = _row(w["item"], w[self.id_key], w["question"], self.id_key)
             try:
-                row["_image"] = _image(w["item"].get("image"), w["k"], w[id_key])
+                row["_image"] = _image(w["item"].get("image"), w["k"], w[self.id_key])
             except ImageRejected as e:
                 row.update(response="", error=e.reason, error_detail=e.detail)
             rows.append(row)
         return rows
 
-    def process(rows: list[dict], block: list[dict]) -> list[Write]:
+    def process(self, rows: list[dict], block: list[dict]) -> list[Write]:
+        """One mode per block (the runner cuts blocks where it changes): logits or generation."""
         todo = [r for r in rows if "_image" in r]
         tokens = [0] * len(todo)
         if todo and block[0]["mode"] == "logits":
-            _answer_by_logits(model, processor, todo)
+            _answer_by_logits(self.model, self.processor, todo)
         elif todo:
-            tokens = _answer_by_generate(model, processor, todo, gen_kwargs, eos_ids)
+            tokens = _answer_by_generate(self.model, self.processor, todo, self.gen_kwargs, self.eos_ids)
         n_new = {id(r): n for r, n in zip(todo, tokens)}
         for r in rows:
             r.pop("_image", None)
         return [Write(r, counts={"n_new_tokens": n_new.get(id(r), 0)}) for r in rows]
-
-    with StageOutput(out_path, None, "0/1", key=id_key, journal=journal) as out:
-        runner = Runner(out, batch_size, pending_only=True, cut=lambda w: w["mode"], progress=progress,
-                        desc=f"generate {out_path.parent.name or ''}".strip(), tally=answers_tally())
-        st = runner.run(_work(items, limit, id_key, yes_no), load, process, total=_total(items, limit))
-    secs = st["seconds"]
-    return {
-        "n_items": st["skipped"] + st["written"],
-        "n_generated": st["n_generated"],
-        "n_logits": st["n_logits"],
-        "n_errors": st["n_errors"],
-        "errors": st["errors"],
-        "n_skipped": st["skipped"],
-        "resumed": st["resumed"],
-        "unverified": st["unverified"],
-        "n_new_tokens": st["n_new_tokens"],
-        "seconds": secs,
-        "samples_per_s": st["n_generated"] / secs if secs > 0 else 0.0,
-        "new_tokens_per_s": st["n_new_tokens"] / secs if secs > 0 else 0.0,
-        "batch_size": batch_size,
-        "output": answers_metrics(out.out_path),
-    }
 
 
 def _work(items: Iterable[dict], limit: int | None, id_key: str, yes_no: str | None) -> Iterator[dict]:

@@ -39,10 +39,10 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator, Sequence
-from itertools import islice
 from pathlib import Path
 
 from lpoi.io import atomic_open, read_jsonl
+from lpoi.runner import ShardError, StageOutput, blocks_of, parse_shard, prefetch_map, shard_path  # noqa: F401
 
 __all__ = [
     "ShardError",
@@ -58,37 +58,6 @@ __all__ = [
     "shard_path",
     "shard_rows",
 ]
-
-
-class ShardError(ValueError):
-    """A bad shard spec, or shard files that do not fit together (duplicates, unknown ids, wrong order)."""
-
-
-def parse_shard(spec: str | tuple[int, int]) -> tuple[int, int]:
-    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``; a ``(i, n)`` tuple is checked the same way.
-
-    >>> parse_shard("1/4")
-    (1, 4)
-    """
-    if isinstance(spec, tuple) and len(spec) == 2:
-        i, n = spec
-    elif isinstance(spec, str):
-        parts = spec.strip().split("/")
-        if len(parts) != 2:
-            raise ShardError(f"shard must look like 'i/n' (e.g. '0/4'), got {spec!r}")
-        try:
-            i, n = int(parts[0]), int(parts[1])
-        except ValueError:
-            raise ShardError(f"shard must be two integers 'i/n' (e.g. '0/4'), got {spec!r}") from None
-    else:
-        raise ShardError(f"shard must be a string 'i/n', got {spec!r}")
-    if isinstance(i, bool) or isinstance(n, bool) or not isinstance(i, int) or not isinstance(n, int):
-        raise ShardError(f"shard must be two integers, got {spec!r}")
-    if n < 1:
-        raise ShardError(f"shard count n must be >= 1, got {spec!r}")
-    if not 0 <= i < n:
-        raise ShardError(f"shard index i must be in [0, n), got {spec!r}")
-    return i, n
 
 
 def in_shard(sample_id: str, index: int, shard: str | tuple[int, int], *, by: str = "index", block: int = 1) -> bool:
@@ -109,21 +78,6 @@ def in_shard(sample_id: str, index: int, shard: str | tuple[int, int], *, by: st
         digest = hashlib.sha256(str(sample_id).encode("utf-8")).digest()
         return int.from_bytes(digest[:8], "big") % n == i
     raise ShardError(f"shard assignment must be 'index' or 'hash', got {by!r}")
-
-
-def shard_path(path: str | os.PathLike, shard: str | tuple[int, int]) -> Path:
-    """Where shard ``i/n`` writes what the unsharded run writes to ``path``.
-
-    >>> shard_path("data/detect.jsonl", "2/4").as_posix()
-    'data/detect.shard-2-of-4.jsonl'
-    >>> shard_path("data/detect.jsonl", "0/1").as_posix()
-    'data/detect.jsonl'
-    """
-    i, n = parse_shard(shard)
-    path = Path(path)
-    if n == 1:
-        return path
-    return path.with_name(f"{path.stem}.shard-{i}-of-{n}{path.suffix}")
 
 
 def shard_rows(rows, shard: str | tuple[int, int], *, by: str = "index", block: int = 1) -> Iterator[tuple[int, dict]]:
@@ -194,53 +148,12 @@ def iter_blocks(path: str | os.PathLike, shard: str | tuple[int, int], block: in
     return blocks_of(read_jsonl(path), shard, block)
 
 
-def blocks_of(rows, shard: str | tuple[int, int], size: int) -> Iterator[list[dict]]:
-    """Consecutive blocks of ``size`` rows of ``rows``; block ``b`` belongs to shard ``b mod n``."""
-    if size < 1:
-        raise ShardError(f"batch size must be >= 1, got {size}")
-    i, n = parse_shard(shard)
-    it = iter(rows)
-    b = 0
-    while buf := list(islice(it, size)):
-        if b % n == i:
-            yield buf
-        b += 1
-
-
 def count_shard_rows(path: str | os.PathLike, shard: str | tuple[int, int], block: int) -> int:
     """How many rows :func:`iter_blocks` will yield (a cheap line count, for progress bars)."""
     i, n = parse_shard(shard)
     with open(path, "rb") as f:
         total = sum(1 for line in f if line.strip())
     return sum(1 for k in range(total) if (k // block) % n == i)
-
-
-def prefetch_map(fn, items, workers: int = 1, depth: int = 2) -> Iterator:
-    """``map(fn, items)`` computed ``depth`` items ahead in ``workers`` threads, results in order.
-
-    Overlaps CPU work (image decoding, resizing, tokenising) with the accelerator's work on the current
-    batch. ``workers=0`` is a plain lazy map. The input is consumed lazily (at most ``depth`` items in
-    flight), so memory stays bounded.
-    """
-    if workers <= 0:
-        yield from map(fn, items)
-        return
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
-    it = iter(items)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: deque = deque()
-        try:
-            for item in it:
-                pending.append(pool.submit(fn, item))
-                if len(pending) > depth:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:
-            for fut in pending:
-                fut.cancel()
 
 
 def resolve_device(device: str | None) -> str:
@@ -250,14 +163,6 @@ def resolve_device(device: str | None) -> str:
 
         return "cuda" if torch.cuda.is_available() else "cpu"
     return str(device)
-
-
-def __getattr__(name: str):
-    if name == "StageOutput":  # it used to live here; lpoi.runner imports this module, hence the lazy import
-        from lpoi.runner import StageOutput
-
-        return StageOutput
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main(argv: list[str] | None = None) -> None:
