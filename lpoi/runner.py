@@ -47,10 +47,10 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from lpoi.io import JsonlAppender, atomic_write_bytes, atomic_write_text, read_jsonl, sha256_file
+from lpoi.io import JsonlAppender, _hashable, atomic_write_bytes, atomic_write_text, read_jsonl, sha256_file
 
-__all__ = ["Reject", "Runner", "ShardError", "StageOutput", "Tally", "Write", "blocks_of", "fault_point", "parse_shard",
-           "prefetch_map", "shard_path", "summarize"]
+__all__ = ["Reject", "Runner", "ShardError", "StageOutput", "Tally", "Write", "blocks_of", "count_shard_rows",
+           "fault_point", "parse_shard", "prefetch_map", "run_file", "shard_path", "summarize"]
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,14 @@ def blocks_of(rows: Iterable[dict], shard: str | tuple[int, int], size: int) -> 
         b += 1
 
 
+def count_shard_rows(path: str | os.PathLike, shard: str | tuple[int, int], block: int) -> int:
+    """How many rows :func:`iter_blocks` will yield (a cheap line count, for progress bars)."""
+    i, n = parse_shard(shard)
+    with open(path, "rb") as f:
+        total = sum(1 for line in f if line.strip())
+    return sum(1 for k in range(total) if (k // block) % n == i)
+
+
 def prefetch_map(fn, items, workers: int = 1, depth: int = 2) -> Iterator:
     """``map(fn, items)`` computed ``depth`` items ahead in ``workers`` threads, results in order.
 
@@ -193,10 +201,6 @@ _FAULT_COUNTS: Counter = Counter()
 
 
 # ---------------------------------------------------------------------------------------------- outputs
-
-
-def _hashable(v: Any) -> Any:
-    return json.dumps(v, sort_keys=True) if isinstance(v, (list, dict)) else v
 
 
 def _line_id(line: bytes, key: str) -> Any:
@@ -399,6 +403,23 @@ class Tally:
         out = {**self.counts, "samples": self.counts["written"] + self.counts["rejected"]}
         out["rejects_by_reason"] = dict(sorted(out["rejects_by_reason"].items()))
         return out
+
+
+def run_file(in_path, out: StageOutput, load: Callable[[list[dict]], Any], process: Callable[[Any, list[dict]], list],
+             *, tally: Callable[[], Tally], batch_size: int, shard: str = "0/1", workers: int = 1, progress: bool = True,
+             desc: str = "") -> dict[str, Any]:
+    """A :class:`Runner` over this shard's rows of the JSONL ``in_path`` into ``out`` (closed at the end).
+
+    Returns the invocation's counts and timings, ``"output"`` (``tally()`` over the whole output, see
+    :func:`summarize`) and ``"out_path"``.
+    """
+    with out:
+        runner = Runner(out, batch_size, shard, workers=workers, progress=progress, desc=desc, tally=tally())
+        stats = runner.run(read_jsonl(in_path), load, process, total=count_shard_rows(in_path, shard, batch_size))
+    stats["output"] = summarize(out.out_path, out.rejects_path, tally())
+    stats["out_path"] = str(out.out_path)
+    log.info("%s: %s", desc, stats)
+    return stats
 
 
 def summarize(out_path, rejects_path, tally: Tally, *, skip_header: bool = False) -> dict[str, Any]:

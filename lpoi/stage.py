@@ -193,7 +193,7 @@ class StageDir:
     """The persisted output folder of one stage run (see the module docstring); a context manager."""
 
     def __init__(self, path: str | os.PathLike, parts: dict[str, str], *, shard: str = "0/1", stage: str = ""):
-        from lpoi.listgen.shard import parse_shard
+        from lpoi.runner import parse_shard
 
         self.path, self.parts, self.stage = Path(path), dict(parts), stage
         self.i, self.n = parse_shard(shard)

@@ -37,11 +37,14 @@ leave them out of the metrics, or fail. Error rows are "finished" for resume; pa
 ``retry_errors=True`` to drop them from the file and try those items again (e.g. after fixing the
 images).
 
-**Resume.** Rows are appended with :class:`lpoi.io.JsonlAppender` (flushed and fsynced per line;
-a partial last line from a kill is cut off on open). Ids already in the file are skipped, so a
-killed run re-run produces the same file as an uninterrupted one: rows stay in input order and, since
-batched greedy equals batch-1 greedy, a different batch split after the restart does not change a
-response.
+**Resume.** The loop is the per-sample runner's (:mod:`lpoi.runner`): rows are appended one flushed,
+fsynced line at a time (a partial last line from a kill is cut off on open; in a stage run, a journal
+also rejects rows that are not exactly what was written). Ids already in the file are skipped and only
+the unfinished items are batched, so a killed run re-run produces the same file as an uninterrupted one
+*because* greedy generation is batch-invariant (batched greedy equals batch-1 greedy, tested): rows
+stay in input order and a different batch split after the restart does not change a response. The
+``logprob_yes``/``logprob_no`` of ``yes_no="logits"`` rows are floats computed in whatever batch the
+row landed in; after a resume they can differ from an uninterrupted run's in the last bits.
 
 **Per-item mode.** One call can mix generative items and yes/no items (AMBER): an item with a truthy
 ``"yes_no"`` key is a yes/no question; ``yes_no="logits"`` answers those by logits and generates the

@@ -40,16 +40,15 @@ is off), ``image_<reason>`` (the image no longer loads; reasons of :func:`lpoi.i
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lpoi.io import ImageRejected, load_image, read_jsonl
-from lpoi.listgen.shard import count_shard_rows, parse_shard, resolve_device
-from lpoi.runner import Reject, Runner, StageOutput, Tally, summarize
+from lpoi.io import ImageRejected, load_image
+from lpoi.listgen.shard import resolve_device
+from lpoi.runner import Reject, StageOutput, Tally, parse_shard, run_file
 
 __all__ = [
     "EncodedBatch",
@@ -64,8 +63,6 @@ __all__ = [
     "detect_tally",
     "run_detect",
 ]
-
-log = logging.getLogger(__name__)
 
 MIN_BOX_PX = 1.0  # boxes narrower or lower than this (after clipping) are degenerate and dropped
 # A fast tokenizer's padding/truncation settings are mutable state of the Rust object: calls from the
@@ -392,16 +389,10 @@ def run_detect(
                  for i, row in enumerate(blk["ok_rows"])}
         return [Reject(*blk["errors"][r["id"]]) if r["id"] in blk["errors"] else by_id[r["id"]] for r in rows]
 
-    with StageOutput(out_path, rejects_path, shard, limit=limit, journal=journal) as out:
-        runner = Runner(out, batch_size, shard, workers=num_workers, progress=progress, desc="detect",
-                        tally=detect_tally())
-        stats = runner.run(read_jsonl(prepared_path),
-                           lambda rows: _load_block(rows, max_candidates, processor, max_text_len), process,
-                           total=count_shard_rows(prepared_path, shard, batch_size))
-    stats["output"] = summarize(out.out_path, out.rejects_path, detect_tally())
-    stats["out_path"], stats["rejects_path"] = str(out.out_path), str(out.rejects_path)
-    log.info("detect: %s", stats)
-    return stats
+    out = StageOutput(out_path, rejects_path, shard, limit=limit, journal=journal)
+    return run_file(prepared_path, out, lambda rows: _load_block(rows, max_candidates, processor, max_text_len),
+                    process, tally=detect_tally, batch_size=batch_size, shard=shard, workers=num_workers,
+                    progress=progress, desc="detect")
 
 
 def _row_result(row, image, cands, dets, truncated, fallback_found, seed, pick_random_detection) -> dict | Reject:

@@ -24,7 +24,6 @@ masks the same way in both modes.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from functools import partial
@@ -33,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from lpoi.io import ImageRejected, load_image, read_jsonl
-from lpoi.listgen.shard import count_shard_rows, parse_shard, resolve_device
-from lpoi.runner import Reject, Runner, StageOutput, Tally, Write, summarize
+from lpoi.io import ImageRejected, load_image
+from lpoi.listgen.shard import resolve_device
+from lpoi.runner import Reject, StageOutput, Tally, Write, parse_shard, run_file
 
 __all__ = [
     "MASK_KINDS",
@@ -49,8 +48,6 @@ __all__ = [
     "segment_tally",
     "select_best_masks",
 ]
-
-log = logging.getLogger(__name__)
 
 MASK_KINDS = ("sam", "bbox")
 
@@ -272,20 +269,15 @@ def run_segment(
         model, processor = _load_model(model_name, dtype, device)
     use_sam = mask_kind == "sam"
 
+    out = StageOutput(out_path, rejects_path, shard, limit=limit, journal=journal)
+    base = out.out_path.parent
+
     def process(blk: dict, rows: list[dict]) -> list:
         sam = dict(zip(blk["ids"], _run_block(model, processor, blk["enc"]))) if use_sam else {}
         return [Reject(*blk["errors"][r["id"]]) if r["id"] in blk["errors"] else
                 _row_result(r, _picks(r, max_masks_per_sample), sam.get(r["id"]), mask_kind, masks_dir, base)
                 for r in rows]
 
-    with StageOutput(out_path, rejects_path, shard, limit=limit, journal=journal) as out:
-        base = out.out_path.parent
-        runner = Runner(out, batch_size, shard, workers=num_workers, progress=progress, desc="segment",
-                        tally=segment_tally())
-        stats = runner.run(read_jsonl(detect_path),
-                           lambda rows: _load_block(rows, max_masks_per_sample, processor if use_sam else None),
-                           process, total=count_shard_rows(detect_path, shard, batch_size))
-    stats["output"] = summarize(out.out_path, out.rejects_path, segment_tally())
-    stats["out_path"] = str(out.out_path)
-    log.info("segment: %s", stats)
-    return stats
+    return run_file(detect_path, out, lambda rows: _load_block(rows, max_masks_per_sample, processor if use_sam else None),
+                    process, tally=segment_tally, batch_size=batch_size, shard=shard, workers=num_workers,
+                    progress=progress, desc="segment")

@@ -42,7 +42,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from lpoi.io import atomic_open, read_jsonl
-from lpoi.runner import ShardError, StageOutput, blocks_of, parse_shard, prefetch_map, shard_path  # noqa: F401
+from lpoi.runner import (  # noqa: F401  (re-exported: they used to live here)
+    ShardError,
+    StageOutput,
+    blocks_of,
+    count_shard_rows,
+    parse_shard,
+    prefetch_map,
+    shard_path,
+)
 
 __all__ = [
     "ShardError",
@@ -146,14 +154,6 @@ def iter_blocks(path: str | os.PathLike, shard: str | tuple[int, int], block: in
     if block < 1:
         raise ShardError(f"batch size must be >= 1, got {block}")
     return blocks_of(read_jsonl(path), shard, block)
-
-
-def count_shard_rows(path: str | os.PathLike, shard: str | tuple[int, int], block: int) -> int:
-    """How many rows :func:`iter_blocks` will yield (a cheap line count, for progress bars)."""
-    i, n = parse_shard(shard)
-    with open(path, "rb") as f:
-        total = sum(1 for line in f if line.strip())
-    return sum(1 for k in range(total) if (k // block) % n == i)
 
 
 def resolve_device(device: str | None) -> str:

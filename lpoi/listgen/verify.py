@@ -30,7 +30,6 @@ to ``[(logp_yes, logp_no), ...]`` — the VLM by default (:func:`vlm_decider`).
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import threading
@@ -39,9 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lpoi.io import ImageRejected, load_image, read_jsonl
-from lpoi.listgen.shard import count_shard_rows, parse_shard, resolve_device
-from lpoi.runner import Reject, Runner, StageOutput, Tally, summarize
+from lpoi.io import ImageRejected, load_image
+from lpoi.listgen.shard import resolve_device
+from lpoi.runner import Reject, StageOutput, Tally, parse_shard, run_file
 
 __all__ = [
     "ON_FAIL",
@@ -56,8 +55,6 @@ __all__ = [
     "verify_tally",
     "vlm_decider",
 ]
-
-log = logging.getLogger(__name__)
 
 VERIFY_PROMPT = "Question: {question}\nAnswer: {answer}\nIs this answer correct for the image? Answer yes or no."
 ON_FAIL = ("keep", "drop")
@@ -300,26 +297,21 @@ def run_verify(
         decide = _load_model(model_name, dtype, device, batch_size)
     seg_dir = Path(segment_path).parent
     prepared = PreparedIndex(prepared_path) if enabled else None
+    out = StageOutput(out_path, rejects_path, shard, limit=limit, journal=journal)
+    opts = {"enabled": enabled, "max_tries": max_tries, "on_fail": on_fail, "seg_dir": seg_dir,
+            "out_dir": out.out_path.parent}
+
+    def process(blk: dict, rows: list[dict]) -> list:
+        results = _decide_block(blk, decide if enabled else None, max_tries, fill)
+        return [_row_result(r, blk, results, **opts) for r in rows]
+
     try:
-        with StageOutput(out_path, rejects_path, shard, limit=limit, journal=journal) as out:
-            opts = {"enabled": enabled, "max_tries": max_tries, "on_fail": on_fail, "seg_dir": seg_dir,
-                    "out_dir": out.out_path.parent}
-
-            def process(blk: dict, rows: list[dict]) -> list:
-                results = _decide_block(blk, decide if enabled else None, max_tries, fill)
-                return [_row_result(r, blk, results, **opts) for r in rows]
-
-            runner = Runner(out, batch_size, shard, workers=num_workers, progress=progress, desc="verify",
-                            tally=verify_tally())
-            stats = runner.run(read_jsonl(segment_path), lambda rows: _load_block(rows, seg_dir, prepared, max_tries),
-                               process, total=count_shard_rows(segment_path, shard, batch_size))
+        return run_file(segment_path, out, lambda rows: _load_block(rows, seg_dir, prepared, max_tries), process,
+                        tally=verify_tally, batch_size=batch_size, shard=shard, workers=num_workers,
+                        progress=progress, desc="verify")
     finally:
         if prepared is not None:
             prepared.close()
-    stats["output"] = summarize(out.out_path, out.rejects_path, verify_tally())
-    stats["out_path"] = str(out.out_path)
-    log.info("verify: %s", stats)
-    return stats
 
 
 def _decide_block(blk: dict, decide: Decider | None, max_tries: int,
