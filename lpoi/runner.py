@@ -12,12 +12,14 @@ not even loaded), blocking, the write/reject bookkeeping in a :class:`StageOutpu
 threads (a row is written only once its files are on disk), counting (:class:`Tally`), progress and the
 ``limit`` stop (a quick subset, and the tests' stand-in for a kill).
 
-**Blocks.** By default a block is ``batch_size`` *consecutive input rows* (block ``b`` goes to shard
-``b mod n``, see :mod:`lpoi.listgen.shard`), computed whole even when an earlier run finished some of its
-rows: a model's output can depend on its batch mates (padding), so this is what makes a resumed or a
-sharded run byte-identical to an uninterrupted one. ``pending_only=True`` batches only the unfinished
-rows instead (generation, whose greedy output is batch-invariant and whose tests count model calls);
-``cut`` then starts a new block wherever ``cut(row)`` changes.
+**Blocks.** A block is ``batch_size`` *consecutive input rows* (a new one also wherever ``cut(row)``
+changes; block ``b`` goes to shard ``b mod n``, see :mod:`lpoi.listgen.shard`), so blocks depend only on
+the input. By default a block is computed whole even when an earlier run finished some of its rows: a
+model's output can depend on its batch mates (padding changes the shapes, hence the float rounding), so
+this is what makes a resumed or a sharded run byte-identical to an uninterrupted one. ``whole=False``
+(or a function of the block saying so) computes only the unfinished rows of such a block — for work
+that does not depend on batch mates (building one sample's list; greedy generation, tested
+batch-invariant).
 
 **Outputs** (:class:`StageOutput`): one flushed, fsynced JSONL line per sample in the result file or
 the rejects file, under their shard names. With ``journal=True`` (what the stage scripts use) every line
@@ -43,7 +45,6 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -127,17 +128,22 @@ def shard_path(path: str | os.PathLike, shard: str | tuple[int, int]) -> Path:
     return path.with_name(f"{path.stem}.shard-{i}-of-{n}{path.suffix}")
 
 
-def blocks_of(rows: Iterable[dict], shard: str | tuple[int, int], size: int) -> Iterator[list[dict]]:
-    """Consecutive blocks of ``size`` rows of ``rows``; block ``b`` belongs to shard ``b mod n``."""
+def blocks_of(rows: Iterable[dict], shard: str | tuple[int, int], size: int,
+              cut: Callable[[dict], Any] | None = None) -> Iterator[list[dict]]:
+    """Consecutive blocks of at most ``size`` rows of ``rows`` (a new block also wherever ``cut(row)``
+    changes); block ``b`` belongs to shard ``b mod n``. The blocks depend only on the input."""
     if size < 1:
         raise ShardError(f"batch size must be >= 1, got {size}")
     i, n = parse_shard(shard)
-    it = iter(rows)
-    b = 0
-    while buf := list(islice(it, size)):
-        if b % n == i:
-            yield buf
-        b += 1
+    b, block = 0, []
+    for r in rows:
+        if block and (len(block) >= size or (cut is not None and cut(r) != cut(block[0]))):
+            if b % n == i:
+                yield block
+            b, block = b + 1, []
+        block.append(r)
+    if block and b % n == i:
+        yield block
 
 
 def count_shard_rows(path: str | os.PathLike, shard: str | tuple[int, int], block: int) -> int:
@@ -445,7 +451,8 @@ class Runner:
     shard: str = "0/1"
     workers: int = 1
     """Prefetch threads for ``load`` (0: load in the main thread); also the file-writer threads."""
-    pending_only: bool = False
+    whole: bool | Callable[[list[dict]], bool] = True
+    """Recompute a block whole when an earlier run finished some of its rows (or only its unfinished rows)."""
     cut: Callable[[dict], Any] | None = None
     progress: bool = True
     desc: str = ""
@@ -482,27 +489,15 @@ class Runner:
         return stats
 
     def _blocks(self, rows: Iterable[dict]) -> Iterator[list[dict]]:
-        done = self.out.done
-        if not self.pending_only:
-            for block in blocks_of(rows, self.shard, self.batch_size):
-                if all(done(r[self.out.key]) for r in block):  # finished: skipped without loading anything
-                    self._skip(len(block))
-                    continue
+        for block in blocks_of(rows, self.shard, self.batch_size, self.cut):
+            todo = [r for r in block if not self.out.done(r[self.out.key])]
+            if not todo:  # finished: skipped without loading anything
+                self._skip(len(block))
+            elif len(todo) == len(block) or (self.whole(block) if callable(self.whole) else self.whole):
                 yield block
-            return
-        if parse_shard(self.shard)[1] != 1:
-            raise ValueError("pending_only runs are not sharded")
-        block: list[dict] = []
-        for r in rows:
-            if done(r[self.out.key]):
-                self._skip(1)
-                continue
-            if block and (len(block) >= self.batch_size or (self.cut and self.cut(r) != self.cut(block[0]))):
-                yield block
-                block = []
-            block.append(r)
-        if block:
-            yield block
+            else:
+                self._skip(len(block) - len(todo))
+                yield todo
 
     def _skip(self, n: int) -> None:
         self.skipped += n

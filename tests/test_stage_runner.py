@@ -60,18 +60,22 @@ def test_whole_blocks_make_a_resumed_run_identical(tmp_path):
     assert recount == {k: full[k] for k in recount}
 
 
-def test_pending_only_batches_unfinished_rows_and_cuts_on_mode(tmp_path):
-    rows = [{"id": k, "mode": "a" if k < 4 else "b"} for k in range(7)]
-    seen = []
+def test_blocks_cut_on_mode_and_partly_done_blocks_whole_or_not(tmp_path):
+    """Blocks of 3 input rows, cut where the mode changes: [0 1 2] [3] [4 5 6] [7 8]. Rows 1 and 5 are done."""
+    rows = [{"id": k, "mode": "a" if k < 4 else "b"} for k in range(9)]
+    for n, (whole, want) in enumerate(((False, [[0, 2], [3], [4, 6], [7, 8]]), (True, [[0, 1, 2], [3], [4, 5, 6], [7, 8]]),
+                                       (lambda block: block[0]["mode"] == "b", [[0, 2], [3], [4, 5, 6], [7, 8]]))):
+        seen = []
 
-    def process(loaded, block):
-        seen.append([r["id"] for r in block])
-        return [{"id": r["id"]} for r in block]
+        def process(loaded, block, seen=seen):
+            seen.append([r["id"] for r in block])
+            return [{"id": r["id"]} for r in block]
 
-    with StageOutput(tmp_path / "o.jsonl", None, "0/1") as out:
-        out.write({"id": 1})
-        Runner(out, 3, pending_only=True, cut=lambda r: r["mode"], progress=False).run(rows, lambda b: b, process)
-    assert seen == [[0, 2, 3], [4, 5, 6]]
+        with StageOutput(tmp_path / f"{n}.jsonl", None, "0/1") as out:
+            out.write({"id": 1})
+            out.write({"id": 5})
+            stats = Runner(out, 3, whole=whole, cut=lambda r: r["mode"], progress=False).run(rows, lambda b: b, process)
+        assert seen == want and stats["written"] == 7 and stats["skipped"] == 2
 
 
 def test_files_are_on_disk_before_their_row_and_journaled(tmp_path):

@@ -86,8 +86,9 @@ def run_lists(prepared_path: str | os.PathLike, verify_path: str | os.PathLike, 
             return [Reject(e["error"]["reason"], e["error"]["detail"], {"stage": "lists"}) if "error" in e
                     else _manifest_row(row, e, out_dir) for row, (e, _) in zip(rows, pmap(fn, tasks))]
 
-        runner = Runner(out, chunk * max(1, num_workers), pending_only=True, workers=1, progress=progress,
-                        desc="lists", tally=lists_tally())
+        # one sample's list never depends on another's: a resumed block builds only its unfinished lists
+        runner = Runner(out, chunk * max(1, num_workers), whole=False, workers=1, progress=progress, desc="lists",
+                        tally=lists_tally())
         stats = runner.run(_join(prepared_path, verify_path), lambda rows: [_task(r, verify_dir) for r in rows],
                            process)
     stats["output"] = lists_metrics(summarize(out.out_path, out.rejects_path, lists_tally()), size)
