@@ -118,7 +118,8 @@ def _drop_stale(out_path: Path, meta: dict, samples: list[ListSample], key) -> d
     if len(keep) != len(rows):
         print(f"[lpoi] {out_path}: {len(rows) - len(keep)} stored row(s) were computed from other images, texts, "
               "tokenisation or model; recomputing them", file=sys.stderr)
-        atomic_write_text(out_path, "".join(json.dumps(x) + "\n" for x in [{"meta": meta}, *keep]))
+        # the lines the runner wrote, byte for byte (so their journal entries still match)
+        atomic_write_text(out_path, "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in [{"meta": meta}, *keep]))
     return {r["id"]: r for r in keep}
 
 
