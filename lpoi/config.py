@@ -19,8 +19,27 @@ class ParamsError(ValueError):
     """params.yaml does not validate; the message lists every offending key."""
 
 
+_READS: set[str] | None = None  # params read so far, when recording (record_reads)
+_PATHS: dict[int, str] = {}  # id(section object) -> its dotted path ("" for the root)
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
+
+    # Recording what a stage reads (LPOI_RECORD_PARAMS, see `record_reads`): a field read is recorded by
+    # its dotted path, a section serialised whole (model_dump) by the section's path.
+    def __getattribute__(self, name: str):
+        value = super().__getattribute__(name)
+        if _READS is not None and name in type(self).model_fields and not isinstance(value, _Section):
+            path = _PATHS.get(id(self))
+            if path is not None:
+                _READS.add(f"{path}.{name}" if path else name)
+        return value
+
+    def model_dump(self, *args, **kwargs):
+        if _READS is not None and _PATHS.get(id(self)):
+            _READS.add(_PATHS[id(self)])
+        return super().model_dump(*args, **kwargs)
 
 
 class ModelParams(_Section):
@@ -357,6 +376,10 @@ def validate(raw: dict) -> Params:
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file. With ``LPOI_RECORD_PARAMS=<file>`` set, the params this process
+    reads and the ``lpoi`` modules it imports are appended to that file at exit (:func:`record_reads`)."""
+    import os
+
     import yaml
 
     path = Path(path)
@@ -366,4 +389,43 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raw = yaml.safe_load(f) or {}
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
-    return validate(raw)
+    params = validate(raw)
+    if os.environ.get("LPOI_RECORD_PARAMS"):
+        record_reads(params, os.environ["LPOI_RECORD_PARAMS"])
+    return params
+
+
+# ---------------------------------------------------------------------------------------------- recording reads
+
+def record_reads(params: Params, out: str | Path) -> None:
+    """Record every param read through ``params`` from now on; at exit append one JSON line to ``out``:
+    ``{"stage": $DVC_STAGE or the script, "params": [dotted keys], "modules": [lpoi source files]}``.
+    The test that every param a stage reads is declared in its dvc.yaml entry (and vice versa) reads it."""
+    import atexit
+
+    global _READS
+    _READS = set() if _READS is None else _READS
+
+    def register(section: _Section, path: str) -> None:
+        _PATHS[id(section)] = path
+        for name in type(section).model_fields:
+            v = object.__getattribute__(section, name)
+            if isinstance(v, _Section):
+                register(v, f"{path}.{name}" if path else name)
+
+    register(params, "")
+    atexit.register(_write_reads, Path(out))
+
+
+def _write_reads(out: Path) -> None:
+    import json
+    import os
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    mods = sorted({Path(m.__file__).resolve().relative_to(root).as_posix() for name, m in list(sys.modules.items())
+                   if (name == "lpoi" or name.startswith("lpoi.")) and getattr(m, "__file__", None)})
+    stage = os.environ.get("DVC_STAGE") or Path(sys.argv[0]).stem
+    line = json.dumps({"stage": stage, "params": sorted(_READS or ()), "modules": mods}) + "\n"
+    with open(out, "a", encoding="utf-8") as f:  # one short append per process
+        f.write(line)

@@ -41,7 +41,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [FileNotFoundError, UnsafePathError, ImageRejected, ModelNotFound,
                                          RejectRatioExceeded, InputError]
     for module, name in (("lpoi.eval.generate", "AdapterError"), ("lpoi.train.reference", "ReferenceError"),
-                         ("lpoi.eval.judge", "JudgeConfigError"), ("lpoi.nltk_data", "NltkDataMissing")):
+                         ("lpoi.eval.judge", "JudgeConfigError"), ("lpoi.nltk_data", "NltkDataMissing"),
+                         ("lpoi.stage", "StageError")):
         try:
             errors.append(getattr(__import__(module, fromlist=[name]), name))
         except (ImportError, AttributeError):

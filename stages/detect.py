@@ -12,7 +12,7 @@ def main():
     ap = parser(__doc__)
     ap.add_argument("--prepared", required=True, help="prepare's output folder")
     ap.add_argument("--out", required=True, help="output folder (detect.jsonl, rejects.jsonl)")
-    ap.add_argument("--metrics", help="metrics JSON to write")
+    ap.add_argument("--metrics", help="metrics JSON to write (timings go beside it, to <name>.timings.json)")
     ap.add_argument("--shard", default="0/1", help="i/n: process only shard i of n (default: %(default)s)")
     ap.add_argument("--limit", type=int, help="only the first N samples")
     args = ap.parse_args()
@@ -21,16 +21,15 @@ def main():
 
     from lpoi.listgen.backends import load_detector_backend
     from lpoi.listgen.detect import run_detect
-    from lpoi.stage import fingerprint, pick_device, resumable_dir, write_metrics
+    from lpoi.stage import open_stage, pick_device
 
-    out = resumable_dir(args.out, fingerprint({"detect": d.model_dump(), "seed": p.seed}, [args.prepared]))
-    backend = load_detector_backend(d, device=pick_device(p.model.device), dtype=p.model.dtype)
-    stats = run_detect(f"{args.prepared}/prepared.jsonl", out / "detect.jsonl", out / "rejects.jsonl",
-                       model_name=d.model, box_threshold=d.box_threshold, text_threshold=d.text_threshold,
-                       batch_size=d.batch_size, max_candidates=d.max_candidates, fallback=d.fallback, seed=p.seed,
-                       shard=args.shard, limit=args.limit, backend=backend)
-    if args.metrics:
-        write_metrics(args.metrics, stats)
+    with open_stage("detect", args, models=[d.model], shard=args.shard) as st:
+        backend = load_detector_backend(d, device=pick_device(p.model.device), dtype=p.model.dtype)
+        stats = run_detect(f"{args.prepared}/prepared.jsonl", st.path / "detect.jsonl", st.path / "rejects.jsonl",
+                           model_name=d.model, box_threshold=d.box_threshold, text_threshold=d.text_threshold,
+                           batch_size=d.batch_size, max_candidates=d.max_candidates, fallback=d.fallback,
+                           seed=p.seed, shard=args.shard, limit=args.limit, backend=backend, journal=True)
+        st.finish(args.metrics, stats.pop("output"), stats)
 
 
 if __name__ == "__main__":

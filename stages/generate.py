@@ -15,48 +15,50 @@ def main():
     ap.add_argument("--adapter", help="LoRA adapter from the train stage (ignored when generate.use_adapter is false)")
     ap.add_argument("--merged", help="a folder of merged weights instead of base + adapter")
     ap.add_argument("--limit", type=int, help="only the first N items (a quick subset)")
-    ap.add_argument("--metrics", help="metrics JSON to write (throughput, counts)")
+    ap.add_argument("--metrics", help="metrics JSON to write (timings go beside it, to <name>.timings.json)")
     args = ap.parse_args()
     p = _common.load(args)
-    b, g = p.bench, p.generate
+    b, g, m = p.bench, p.generate, p.model
 
     from lpoi.eval.generate import generate_answers, load_for_generation
-    from lpoi.stage import fingerprint, pick_device, resumable_dir, write_metrics
+    from lpoi.stage import open_stage, pick_device
 
-    bench_params = getattr(b, args.bench).model_dump()
-    limit = args.limit or bench_params.get("limit")
+    limit = args.limit or getattr(b, args.bench).limit
     adapter = args.adapter if g.use_adapter else None
-    fp = fingerprint({"model": p.model.model_dump(), "generate": g.model_dump(), "bench": bench_params,
-                      "amber": [p.amber.discriminative, p.amber.yes_no] if args.bench == "amber" else None},
-                     [x for x in (adapter, args.merged) if x])
-    out = resumable_dir(args.out, fp)
-    yes_no = normalize = None
-    if args.bench == "amber":
+    models = [m.name] + ([args.merged] if args.merged else [])
+    with open_stage(f"generate@{args.bench}", args, models=models) as st:
+        items, yes_no = _items(args.bench, p, st.path, limit)
+        normalize = None  # AMBER: the stored answer of a generated yes/no reply (the raw reply is kept beside it)
+        if args.bench == "amber":
+            from lpoi.eval.benchmarks.amber import answer_row_normalizer
+
+            normalize = answer_row_normalizer(p.amber.yes_no)
+        model, proc = load_for_generation(m.name, adapter_dir=adapter, merged_dir=args.merged, dtype=m.dtype,
+                                          device=pick_device(m.device), max_pixels=m.max_pixels)
+        stats = generate_answers(model, proc, items, st.path / "answers.jsonl", batch_size=g.batch_size,
+                                 max_new_tokens=g.max_new_tokens, do_sample=g.do_sample, temperature=g.temperature,
+                                 top_p=g.top_p, num_beams=g.num_beams, yes_no=yes_no, normalize_yes_no=normalize,
+                                 journal=True)
+        st.finish(args.metrics, {"adapter": bool(adapter), **stats.pop("output")}, stats)
+
+
+def _items(bench: str, p, out, limit):
+    """The benchmark's work list (and the yes/no mode for AMBER)."""
+    b = p.bench
+    if bench == "amber":
         from lpoi.eval.benchmarks import amber
 
         items = amber.items(b.path("amber", "."), b.path("amber", b.amber.images_dir), limit=limit)
-        items = [{**it, "yes_no": not amber.is_generative(it["id"])} for it in items]
-        yes_no = p.amber.discriminative
-        normalize = amber.answer_row_normalizer(p.amber.yes_no)  # raw reply kept as raw_response
-    elif args.bench == "objhal":
+        return [{**it, "yes_no": not amber.is_generative(it["id"])} for it in items], p.amber.discriminative
+    if bench == "objhal":
         from lpoi.eval.benchmarks import objhal
 
         # base64 images are decoded once into the output folder instead of being held in memory
-        items = objhal.items(b.path("objhal", b.objhal.questions), b.path("objhal", b.objhal.images_dir), limit=limit,
-                             extract_dir=None if b.objhal.images_dir else out / "images")
-    else:
-        from lpoi.eval.benchmarks import mmhal
+        return objhal.items(b.path("objhal", b.objhal.questions), b.path("objhal", b.objhal.images_dir), limit=limit,
+                            extract_dir=None if b.objhal.images_dir else out / "images"), None
+    from lpoi.eval.benchmarks import mmhal
 
-        items = mmhal.items(b.path("mmhal", b.mmhal.template), b.path("mmhal", b.mmhal.images_dir), limit=limit)
-
-    model, proc = load_for_generation(p.model.name, adapter_dir=adapter, merged_dir=args.merged,
-                                      dtype=p.model.dtype, device=pick_device(p.model.device),
-                                      max_pixels=p.model.max_pixels)
-    stats = generate_answers(model, proc, items, out / "answers.jsonl", batch_size=g.batch_size,
-                             max_new_tokens=g.max_new_tokens, do_sample=g.do_sample, temperature=g.temperature,
-                             top_p=g.top_p, num_beams=g.num_beams, yes_no=yes_no, normalize_yes_no=normalize)
-    if args.metrics:
-        write_metrics(args.metrics, {"bench": args.bench, "adapter": bool(adapter), **stats})
+    return mmhal.items(b.path("mmhal", b.mmhal.template), b.path("mmhal", b.mmhal.images_dir), limit=limit), None
 
 
 if __name__ == "__main__":

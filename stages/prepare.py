@@ -1,5 +1,7 @@
 """prepare: validate pairwise preference records -> prepared.jsonl + rejects.jsonl (one line per dropped record)."""
 
+import time
+
 import _common
 from _common import parser, run
 
@@ -14,16 +16,17 @@ def main():
     cfg = _common.load(args)
 
     from lpoi.listgen.prepare import PromptBudget, run_prepare
-    from lpoi.stage import Stopwatch, write_metrics
+    from lpoi.listgen.report import prepare_summary_line
+    from lpoi.stage import write_metrics, write_timings
 
-    clock = Stopwatch()
+    t0 = time.perf_counter()
     # prompts must leave room for an answer in the base model's tokens, or reference and train stop on them
     budget = PromptBudget.for_model(cfg.model.name, cfg.reference.max_length, cfg.model.trust_remote_code)
     summary = run_prepare(args.pairs, args.images, f"{args.out}/prepared.jsonl", f"{args.out}/rejects.jsonl",
                           cfg.prepare, budget=budget)
-    write_metrics(args.metrics, {**summary, "samples_per_s": clock.rate(summary["records_in"])})
-    from lpoi.listgen.report import prepare_summary_line
-
+    secs = time.perf_counter() - t0
+    write_metrics(args.metrics, summary)  # results only; timings beside them (not a metric)
+    write_timings(args.metrics, {"stage": "prepare", "seconds": secs, "samples_per_s": summary["records_in"] / secs})
     print(prepare_summary_line(summary, f"{args.out}/rejects.jsonl"))
 
 

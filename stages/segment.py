@@ -13,7 +13,7 @@ def main():
     ap.add_argument("--prepared", required=True, help="prepare's output folder (an input of the fingerprint)")
     ap.add_argument("--detect", required=True, help="detect's output folder")
     ap.add_argument("--out", required=True, help="output folder (segment.jsonl, masks/, rejects.jsonl)")
-    ap.add_argument("--metrics", help="metrics JSON to write")
+    ap.add_argument("--metrics", help="metrics JSON to write (timings go beside it, to <name>.timings.json)")
     ap.add_argument("--shard", default="0/1", help="i/n: process only shard i of n (default: %(default)s)")
     ap.add_argument("--limit", type=int, help="only the first N samples")
     args = ap.parse_args()
@@ -22,19 +22,18 @@ def main():
 
     from lpoi.listgen.backends import load_segmenter_backend
     from lpoi.listgen.segment import run_segment
-    from lpoi.stage import fingerprint, pick_device, resumable_dir, write_metrics
+    from lpoi.stage import open_stage, pick_device
 
-    fp = fingerprint({"segment": s.model_dump(), "mask": p.lists.mask, "max_tries": p.verify.max_tries},
-                     [args.prepared, args.detect])
-    out = resumable_dir(args.out, fp)
-    backend = None  # lists.mask = bbox: SAM is never loaded
-    if p.lists.mask == "sam":
-        backend = load_segmenter_backend(s, device=pick_device(p.model.device), dtype=p.model.dtype)
-    stats = run_segment(f"{args.detect}/detect.jsonl", out / "segment.jsonl", out / "masks", model_name=s.model,
-                        batch_size=s.batch_size, max_masks_per_sample=p.verify.max_tries, mask_kind=p.lists.mask,
-                        shard=args.shard, rejects_path=out / "rejects.jsonl", limit=args.limit, backend=backend)
-    if args.metrics:
-        write_metrics(args.metrics, stats)
+    sam = p.lists.mask == "sam"
+    with open_stage("segment", args, models=[s.model] if sam else [], shard=args.shard) as st:
+        backend = None  # lists.mask = bbox: SAM is never loaded
+        if sam:
+            backend = load_segmenter_backend(s, device=pick_device(p.model.device), dtype=p.model.dtype)
+        stats = run_segment(f"{args.detect}/detect.jsonl", st.path / "segment.jsonl", st.path / "masks",
+                            model_name=s.model, batch_size=s.batch_size, max_masks_per_sample=p.verify.max_tries,
+                            mask_kind=p.lists.mask, shard=args.shard, rejects_path=st.path / "rejects.jsonl",
+                            limit=args.limit, backend=backend, journal=True)
+        st.finish(args.metrics, stats.pop("output"), stats)
 
 
 if __name__ == "__main__":

@@ -16,14 +16,13 @@ def main():
     args = ap.parse_args()
     p = _common.load(args)
 
-    from lpoi.stage import fingerprint, resumable_dir
+    from lpoi.stage import hold_stage
     from lpoi.train.recipe import TrainPaths, train
 
-    lists, reference = f"{args.lists}/lists.jsonl", f"{args.reference}/reference.jsonl"
-    # checkpoints survive a kill (persist: true) but never a change of params or inputs
-    ckpt = resumable_dir(f"{args.out}/checkpoints", fingerprint(
-        {s: p.section(s) for s in ("model", "train", "reference")}, [lists, reference]))
-    paths = TrainPaths(lists=lists, reference=reference, out=args.out, live=args.live, checkpoints=ckpt)
+    # checkpoints survive a kill (persist: true) but never a change of deps, params or model (dvc.yaml entry)
+    ckpt = hold_stage("train", args, models=[p.model.name])
+    paths = TrainPaths(lists=f"{args.lists}/lists.jsonl", reference=f"{args.reference}/reference.jsonl",
+                       out=args.out, live=args.live, checkpoints=ckpt)
     train(p.train, p.model, p.reference, paths)
     ckpt.mkdir(parents=True, exist_ok=True)  # dvc.yaml declares it; the recipe clears it when done
 

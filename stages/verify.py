@@ -10,28 +10,24 @@ def main():
     ap.add_argument("--prepared", required=True, help="prepare's output folder (questions and answers)")
     ap.add_argument("--segment", required=True, help="segment's output folder")
     ap.add_argument("--out", required=True, help="output folder (verify.jsonl, rejects.jsonl)")
-    ap.add_argument("--metrics", help="metrics JSON to write")
+    ap.add_argument("--metrics", help="metrics JSON to write (timings go beside it, to <name>.timings.json)")
     ap.add_argument("--shard", default="0/1", help="i/n: process only shard i of n (default: %(default)s)")
     ap.add_argument("--limit", type=int, help="only the first N samples")
     args = ap.parse_args()
     p = _common.load(args)
-    v = p.verify
-    verifier = v.model or p.model.name
+    v, base = p.verify, p.model.name  # the verifier is the run's base model unless verify.model names one
+    verifier = v.model or base
 
     from lpoi.listgen.verify import run_verify
-    from lpoi.stage import fingerprint, pick_device, resumable_dir, write_metrics
+    from lpoi.stage import open_stage, pick_device
 
-    fp = fingerprint({"verify": v.model_dump(), "verifier": verifier, "dtype": p.model.dtype, "fill": p.lists.fill,
-                      "max_pixels": p.model.max_pixels},
-                     [args.prepared, args.segment])
-    out = resumable_dir(args.out, fp)
-    stats = run_verify(f"{args.segment}/segment.jsonl", f"{args.prepared}/prepared.jsonl", out / "verify.jsonl",
-                       out / "rejects.jsonl", enabled=v.enabled, model_name=verifier, max_tries=v.max_tries,
-                       on_fail=v.on_fail, fill=p.lists.fill, batch_size=v.batch_size, shard=args.shard,
-                       device=pick_device(p.model.device), dtype=p.model.dtype, limit=args.limit,
-                       max_pixels=p.model.max_pixels)
-    if args.metrics:
-        write_metrics(args.metrics, {"verifier": verifier, **stats})
+    with open_stage("verify", args, models=[verifier] if v.enabled else [], shard=args.shard) as st:
+        stats = run_verify(f"{args.segment}/segment.jsonl", f"{args.prepared}/prepared.jsonl", st.path / "verify.jsonl",
+                           st.path / "rejects.jsonl", enabled=v.enabled, model_name=verifier, max_tries=v.max_tries,
+                           on_fail=v.on_fail, fill=p.lists.fill, batch_size=v.batch_size, shard=args.shard,
+                           device=pick_device(p.model.device), dtype=p.model.dtype, limit=args.limit, journal=True,
+                           max_pixels=p.model.max_pixels)
+        st.finish(args.metrics, stats.pop("output"), {"verifier": verifier, **stats})
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Stage plumbing: every entry point answers --help; dvc.yaml names only scripts and modules that exist;
-persisted output folders are reused only under the same fingerprint."""
+"""Stage plumbing: every entry point answers --help; dvc.yaml names only scripts and modules that exist.
+(The persisted-folder mechanism is tested in tests/test_stage_dir.py, the runner in tests/test_stage_runner.py.)"""
 
 import subprocess
 import sys
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lpoi.stage import fingerprint, resumable_dir, write_metrics
+from lpoi.stage import write_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = sorted(p.name for p in (REPO / "stages").glob("*.py") if not p.name.startswith("_"))
@@ -38,31 +38,6 @@ def test_dvc_yaml_declares_the_dag_with_existing_code_deps():
     # training params must not reach list generation or the reference stage (exp run -S train.* reuses them)
     for name in ("prepare", "detect", "segment", "verify", "lists", "reference"):
         assert not any(str(p).startswith("train") for p in dag[name].get("params", [])), name
-
-
-def test_resumable_dir_keeps_matching_and_clears_changed(tmp_path):
-    d = tmp_path / "out"
-    inp = tmp_path / "in.txt"
-    inp.write_text("a")
-    fp = fingerprint({"x": 1}, [inp])
-    resumable_dir(d, fp)
-    (d / "done.jsonl").write_text("row\n")
-    resumable_dir(d, fingerprint({"x": 1}, [inp]))  # same params, same input: resume
-    assert (d / "done.jsonl").exists()
-    inp.write_text("b")  # input changed: start afresh
-    resumable_dir(d, fingerprint({"x": 1}, [inp]))
-    assert not (d / "done.jsonl").exists()
-    (d / "done.jsonl").write_text("row\n")
-    resumable_dir(d, fingerprint({"x": 2}, [inp]))  # params changed
-    assert not (d / "done.jsonl").exists()
-
-
-def test_fingerprint_sees_folder_contents(tmp_path):
-    (tmp_path / "a").mkdir()
-    (tmp_path / "a" / "f").write_text("1")
-    one = fingerprint({}, [tmp_path / "a"])
-    (tmp_path / "a" / "g").write_text("2")
-    assert fingerprint({}, [tmp_path / "a"]) != one
 
 
 def test_write_metrics_rounds_floats(tmp_path):

@@ -39,11 +39,15 @@ leave them out of the metrics, or fail. Error rows are "finished" for resume; pa
 ``retry_errors=True`` to drop them from the file and try those items again (e.g. after fixing the
 images).
 
-**Resume.** Rows are appended with :class:`lpoi.io.JsonlAppender` (flushed and fsynced per line;
-a partial last line from a kill is cut off on open). Ids already in the file are skipped, so a
-killed run re-run produces the same file as an uninterrupted one: rows stay in input order and, since
-batched greedy equals batch-1 greedy, a different batch split after the restart does not change a
-response.
+**Resume.** The loop is the per-sample runner's (:mod:`lpoi.runner`): rows are appended one flushed,
+fsynced line at a time (a partial last line from a kill is cut off on open; in a stage run, a journal
+also rejects rows that are not exactly what was written). Batches are fixed blocks of the input; ids
+already in the file are skipped. A partly finished block generates only its unfinished items — a
+killed run re-run still produces the same file as an uninterrupted one because greedy generation is
+batch-invariant (batched greedy equals batch-1 greedy, tested) — while a partly finished block of
+``yes_no="logits"`` items is recomputed whole: their stored log-probs depend on the batch mates in the
+last bits (tiny LLaVA, fp32 CPU: up to 5e-7 between batch sizes 1 and 2), and whole blocks keep a
+resumed file byte-identical.
 
 **Per-item mode.** One call can mix generative items and yes/no items (AMBER): an item with a truthy
 ``"yes_no"`` key is a yes/no question; ``yes_no="logits"`` answers those by logits and generates the
@@ -56,15 +60,14 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from lpoi.io import ImageRejected, JsonlAppender, load_image, read_jsonl, to_rgb, write_jsonl
+from lpoi.io import ImageRejected, load_image, read_jsonl, to_rgb, write_jsonl
+from lpoi.runner import Runner, StageOutput, Tally, Write, summarize
 
-__all__ = ["AdapterError", "generate_answers", "load_for_generation"]
+__all__ = ["AdapterError", "answers_metrics", "answers_tally", "generate_answers", "load_for_generation"]
 
 CONTROL_KEYS = ("id", "question", "image", "yes_no")  # consumed here, not copied into the row
 RESERVED_KEYS = ("response", "raw_response", "error", "error_detail", "logprob_yes", "logprob_no")  # written here
@@ -206,6 +209,7 @@ def generate_answers(
     extra_generate_kwargs: dict | None = None,
     retry_errors: bool = False,
     normalize_yes_no=None,
+    journal: bool = False,
 ) -> dict[str, Any]:
     """Answer ``items`` into ``out_path`` (append-only JSONL, resumable); return throughput stats.
 
@@ -222,28 +226,18 @@ def generate_answers(
     both modes), ``n_logits`` (of which by yes/no logits), ``n_errors`` + ``errors`` (per reason),
     ``n_skipped`` (already in the file), ``n_new_tokens`` (generated tokens up to and including the
     first end-of-sequence), ``seconds`` (wall time of the call), ``samples_per_s``,
-    ``new_tokens_per_s``, ``batch_size``.
+    ``new_tokens_per_s``, ``batch_size``; the stage's metrics over the whole file under ``"output"``
+    (:func:`answers_metrics`). The loop is the per-sample runner's (:mod:`lpoi.runner`: images load on a
+    prefetch thread; a resumed block generates only its unfinished items; ``journal`` as in
+    :class:`lpoi.runner.StageOutput`).
     """
     _check_int("batch_size", batch_size, 1)
-    _check_int("max_new_tokens", max_new_tokens, 1)
-    _check_int("num_beams", num_beams, 1)
     if limit is not None:
         _check_int("limit", limit, 0)
     if yes_no not in (None, "generate", "logits"):
         raise ValueError(f"yes_no must be None, 'generate' or 'logits', got {yes_no!r}")
-    extra_kw = dict(extra_generate_kwargs or {})
-    clash = sorted(set(extra_kw) & set(_OWN_GENERATE_KWARGS))
-    if clash:
-        raise ValueError(f"extra_generate_kwargs must not repeat the explicit arguments: {clash}")
-
-    gen_kwargs = {"max_new_tokens": max_new_tokens, "do_sample": bool(do_sample), "num_beams": num_beams,
-                  "pad_token_id": _pad_id(processor, model), **extra_kw}
-    if temperature is not None:
-        gen_kwargs["temperature"] = temperature
-    if top_p is not None:
-        gen_kwargs["top_p"] = top_p
-    eos_ids = _eos_ids(model, extra_kw.get("eos_token_id"))
-
+    gen_kwargs = _generate_kwargs(model, processor, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                  temperature=temperature, top_p=top_p, num_beams=num_beams, extra=extra_generate_kwargs)
     out_path = Path(out_path)
     if retry_errors and out_path.exists():
         rows = list(read_jsonl(out_path))
@@ -251,83 +245,111 @@ def generate_answers(
         if len(kept) != len(rows):
             write_jsonl(out_path, kept)
 
-    stats: Counter = Counter()
-    errors: Counter = Counter()
-    total = _total(items, limit)
-    bar = _progress(total, progress, desc=out_path.parent.name or "generate")
-    t0 = time.perf_counter()
-    seen: set = set()
-    pending: list[dict] = []  # rows of the current batch, in input order; "_image" set on usable ones
-    pending_mode: str | None = None
+    job = _AnswerJob(model, processor, gen_kwargs, _eos_ids(model, gen_kwargs.get("eos_token_id")), id_key,
+                     normalize_yes_no)
+    with StageOutput(out_path, None, "0/1", key=id_key, journal=journal) as out:
+        # greedy text is batch-invariant, so a resumed block generates only its unfinished items; the
+        # log-probs of yes/no items are floats that depend (in their last bits) on the batch mates, so
+        # their blocks are recomputed whole and a resumed run writes the same bytes
+        runner = Runner(out, batch_size, whole=lambda block: block[0]["mode"] == "logits", cut=lambda w: w["mode"],
+                        progress=progress,
+                        desc=f"generate {out_path.parent.name or ''}".strip(), tally=answers_tally())
+        st = runner.run(_work(items, limit, id_key, yes_no), job.load, job.process, total=_total(items, limit))
+    secs = st["seconds"]
+    return {"n_items": st["skipped"] + st["written"], "n_generated": st["n_generated"], "n_logits": st["n_logits"],
+            "n_errors": st["n_errors"], "errors": st["errors"], "n_skipped": st["skipped"], "resumed": st["resumed"],
+            "unverified": st["unverified"], "n_new_tokens": st["n_new_tokens"], "seconds": secs,
+            "samples_per_s": st["n_generated"] / secs if secs > 0 else 0.0,
+            "new_tokens_per_s": st["n_new_tokens"] / secs if secs > 0 else 0.0, "batch_size": batch_size,
+            "output": answers_metrics(out.out_path)}
 
-    with JsonlAppender(out_path, key=id_key) as app:
 
-        def flush() -> None:
-            nonlocal pending
-            if not pending:
-                return
-            todo = [r for r in pending if "_image" in r]
-            if todo:
-                if pending_mode == "logits":
-                    _answer_by_logits(model, processor, todo)
-                    stats["n_logits"] += len(todo)
-                else:
-                    stats["n_new_tokens"] += _answer_by_generate(model, processor, todo, gen_kwargs, eos_ids)
-                stats["n_generated"] += len(todo)
-            for r in pending:
-                r.pop("_image", None)
-                if r.pop("_yes_no") and normalize_yes_no is not None and pending_mode == "generate":
-                    normalize_yes_no(r)
-                app.write(r)
-            bar.update(len(pending))
-            pending = []
+def _generate_kwargs(model, processor, *, max_new_tokens, do_sample, temperature, top_p, num_beams, extra) -> dict:
+    """The ``generate`` keyword arguments: greedy unless asked, the pad id always explicit."""
+    _check_int("max_new_tokens", max_new_tokens, 1)
+    _check_int("num_beams", num_beams, 1)
+    extra_kw = dict(extra or {})
+    clash = sorted(set(extra_kw) & set(_OWN_GENERATE_KWARGS))
+    if clash:
+        raise ValueError(f"extra_generate_kwargs must not repeat the explicit arguments: {clash}")
+    kw = {"max_new_tokens": max_new_tokens, "do_sample": bool(do_sample), "num_beams": num_beams,
+          "pad_token_id": _pad_id(processor, model), **extra_kw}
+    if temperature is not None:
+        kw["temperature"] = temperature
+    if top_p is not None:
+        kw["top_p"] = top_p
+    return kw
 
-        for k, item in enumerate(items):
-            if limit is not None and k >= limit:
-                break
-            stats["n_items"] += 1
-            item_id, question = _check_item(item, k, id_key)
-            key = json.dumps(item_id, sort_keys=True) if isinstance(item_id, (list, dict)) else item_id
-            if key in seen:
-                raise ValueError(f"item {k}: {id_key} {item_id!r} appears twice in the input")
-            seen.add(key)
-            if key in app.done:
-                stats["n_skipped"] += 1
-                bar.update(1)
-                continue
-            mode = "logits" if yes_no == "logits" and item.get("yes_no") else "generate"
-            if pending and (mode != pending_mode or len(pending) >= batch_size):
-                flush()
-            pending_mode = mode
-            row = _row(item, item_id, question, id_key)
-            row["_yes_no"] = bool(item.get("yes_no"))
+
+class _AnswerJob:
+    """The generate stage's two halves for the runner: load a block's images, answer a block."""
+
+    def __init__(self, model, processor, gen_kwargs: dict, eos_ids: set[int], id_key: str, normalize_yes_no=None):
+        self.model, self.processor, self.gen_kwargs, self.eos_ids, self.id_key = model, processor, gen_kwargs, eos_ids, id_key
+        self.normalize_yes_no = normalize_yes_no  # a generated yes/no reply -> the stored answer (raw kept)
+
+    def load(self, block: list[dict]) -> list[dict]:
+        """Prefetch thread: each item's answer row, with its image when usable (an error row otherwise)."""
+        rows = []
+        for w in block:
+            row = _row(w["item"], w[self.id_key], w["question"], self.id_key)
             try:
-                row["_image"] = _image(item.get("image"), k, item_id)
+                row["_image"] = _image(w["item"].get("image"), w["k"], w[self.id_key])
             except ImageRejected as e:
                 row.update(response="", error=e.reason, error_detail=e.detail)
-                errors[e.reason] += 1
-            pending.append(row)
-        flush()
-    bar.close()
+            rows.append(row)
+        return rows
 
-    seconds = time.perf_counter() - t0
-    return {
-        "n_items": stats["n_items"],
-        "n_generated": stats["n_generated"],
-        "n_logits": stats["n_logits"],
-        "n_errors": sum(errors.values()),
-        "errors": dict(errors),
-        "n_skipped": stats["n_skipped"],
-        "n_new_tokens": stats["n_new_tokens"],
-        "seconds": seconds,
-        "samples_per_s": stats["n_generated"] / seconds if seconds > 0 else 0.0,
-        "new_tokens_per_s": stats["n_new_tokens"] / seconds if seconds > 0 else 0.0,
-        "batch_size": batch_size,
-    }
+    def process(self, rows: list[dict], block: list[dict]) -> list[Write]:
+        """One mode per block (the runner cuts blocks where it changes): logits or generation."""
+        todo = [r for r in rows if "_image" in r]
+        tokens = [0] * len(todo)
+        if todo and block[0]["mode"] == "logits":
+            _answer_by_logits(self.model, self.processor, todo)
+        elif todo:
+            tokens = _answer_by_generate(self.model, self.processor, todo, self.gen_kwargs, self.eos_ids)
+        n_new = {id(r): n for r, n in zip(todo, tokens)}
+        for r, w in zip(rows, block):
+            r.pop("_image", None)
+            if self.normalize_yes_no is not None and w["mode"] == "generate" and w["item"].get("yes_no"):
+                self.normalize_yes_no(r)
+        return [Write(r, counts={"n_new_tokens": n_new.get(id(r), 0)}) for r in rows]
 
 
-def _answer_by_generate(model, processor, rows: list[dict], gen_kwargs: dict, eos_ids: set[int]) -> int:
-    """Fill ``response`` of each row by batched generation; return the number of new tokens."""
+def _work(items: Iterable[dict], limit: int | None, id_key: str, yes_no: str | None) -> Iterator[dict]:
+    """The runner's rows: each item checked (no duplicate ids), with its answer mode."""
+    seen: set = set()
+    for k, item in enumerate(items):
+        if limit is not None and k >= limit:
+            break
+        item_id, question = _check_item(item, k, id_key)
+        key = json.dumps(item_id, sort_keys=True) if isinstance(item_id, (list, dict)) else item_id
+        if key in seen:
+            raise ValueError(f"item {k}: {id_key} {item_id!r} appears twice in the input")
+        seen.add(key)
+        mode = "logits" if yes_no == "logits" and item.get("yes_no") else "generate"
+        yield {id_key: item_id, "question": question, "item": item, "k": k, "mode": mode}
+
+
+def _count_answer(row: dict) -> dict[str, Any]:
+    err = row.get("error")
+    return {"n_generated": int(err is None), "n_logits": int("logprob_yes" in row), "n_errors": int(err is not None),
+            "errors": {err: 1} if err is not None else {}}
+
+
+def answers_tally() -> Tally:
+    return Tally(_count_answer, zero={"n_generated": 0, "n_logits": 0, "n_errors": 0, "errors": {}, "n_new_tokens": 0})
+
+
+def answers_metrics(path: str | os.PathLike) -> dict[str, Any]:
+    """The generate stage's metrics over a whole answers file: answers, answered by logits, error rows."""
+    c = summarize(path, None, answers_tally())
+    return {"n_answers": c["written"], "n_logits": c["n_logits"], "n_errors": c["n_errors"],
+            "errors": dict(sorted(c["errors"].items()))}
+
+
+def _answer_by_generate(model, processor, rows: list[dict], gen_kwargs: dict, eos_ids: set[int]) -> list[int]:
+    """Fill ``response`` of each row by batched generation; return each row's number of new tokens."""
     import torch
 
     from lpoi.models.chat import tokenizer_of
@@ -338,10 +360,10 @@ def _answer_by_generate(model, processor, rows: list[dict], gen_kwargs: dict, eo
     width = enc["input_ids"].shape[1]
     new = out[:, width:].cpu()  # left padding: every prompt ends at column `width`
     tok = tokenizer_of(processor)
-    n_tokens = 0
+    n_tokens = []
     for r, ids in zip(rows, new.tolist()):
         r["response"] = tok.decode(ids, skip_special_tokens=True).strip()
-        n_tokens += _n_until_eos(ids, eos_ids)
+        n_tokens.append(_n_until_eos(ids, eos_ids))
     return n_tokens
 
 
@@ -458,9 +480,3 @@ def _total(items: Iterable[dict], limit: int | None) -> int | None:
     except TypeError:
         return limit
     return n if limit is None else min(n, limit)
-
-
-def _progress(total: int | None, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=f"generate {desc}", unit="item", disable=not enabled)

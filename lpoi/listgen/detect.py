@@ -40,23 +40,15 @@ is off), ``image_<reason>`` (the image no longer loads; reasons of :func:`lpoi.i
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from lpoi.io import ImageRejected, load_image
-from lpoi.listgen.shard import (
-    StageOutput,
-    count_shard_rows,
-    parse_shard,
-    pending_blocks,
-    prefetch_map,
-    resolve_device,
-)
+from lpoi.listgen.shard import resolve_device
+from lpoi.runner import Reject, StageOutput, Tally, parse_shard, run_file
 
 __all__ = [
     "EncodedBatch",
@@ -67,12 +59,12 @@ __all__ = [
     "detect_encoded",
     "encode_detection_batch",
     "normalize_phrase",
+    "count_row",
+    "detect_tally",
     "read_detections",
     "run_detect",
     "tokenize_prompts",
 ]
-
-log = logging.getLogger(__name__)
 
 MIN_BOX_PX = 1.0  # boxes narrower or lower than this (after clipping) are degenerate and dropped
 # A fast tokenizer's padding/truncation settings are mutable state of the Rust object: calls from the
@@ -338,6 +330,16 @@ def _fallback(backend, rows: list[dict], images: list, chunks: list[list[str]], 
     return found
 
 
+def count_row(row: dict) -> dict[str, Any]:
+    """What a detect row adds to the stage's counts (metrics are these counts over the whole output)."""
+    src = row["object"]["source"]
+    return {"sources": {src: 1}, "fallback_used": int(src == "random"), "truncated": row["truncated"]}
+
+
+def detect_tally() -> Tally:
+    return Tally(count_row, zero={"sources": {}, "fallback_used": 0, "truncated": 0})
+
+
 def run_detect(
     prepared_path: str | os.PathLike,
     out_path: str | os.PathLike,
@@ -360,6 +362,7 @@ def run_detect(
     processor=None,
     backend=None,
     backend_name: str = "transformers",
+    journal: bool = False,
 ) -> dict[str, Any]:
     """Stream ``prepared.jsonl`` -> ``detect.jsonl`` + ``rejects`` (resumable, shardable).
 
@@ -372,16 +375,16 @@ def run_detect(
     ``prepared_path`` rows need ``id``, ``image_path``, ``prompt``, ``chosen``. Blocks of ``batch_size``
     input rows are the unit of work, sharding (``shard="i/n"``: outputs get ``.shard-i-of-n`` names) and
     resume (finished ids are skipped; a partly finished block is recomputed whole so results do not
-    depend on where a previous run stopped). ``num_workers`` threads prepare the next blocks (image
-    decoding, candidate extraction, tokenising) while the model runs. ``model``/``processor`` may be
-    passed pre-loaded (then ``model_name``, ``device`` and ``dtype`` are not used to load), or a whole
-    ``backend`` (:mod:`lpoi.listgen.backends`); otherwise ``backend_name`` loads ``model_name``.
-    Returns stats: ``{"samples", "written", "rejected", "skipped", "rejects_by_reason", "sources",
-    "fallback_used", "truncated", "backend" (which implementation ran), "seconds", "samples_per_s"}`` for this
-    invocation.
+    depend on where a previous run stopped) — see :mod:`lpoi.runner`. ``num_workers`` threads prepare the
+    next blocks (image decoding, candidate extraction, tokenising) while the model runs. ``model``/
+    ``processor`` may be passed pre-loaded (then ``model_name``, ``device`` and ``dtype`` are not used to
+    load), or a whole ``backend`` (:mod:`lpoi.listgen.backends`); otherwise ``backend_name`` loads
+    ``model_name``. ``journal``: check and keep the output journal (stage runs;
+    :class:`lpoi.runner.StageOutput`). Returns this invocation's counts and timings (``samples``,
+    ``written``, ``rejected``, ``skipped``, ``resumed``, ``rejects_by_reason``, ``sources``,
+    ``fallback_used``, ``truncated``, ``seconds``, ``samples_per_s``) and, under ``"output"``, the same
+    counts over the whole output plus ``backend`` (which implementation ran).
     """
-    from tqdm.auto import tqdm
-
     from lpoi.listgen.objects import COCO_CLASSES, pick_random_detection
 
     parse_shard(shard)
@@ -396,64 +399,29 @@ def run_detect(
             open_detector(backend_name, model_name, device=resolve_device(device), dtype=dtype)
     coco_chunks = backend.prompt_chunks(list(COCO_CLASSES)) if fallback else []
 
-    stats: dict[str, Any] = {"samples": 0, "written": 0, "rejected": 0, "skipped": 0, "rejects_by_reason": {},
-                             "sources": {}, "fallback_used": 0, "truncated": 0, "backend": backend.name}
-    t0 = time.perf_counter()
-    with StageOutput(out_path, rejects_path, shard, limit=limit) as out, \
-            tqdm(total=count_shard_rows(prepared_path, shard, batch_size), disable=not progress, desc="detect",
-                 unit="sample") as bar:
+    def process(blk: dict, rows: list[dict]) -> list:
+        dets = backend.detect(blk["enc"], box_threshold, text_threshold)
+        need = [i for i, ds in enumerate(dets) if not ds]
+        found = {}
+        if need and fallback:
+            found = dict(zip(need, _fallback(backend, [blk["ok_rows"][i] for i in need],
+                                             [blk["images"][i] for i in need], coco_chunks, box_threshold,
+                                             text_threshold)))
+        by_id = {row["id"]: _row_result(row, blk["images"][i], blk["cands"][i], dets[i], blk["enc"].truncated[i],
+                                        found.get(i), seed, pick_random_detection)
+                 for i, row in enumerate(blk["ok_rows"])}
+        return [Reject(*blk["errors"][r["id"]]) if r["id"] in blk["errors"] else by_id[r["id"]] for r in rows]
 
-
-        load = lambda rows: _load_block(rows, max_candidates, backend)
-        todo = pending_blocks(prepared_path, shard, batch_size, out, stats, bar)
-        for blk in prefetch_map(load, todo, workers=num_workers):
-            dets = backend.detect(blk["enc"], box_threshold, text_threshold)
-            need = [i for i, ds in enumerate(dets) if not ds]
-            found = {}
-            if need and fallback:
-                fb = _fallback(backend, [blk["ok_rows"][i] for i in need], [blk["images"][i] for i in need],
-                               coco_chunks, box_threshold, text_threshold)
-                found = dict(zip(need, fb))
-            by_id = {}
-            for i, row in enumerate(blk["ok_rows"]):
-                by_id[row["id"]] = _row_result(row, blk["images"][i], blk["cands"][i], dets[i],
-                                               blk["enc"].truncated[i], found.get(i), seed, pick_random_detection)
-            for row in blk["rows"]:
-                sid = row["id"]
-                if out.done(sid):  # finished by an earlier run (this block was partly done)
-                    stats["skipped"] += 1
-                    bar.update(1)
-                    continue
-                stats["samples"] += 1
-                if sid in blk["errors"]:
-                    reason, detail = blk["errors"][sid]
-                    res = ("reject", reason, detail)
-                else:
-                    res = by_id[sid]
-                if res[0] == "reject":
-                    out.reject(sid, res[1], res[2])
-                    stats["rejects_by_reason"][res[1]] = stats["rejects_by_reason"].get(res[1], 0) + 1
-                else:
-                    out.write(res[1])
-                    src = res[1]["object"]["source"]
-                    stats["sources"][src] = stats["sources"].get(src, 0) + 1
-                    stats["fallback_used"] += src == "random"
-                    stats["truncated"] += res[1]["truncated"]
-                bar.update(1)
-                if out.full:
-                    break
-            if out.full:
-                break
-        stats["written"], stats["rejected"] = out.written, out.rejected
-        stats["out_path"], stats["rejects_path"] = str(out.out_path), str(out.rejects_path)
-    stats["seconds"] = time.perf_counter() - t0
-    stats["samples_per_s"] = stats["samples"] / stats["seconds"] if stats["seconds"] > 0 else None
-    log.info("detect: %s", stats)
+    out = StageOutput(out_path, rejects_path, shard, limit=limit, journal=journal)
+    stats = run_file(prepared_path, out, lambda rows: _load_block(rows, max_candidates, backend), process,
+                     tally=detect_tally, batch_size=batch_size, shard=shard, workers=num_workers,
+                     progress=progress, desc="detect")
+    stats["output"]["backend"] = stats["backend"] = backend.name
     return stats
 
 
-def _row_result(row, image, cands, dets, truncated, fallback_found, seed, pick_random_detection):
-    """One sample's output row (``("ok", row)``) or reject (``("reject", reason, detail)``)."""
+def _row_result(row, image, cands, dets, truncated, fallback_found, seed, pick_random_detection) -> dict | Reject:
+    """One sample's output row, or its :class:`~lpoi.runner.Reject`."""
     w, h = image.size
     by_index = {d["index"]: d for d in dets}
     out_cands = []
@@ -470,12 +438,9 @@ def _row_result(row, image, cands, dets, truncated, fallback_found, seed, pick_r
                               "box": pick["box"], "score": pick["score"], "box_score": None})
             first = len(out_cands) - 1
     if first is None:
+        also = " and the COCO-class fallback detected nothing" if fallback_found is not None else ""
         if not cands:
-            return ("reject", "no_candidates",
-                    "the question and chosen answer name no object" + (" and the COCO-class fallback detected "
-                                                                       "nothing" if fallback_found is not None else ""))
-        return ("reject", "no_detection",
-                f"none of {[c['phrase'] for c in cands]} detected" + (" and the COCO-class fallback detected nothing"
-                                                                      if fallback_found is not None else ""))
-    return ("ok", {"id": row["id"], "image_path": row["image_path"], "width": w, "height": h,
-                   "candidates": out_cands, "object": {**out_cands[first], "index": first}, "truncated": truncated})
+            return Reject("no_candidates", "the question and chosen answer name no object" + also)
+        return Reject("no_detection", f"none of {[c['phrase'] for c in cands]} detected" + also)
+    return {"id": row["id"], "image_path": row["image_path"], "width": w, "height": h,
+            "candidates": out_cands, "object": {**out_cands[first], "index": first}, "truncated": truncated}

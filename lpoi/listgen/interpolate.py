@@ -35,6 +35,7 @@ import io
 import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from itertools import islice
 from pathlib import Path
@@ -55,6 +56,8 @@ __all__ = [
     "hidden_counts",
     "hidden_fraction",
     "iter_build_lists",
+    "list_builder",
+    "list_mapper",
     "list_paths",
     "load_mask",
     "make_list",
@@ -348,8 +351,11 @@ def _build_one(
     mask_kind: str,
     blur_sigma: float | None,
     compress_level: int,
+    reuse: bool = True,
 ) -> tuple[dict[str, Any], bool]:
-    """One sample -> (manifest entry or error entry, resumed?)."""
+    """One sample -> (manifest entry or error entry, resumed?). ``reuse``: take a sample whose L PNGs
+    exist as finished (the caller vouches for them; the lists stage checks them against its journal and
+    passes False, so files it cannot vouch for are rebuilt)."""
     sid = str(task.get("id"))
     try:
         box = _task_box(task)
@@ -358,7 +364,7 @@ def _build_one(
         kind = mask_kind
         if mask_kind == "sam" and not mask_path:
             kind = "bbox"  # no SAM mask for this sample (segment off or failed): box masking, recorded
-        resumed = all(p.is_file() for p in paths)
+        resumed = reuse and all(p.is_file() for p in paths)
         if resumed:  # a previous run finished the PNGs; recompute only the metadata (no image decode)
             from PIL import Image
 
@@ -426,44 +432,50 @@ def iter_build_lists(
     Entries are identical whether a sample was built now or resumed (so a killed and re-run stage writes
     the same manifest); pass a ``stats`` dict to get the counts ``built``, ``resumed`` and ``errors``.
     """
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    fn = list_builder(out_dir, size=size, mode=mode, fill=fill, highlight=highlight, mask_kind=mask_kind,
+                      blur_sigma=blur_sigma, compress_level=compress_level)
+    if stats is not None:
+        for key in ("built", "resumed", "errors"):
+            stats.setdefault(key, 0)
+    it = iter(tasks)
+    with list_mapper(num_workers) as pmap:
+        while batch := list(islice(it, chunk * max(1, num_workers))):
+            for entry, resumed in pmap(fn, batch):
+                if stats is not None:
+                    stats["errors" if "error" in entry else "resumed" if resumed else "built"] += 1
+                yield entry
+
+
+def list_builder(out_dir: str | os.PathLike, *, size: int = 5, mode: str = "progressive", fill: str = "black",
+                 highlight: bool = False, mask_kind: str = "sam", blur_sigma: float | None = None,
+                 compress_level: int = 1, reuse: bool = True):
+    """Checked params -> the picklable ``task -> (entry, resumed)`` function that builds one sample's list
+    into ``out_dir`` (see :func:`iter_build_lists` for tasks, entries and ``reuse``)."""
     _check_size(size)
     if mode not in MODES or fill not in FILLS or mask_kind not in MASK_KINDS:
         raise ValueError(
             f"bad list params: mode={mode!r} (one of {MODES}), fill={fill!r} (one of {FILLS}), "
             f"mask_kind={mask_kind!r} (one of {MASK_KINDS})"
         )
+    return partial(_build_one, out_dir=os.fspath(out_dir), size=size, mode=mode, fill=fill, highlight=highlight,
+                   mask_kind=mask_kind, blur_sigma=blur_sigma, compress_level=compress_level, reuse=reuse)
+
+
+@contextmanager
+def list_mapper(num_workers: int):
+    """``map(fn, batch)`` in-process (``num_workers=0``) or over ``num_workers`` spawned processes."""
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-    fn = partial(
-        _build_one,
-        out_dir=os.fspath(out_dir),
-        size=size,
-        mode=mode,
-        fill=fill,
-        highlight=highlight,
-        mask_kind=mask_kind,
-        blur_sigma=blur_sigma,
-        compress_level=compress_level,
-    )
-    if stats is not None:
-        for key in ("built", "resumed", "errors"):
-            stats.setdefault(key, 0)
-    for entry, resumed in _run(fn, iter(tasks), num_workers, chunk):
-        if stats is not None:
-            stats["errors" if "error" in entry else "resumed" if resumed else "built"] += 1
-        yield entry
-
-
-def _run(fn, it: Iterator, num_workers: int, chunk: int) -> Iterator:
     if num_workers == 0:
-        yield from map(fn, it)
+        yield lambda fn, batch: map(fn, batch)
         return
     import multiprocessing as mp
 
     # spawn, not fork: the parent may hold torch/OpenMP threads, which fork does not survive safely
     with mp.get_context("spawn").Pool(num_workers) as pool:
-        while batch := list(islice(it, chunk * num_workers)):
-            yield from pool.imap(fn, batch, chunksize=max(1, len(batch) // (4 * num_workers)))
+        yield lambda fn, batch: pool.imap(fn, batch, chunksize=max(1, len(batch) // (4 * num_workers)))
 
 
 def build_lists(

@@ -24,39 +24,30 @@ masks the same way in both modes.
 
 from __future__ import annotations
 
-import logging
 import os
-import time
-from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lpoi.io import ImageRejected, load_image
-from lpoi.listgen.shard import (
-    StageOutput,
-    count_shard_rows,
-    parse_shard,
-    pending_blocks,
-    prefetch_map,
-    resolve_device,
-)
+from lpoi.listgen.shard import resolve_device
+from lpoi.runner import Reject, StageOutput, Tally, Write, parse_shard, run_file
 
 __all__ = [
     "MASK_KINDS",
+    "count_row",
     "encode_segment_batch",
     "mask_file",
     "run_segment",
     "segment_batch",
     "segment_boxes",
     "segment_encoded",
+    "segment_tally",
     "select_best_masks",
 ]
-
-log = logging.getLogger(__name__)
 
 MASK_KINDS = ("sam", "bbox")
 
@@ -178,6 +169,48 @@ def _load_block(rows: list[dict], max_masks: int, backend) -> dict:
     return {"rows": rows, "ids": ids, "enc": enc, "errors": errors}
 
 
+def count_row(row: dict) -> dict[str, int]:
+    """What a segment row adds to the stage's counts (metrics are these counts over the whole output)."""
+    masked = [c for c in row["candidates"] if c.get("mask")]
+    fallback = sum(1 for c in masked if c.get("mask_fallback"))
+    sam = sum(1 for c in masked if c.get("mask_iou") is not None and not c.get("mask_fallback"))
+    return {"masks": len(masked), "sam_masks": sam, "mask_fallback": fallback}
+
+
+def segment_tally() -> Tally:
+    return Tally(count_row, zero={"masks": 0, "sam_masks": 0, "mask_fallback": 0})
+
+
+def _row_result(row: dict, picks: list[int], sam: tuple | None, mask_kind: str, masks_dir, base: Path) -> Write:
+    """A sample's output row and its mask files (written by the runner's writer threads)."""
+    from lpoi.listgen.interpolate import box_mask, save_mask
+
+    sid = row["id"]
+    w, h = int(row["width"]), int(row["height"])
+    cands = [dict(c, mask=None, mask_iou=None, mask_area=None) for c in row["candidates"]]
+    files = {}
+    for k, j in enumerate(picks):
+        c = cands[j]
+        m = box_mask(c["box"], h, w)
+        if sam is not None:
+            sm, iou = sam[0][k], float(sam[1][k])
+            if sm.shape != (h, w):
+                raise RuntimeError(f"sample {sid!r}: SAM mask {sm.shape} != image {(h, w)}")
+            c["mask_iou"] = round(iou, 6)
+            if sm.any():
+                m = sm
+            else:  # an empty SAM mask (weak or random weights): the box, flagged
+                c["mask_fallback"] = "bbox"
+        path = mask_file(masks_dir, sid, j)
+        files[path] = partial(save_mask, m, path)
+        c["mask"] = Path(os.path.relpath(path, base)).as_posix()
+        c["mask_area"] = round(float(m.sum()) / (h * w), 6)
+    first = next((c for c in cands if c["mask"] is not None), None)
+    kind = None if first is None else ("bbox" if mask_kind == "bbox" or first.get("mask_fallback") else "sam")
+    return Write({"id": sid, "image_path": row.get("image_path"), "width": w, "height": h, "mask_kind": mask_kind,
+                  "mask": kind, "candidates": cands}, files)
+
+
 def run_segment(
     detect_path: str | os.PathLike,
     out_path: str | os.PathLike,
@@ -198,6 +231,7 @@ def run_segment(
     processor=None,
     backend=None,
     backend_name: str = "transformers",
+    journal: bool = False,
 ) -> dict[str, Any]:
     """Stream ``detect.jsonl`` -> ``segment.jsonl`` + mask PNGs (resumable, shardable).
 
@@ -209,118 +243,38 @@ def run_segment(
     "mask_fallback": "bbox" (only when SAM's mask was empty)}]}``.
 
     ``num_workers`` threads decode and preprocess the next blocks and encode/fsync the mask PNGs while
-    the model runs (a block's rows are written once its masks are on disk).
-    ``mask_kind="bbox"`` never loads SAM. The segmenter is ``backend`` (:mod:`lpoi.listgen.backends`), else
-    the transformers ``model``/``processor`` passed in, else ``backend_name`` loading ``model_name``. A sample whose image no longer loads is written to
-    ``rejects_path`` (``image_<reason>``); without a rejects file that raises. Resume, blocks and sharding
-    as in :func:`lpoi.listgen.detect.run_detect`. Returns this invocation's stats.
+    the model runs (a block's rows are written once its masks are on disk, so a resumed run never sees a
+    row whose mask files are missing). ``mask_kind="bbox"`` never loads SAM. The segmenter is ``backend``
+    (:mod:`lpoi.listgen.backends`), else the transformers ``model``/``processor`` passed in, else
+    ``backend_name`` loading ``model_name``. A sample whose image no longer loads is written to
+    ``rejects_path`` (``image_<reason>``); without a rejects file that raises. Resume, blocks, sharding,
+    ``journal`` and the returned counts as in :func:`lpoi.listgen.detect.run_detect` (counts: ``masks``,
+    ``sam_masks``, ``mask_fallback``; ``backend`` names the implementation that ran).
     """
-    from tqdm.auto import tqdm
-
-    from lpoi.listgen.interpolate import box_mask, save_mask
-
     parse_shard(shard)
     if mask_kind not in MASK_KINDS:
         raise ValueError(f"mask kind must be one of {MASK_KINDS}, got {mask_kind!r}")
     if batch_size < 1 or max_masks_per_sample < 1:
         raise ValueError(f"segment.batch_size and max_masks_per_sample must be >= 1, got {batch_size}, "
                          f"{max_masks_per_sample}")
-    if mask_kind == "sam" and backend is None:
+    use_sam = mask_kind == "sam"
+    if use_sam and backend is None:
         from lpoi.listgen.backends import TransformersSegmenter, open_segmenter
 
         backend = TransformersSegmenter(model, processor) if model is not None else \
             open_segmenter(backend_name, model_name, device=resolve_device(device), dtype=dtype)
-    stats: dict[str, Any] = {"samples": 0, "written": 0, "rejected": 0, "skipped": 0, "masks": 0,
-                             "sam_masks": 0, "mask_fallback": 0, "rejects_by_reason": {},
-                             "backend": backend.name if backend is not None else None}
-    t0 = time.perf_counter()
-    with StageOutput(out_path, rejects_path, shard, limit=limit) as out, \
-            ThreadPoolExecutor(max_workers=max(1, num_workers)) as writer, \
-            tqdm(total=count_shard_rows(detect_path, shard, batch_size), disable=not progress, desc="segment",
-                 unit="sample") as bar:
-        base = out.out_path.parent
 
+    out = StageOutput(out_path, rejects_path, shard, limit=limit, journal=journal)
+    base = out.out_path.parent
 
-        load = lambda rows: _load_block(rows, max_masks_per_sample, backend if mask_kind == "sam" else None)
-        # Mask PNGs are encoded and fsync'ed by writer threads (zlib and fsync release the GIL) while the
-        # accelerator works on the next block; a block's rows are written only once all its masks are on
-        # disk, so a resumed run never sees a row whose mask files are missing.
-        pending: deque = deque()  # (entries, futures) per block, in input order
+    def process(blk: dict, rows: list[dict]) -> list:
+        sam = dict(zip(blk["ids"], backend.segment(blk["enc"]))) if use_sam else {}
+        return [Reject(*blk["errors"][r["id"]]) if r["id"] in blk["errors"] else
+                _row_result(r, _picks(r, max_masks_per_sample), sam.get(r["id"]), mask_kind, masks_dir, base)
+                for r in rows]
 
-        def flush(entries, futs) -> bool:
-            for f in futs:
-                f.result()
-            for sid, action, payload, counts in entries:
-                if action == "skip":
-                    stats["skipped"] += 1
-                elif action == "reject":
-                    out.reject(sid, *payload)
-                    stats["rejects_by_reason"][payload[0]] = stats["rejects_by_reason"].get(payload[0], 0) + 1
-                else:
-                    out.write(payload)
-                for k, v in counts.items():
-                    stats[k] += v
-                bar.update(1)
-                if out.full:
-                    return True
-            return False
-
-        stop = False
-        todo = pending_blocks(detect_path, shard, batch_size, out, stats, bar)
-        for blk in prefetch_map(load, todo, workers=num_workers):
-            picks = {r["id"]: _picks(r, max_masks_per_sample) for r in blk["rows"]}
-            sam: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-            if mask_kind == "sam":
-                sam = dict(zip(blk["ids"], backend.segment(blk["enc"])))
-            entries, futs = [], []
-            for row in blk["rows"]:
-                sid = row["id"]
-                if out.done(sid):  # finished by an earlier run (this block was partly done)
-                    entries.append((sid, "skip", None, {}))
-                    continue
-                if sid in blk["errors"]:
-                    entries.append((sid, "reject", blk["errors"][sid], {"samples": 1}))
-                    continue
-                counts = {"samples": 1, "masks": 0, "sam_masks": 0, "mask_fallback": 0}
-                w, h = int(row["width"]), int(row["height"])
-                cands = [dict(c, mask=None, mask_iou=None, mask_area=None) for c in row["candidates"]]
-                for k, j in enumerate(picks[sid]):
-                    c = cands[j]
-                    bm = box_mask(c["box"], h, w)
-                    if mask_kind == "sam":
-                        m, iou = sam[sid][0][k], float(sam[sid][1][k])
-                        if m.shape != (h, w):
-                            raise RuntimeError(f"sample {sid!r}: SAM mask {m.shape} != image {(h, w)}")
-                        c["mask_iou"] = round(iou, 6)
-                        if not m.any():
-                            m = bm
-                            c["mask_fallback"] = "bbox"
-                            counts["mask_fallback"] += 1
-                        else:
-                            counts["sam_masks"] += 1
-                    else:
-                        m = bm
-                    path = mask_file(masks_dir, sid, j)
-                    futs.append(writer.submit(save_mask, m, path))
-                    c["mask"] = Path(os.path.relpath(path, base)).as_posix()
-                    c["mask_area"] = round(float(m.sum()) / (h * w), 6)
-                    counts["masks"] += 1
-                first = next((c for c in cands if c["mask"] is not None), None)
-                kind = None if first is None else ("bbox" if mask_kind == "bbox" or first.get("mask_fallback") else "sam")
-                entries.append((sid, "write", {"id": sid, "image_path": row.get("image_path"), "width": w, "height": h,
-                                               "mask_kind": mask_kind, "mask": kind, "candidates": cands}, counts))
-            pending.append((entries, futs))
-            while pending and (len(pending) > 1 or all(f.done() for f in pending[0][1])):
-                if flush(*pending.popleft()):
-                    stop = True
-                    break
-            if stop:
-                break
-        while pending and not stop:
-            stop = flush(*pending.popleft())
-        stats["written"], stats["rejected"] = out.written, out.rejected
-        stats["out_path"] = str(out.out_path)
-    stats["seconds"] = time.perf_counter() - t0
-    stats["samples_per_s"] = stats["samples"] / stats["seconds"] if stats["seconds"] > 0 else None
-    log.info("segment: %s", stats)
+    stats = run_file(detect_path, out, lambda rows: _load_block(rows, max_masks_per_sample, backend if use_sam else None),
+                     process, tally=segment_tally, batch_size=batch_size, shard=shard, workers=num_workers,
+                     progress=progress, desc="segment")
+    stats["output"]["backend"] = stats["backend"] = backend.name if use_sam else None
     return stats

@@ -1,7 +1,7 @@
 """Split the model stages (detect, segment, verify) across GPUs or machines, and merge them back.
 
-Also the small streaming helpers those stages share (:func:`iter_blocks`, :func:`prefetch_map`,
-:func:`resolve_device`).
+Also the small streaming helpers the per-sample runner (:mod:`lpoi.runner`) uses (:func:`iter_blocks`,
+:func:`prefetch_map`, :func:`resolve_device`).
 
 A stage run with ``--shard i/n`` processes only its share of the input and writes its outputs next to
 the unsharded ones with a ``.shard-i-of-n`` infix (``detect.jsonl`` -> ``detect.shard-0-of-4.jsonl``,
@@ -42,10 +42,20 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from lpoi.io import atomic_open, read_jsonl
+from lpoi.runner import (  # noqa: F401  (re-exported: they used to live here)
+    ShardError,
+    StageOutput,
+    blocks_of,
+    count_shard_rows,
+    parse_shard,
+    prefetch_map,
+    shard_path,
+)
 
 __all__ = [
     "ShardError",
     "StageOutput",
+    "blocks_of",
     "count_shard_rows",
     "in_shard",
     "iter_blocks",
@@ -53,41 +63,9 @@ __all__ = [
     "parse_shard",
     "prefetch_map",
     "resolve_device",
-    "pending_blocks",
     "shard_path",
     "shard_rows",
 ]
-
-
-class ShardError(ValueError):
-    """A bad shard spec, or shard files that do not fit together (duplicates, unknown ids, wrong order)."""
-
-
-def parse_shard(spec: str | tuple[int, int]) -> tuple[int, int]:
-    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``; a ``(i, n)`` tuple is checked the same way.
-
-    >>> parse_shard("1/4")
-    (1, 4)
-    """
-    if isinstance(spec, tuple) and len(spec) == 2:
-        i, n = spec
-    elif isinstance(spec, str):
-        parts = spec.strip().split("/")
-        if len(parts) != 2:
-            raise ShardError(f"shard must look like 'i/n' (e.g. '0/4'), got {spec!r}")
-        try:
-            i, n = int(parts[0]), int(parts[1])
-        except ValueError:
-            raise ShardError(f"shard must be two integers 'i/n' (e.g. '0/4'), got {spec!r}") from None
-    else:
-        raise ShardError(f"shard must be a string 'i/n', got {spec!r}")
-    if isinstance(i, bool) or isinstance(n, bool) or not isinstance(i, int) or not isinstance(n, int):
-        raise ShardError(f"shard must be two integers, got {spec!r}")
-    if n < 1:
-        raise ShardError(f"shard count n must be >= 1, got {spec!r}")
-    if not 0 <= i < n:
-        raise ShardError(f"shard index i must be in [0, n), got {spec!r}")
-    return i, n
 
 
 def in_shard(sample_id: str, index: int, shard: str | tuple[int, int], *, by: str = "index", block: int = 1) -> bool:
@@ -108,21 +86,6 @@ def in_shard(sample_id: str, index: int, shard: str | tuple[int, int], *, by: st
         digest = hashlib.sha256(str(sample_id).encode("utf-8")).digest()
         return int.from_bytes(digest[:8], "big") % n == i
     raise ShardError(f"shard assignment must be 'index' or 'hash', got {by!r}")
-
-
-def shard_path(path: str | os.PathLike, shard: str | tuple[int, int]) -> Path:
-    """Where shard ``i/n`` writes what the unsharded run writes to ``path``.
-
-    >>> shard_path("data/detect.jsonl", "2/4").as_posix()
-    'data/detect.shard-2-of-4.jsonl'
-    >>> shard_path("data/detect.jsonl", "0/1").as_posix()
-    'data/detect.jsonl'
-    """
-    i, n = parse_shard(shard)
-    path = Path(path)
-    if n == 1:
-        return path
-    return path.with_name(f"{path.stem}.shard-{i}-of-{n}{path.suffix}")
 
 
 def shard_rows(rows, shard: str | tuple[int, int], *, by: str = "index", block: int = 1) -> Iterator[tuple[int, dict]]:
@@ -190,106 +153,7 @@ def iter_blocks(path: str | os.PathLike, shard: str | tuple[int, int], block: in
     """
     if block < 1:
         raise ShardError(f"batch size must be >= 1, got {block}")
-    i, n = parse_shard(shard)
-    buf: list[dict] = []
-    b = 0
-    for row in read_jsonl(path):
-        buf.append(row)
-        if len(buf) == block:
-            if b % n == i:
-                yield buf
-            buf, b = [], b + 1
-    if buf and b % n == i:
-        yield buf
-
-
-def count_shard_rows(path: str | os.PathLike, shard: str | tuple[int, int], block: int) -> int:
-    """How many rows :func:`iter_blocks` will yield (a cheap line count, for progress bars)."""
-    i, n = parse_shard(shard)
-    with open(path, "rb") as f:
-        total = sum(1 for line in f if line.strip())
-    return sum(1 for k in range(total) if (k // block) % n == i)
-
-
-def prefetch_map(fn, items, workers: int = 1, depth: int = 2) -> Iterator:
-    """``map(fn, items)`` computed ``depth`` items ahead in ``workers`` threads, results in order.
-
-    Overlaps CPU work (image decoding, resizing, tokenising) with the accelerator's work on the current
-    batch. ``workers=0`` is a plain lazy map. The input is consumed lazily (at most ``depth`` items in
-    flight), so memory stays bounded.
-    """
-    if workers <= 0:
-        yield from map(fn, items)
-        return
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
-    it = iter(items)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: deque = deque()
-        try:
-            for item in it:
-                pending.append(pool.submit(fn, item))
-                if len(pending) > depth:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:
-            for fut in pending:
-                fut.cancel()
-
-
-class StageOutput:
-    """A stage's resumable outputs: result rows in ``out_path``, reject rows in ``rejects_path``.
-
-    Both are :class:`lpoi.io.JsonlAppender` files (one flushed line per sample; a partial last line from
-    a kill is cut off on open), under their shard names (:func:`shard_path`). ``done(id)`` is true for a
-    sample found in either file, so a re-run skips it. ``limit`` stops a run after that many new rows
-    (quick subsets, and the tests' stand-in for a kill).
-    """
-
-    def __init__(self, out_path, rejects_path, shard, *, limit: int | None = None):
-        from lpoi.io import JsonlAppender
-
-        self.out_path = shard_path(out_path, shard)
-        self.rejects_path = shard_path(rejects_path, shard) if rejects_path is not None else None
-        self._out = JsonlAppender(self.out_path)
-        self._rej = JsonlAppender(self.rejects_path) if self.rejects_path is not None else None
-        self._done = set(self._out.done) | (set(self._rej.done) if self._rej is not None else set())
-        self.resumed = len(self._done)
-        self.limit = limit
-        self.written = 0
-        self.rejected = 0
-
-    def done(self, sample_id) -> bool:
-        return sample_id in self._done
-
-    @property
-    def full(self) -> bool:
-        return self.limit is not None and self.written + self.rejected >= self.limit
-
-    def write(self, row: dict) -> None:
-        self._out.write(row)
-        self._done.add(row["id"])
-        self.written += 1
-
-    def reject(self, sample_id, reason: str, detail: str, **extra) -> None:
-        if self._rej is None:
-            raise RuntimeError(f"sample {sample_id!r} rejected ({reason}: {detail}) but the stage has no rejects file")
-        self._rej.write({"id": sample_id, "reason": reason, "detail": detail, **extra})
-        self._done.add(sample_id)
-        self.rejected += 1
-
-    def close(self) -> None:
-        self._out.close()
-        if self._rej is not None:
-            self._rej.close()
-
-    def __enter__(self) -> StageOutput:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    return blocks_of(read_jsonl(path), shard, block)
 
 
 def resolve_device(device: str | None) -> str:
@@ -316,13 +180,3 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     main()
 
-
-def pending_blocks(path, shard, batch_size: int, out: "StageOutput", stats: dict, bar) -> Iterator[list[dict]]:
-    """This shard's blocks of ``path`` that still hold an unfinished row; finished blocks are counted in
-    ``stats["skipped"]`` and ticked off ``bar`` (a resumed run skips them without loading anything)."""
-    for rows in iter_blocks(path, shard, batch_size):
-        if all(out.done(r["id"]) for r in rows):
-            stats["skipped"] += len(rows)
-            bar.update(len(rows))
-            continue
-        yield rows

@@ -30,38 +30,30 @@ to ``[(logp_yes, logp_no), ...]`` — the VLM by default (:func:`vlm_decider`).
 from __future__ import annotations
 
 import json
-import logging
 import os
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lpoi.io import ImageRejected, load_image
-from lpoi.listgen.shard import (
-    StageOutput,
-    count_shard_rows,
-    parse_shard,
-    pending_blocks,
-    prefetch_map,
-    resolve_device,
-)
+from lpoi.listgen.shard import resolve_device
+from lpoi.runner import Reject, StageOutput, Tally, parse_shard, run_file
 
 __all__ = [
     "ON_FAIL",
     "VERIFY_PROMPT",
     "PreparedIndex",
     "VerifyItem",
+    "count_row",
     "hidden_image",
     "run_verify",
     "verify_prompt",
     "verify_scores",
+    "verify_tally",
     "vlm_decider",
 ]
-
-log = logging.getLogger(__name__)
 
 VERIFY_PROMPT = "Question: {question}\nAnswer: {answer}\nIs this answer correct for the image? Answer yes or no."
 ON_FAIL = ("keep", "drop")
@@ -214,6 +206,45 @@ def _object(row: dict, j: int, seg_dir: Path, out_dir: Path) -> dict:
     return c
 
 
+def _load_model(model_name: str, dtype: str, device: str | None, batch_size: int,
+                max_pixels: int | None = None) -> Decider:
+    """The stage's one model load: the VLM as a :data:`Decider`."""
+    from lpoi.models import load_vlm
+
+    model, processor = load_vlm(model_name, dtype=dtype, device=resolve_device(device), max_pixels=max_pixels)
+    return vlm_decider(model, processor, batch_size=batch_size)
+
+
+def count_row(row: dict) -> dict[str, int]:
+    """What a verify row adds to the stage's counts (metrics are these counts over the whole output)."""
+    key = {True: "verified_true", False: "verified_false", None: "verified_null"}[row["verified"]]
+    return {key: 1, "calls": len(row["tries"])}
+
+
+def verify_tally() -> Tally:
+    return Tally(count_row, lambda rej: {"calls": len(rej.get("tries", []))},
+                 zero={"verified_true": 0, "verified_false": 0, "verified_null": 0, "calls": 0})
+
+
+def _row_result(row: dict, blk: dict, results: dict, *, enabled: bool, max_tries: int, on_fail: str,
+                seg_dir: Path, out_dir: Path) -> dict | Reject:
+    """A sample's verify row, or its reject (image, missing mask, no mask, verifier said yes throughout)."""
+    sid = row["id"]
+    if sid in blk["errors"]:
+        return Reject(*blk["errors"][sid])
+    masked = _masked(row, max_tries)
+    if not masked:
+        return Reject("no_mask", "no candidate of this sample has a mask")
+    tries, choice = results.get(sid, ([], None))
+    if enabled and choice is None and on_fail == "drop":
+        return Reject("verify_failed", f"the verifier still says yes with each of {[t['phrase'] for t in tries]} "
+                      "hidden", {"tries": tries})
+    j = masked[0] if choice is None else choice
+    return {"id": sid, "image_path": row.get("image_path"), "width": row.get("width"), "height": row.get("height"),
+            "choice": j, "verified": None if not enabled else choice is not None, "tries": tries,
+            "object": _object(row, j, seg_dir, out_dir)}
+
+
 def run_verify(
     segment_path: str | os.PathLike,
     prepared_path: str | os.PathLike,
@@ -234,6 +265,7 @@ def run_verify(
     num_workers: int = 1,
     limit: int | None = None,
     max_pixels: int | None = None,
+    journal: bool = False,
 ) -> dict[str, Any]:
     """Stream ``segment.jsonl`` (+ questions/answers from ``prepared.jsonl``) -> ``verify.jsonl`` + rejects.
 
@@ -246,11 +278,10 @@ def run_verify(
 
     ``decide`` replaces the VLM (see the module docstring); when it is ``None`` and ``enabled``, the VLM
     ``model_name`` is loaded. Retries are done in rounds over a block (round r asks about the r-th
-    candidate of every sample still undecided), so each round is one batched call. Resume, blocks and
-    sharding as in :func:`lpoi.listgen.detect.run_detect`. Returns this invocation's stats.
+    candidate of every sample still undecided), so each round is one batched call. Resume, blocks,
+    sharding, ``journal`` and the returned counts as in :func:`lpoi.listgen.detect.run_detect` (counts:
+    ``verified_true``, ``verified_false``, ``verified_null``, ``calls`` = verifier questions of the rows).
     """
-    from tqdm.auto import tqdm
-
     parse_shard(shard)
     if on_fail not in ON_FAIL:
         raise ValueError(f"verify.on_fail must be one of {ON_FAIL}, got {on_fail!r}")
@@ -263,75 +294,28 @@ def run_verify(
     if enabled and decide is None:
         if not model_name:
             raise ValueError("verify is enabled but no verifier model_name was given")
-        from lpoi.models import load_vlm
-
-        model, processor = load_vlm(model_name, dtype=dtype, device=resolve_device(device), max_pixels=max_pixels)
-        decide = vlm_decider(model, processor, batch_size=batch_size)
-    prepared = PreparedIndex(prepared_path) if enabled else None
+        decide = _load_model(model_name, dtype, device, batch_size, max_pixels)
     seg_dir = Path(segment_path).parent
-    stats: dict[str, Any] = {"samples": 0, "written": 0, "rejected": 0, "skipped": 0, "verified_true": 0,
-                             "verified_false": 0, "verified_null": 0, "calls": 0, "rejects_by_reason": {}}
-    t0 = time.perf_counter()
+    prepared = PreparedIndex(prepared_path) if enabled else None
+    out = StageOutput(out_path, rejects_path, shard, limit=limit, journal=journal)
+    opts = {"enabled": enabled, "max_tries": max_tries, "on_fail": on_fail, "seg_dir": seg_dir,
+            "out_dir": out.out_path.parent}
+
+    def process(blk: dict, rows: list[dict]) -> list:
+        results = _decide_block(blk, decide if enabled else None, max_tries, fill)
+        return [_row_result(r, blk, results, **opts) for r in rows]
+
     try:
-        with StageOutput(out_path, rejects_path, shard, limit=limit) as out, \
-                tqdm(total=count_shard_rows(segment_path, shard, batch_size), disable=not progress, desc="verify",
-                     unit="sample") as bar:
-            out_dir = out.out_path.parent
-
-
-            load = lambda rows: _load_block(rows, seg_dir, prepared, max_tries)
-            todo = pending_blocks(segment_path, shard, batch_size, out, stats, bar)
-            for blk in prefetch_map(load, todo, workers=num_workers):
-                results = _decide_block(blk, decide if enabled else None, max_tries, fill, stats)
-                for row in blk["rows"]:
-                    sid = row["id"]
-                    if out.done(sid):  # finished by an earlier run (this block was partly done)
-                        stats["skipped"] += 1
-                        bar.update(1)
-                        continue
-                    stats["samples"] += 1
-                    reason = None
-                    if sid in blk["errors"]:
-                        reason, detail = blk["errors"][sid]
-                        out.reject(sid, reason, detail)
-                    elif not _masked(row, max_tries):
-                        reason, detail = "no_mask", "no candidate of this sample has a mask"
-                        out.reject(sid, reason, detail)
-                    else:
-                        tries, choice = results.get(sid, ([], None))
-                        masked = _masked(row, max_tries)
-                        verified = None if not enabled else choice is not None
-                        if enabled and choice is None and on_fail == "drop":
-                            reason = "verify_failed"
-                            out.reject(sid, reason, f"the verifier still says yes with each of "
-                                       f"{[t['phrase'] for t in tries]} hidden", tries=tries)
-                        else:
-                            j = masked[0] if choice is None else choice
-                            out.write({"id": sid, "image_path": row.get("image_path"), "width": row.get("width"),
-                                       "height": row.get("height"), "choice": j, "verified": verified,
-                                       "tries": tries, "object": _object(row, j, seg_dir, out_dir)})
-                            key = {True: "verified_true", False: "verified_false", None: "verified_null"}[verified]
-                            stats[key] += 1
-                    if reason is not None:
-                        stats["rejects_by_reason"][reason] = stats["rejects_by_reason"].get(reason, 0) + 1
-                    bar.update(1)
-                    if out.full:
-                        break
-                if out.full:
-                    break
-            stats["written"], stats["rejected"] = out.written, out.rejected
-            stats["out_path"] = str(out.out_path)
+        return run_file(segment_path, out, lambda rows: _load_block(rows, seg_dir, prepared, max_tries), process,
+                        tally=verify_tally, batch_size=batch_size, shard=shard, workers=num_workers,
+                        progress=progress, desc="verify")
     finally:
         if prepared is not None:
             prepared.close()
-    stats["seconds"] = time.perf_counter() - t0
-    stats["samples_per_s"] = stats["samples"] / stats["seconds"] if stats["seconds"] > 0 else None
-    log.info("verify: %s", stats)
-    return stats
 
 
-def _decide_block(blk: dict, decide: Decider | None, max_tries: int, fill: str,
-                  stats: dict) -> dict[str, tuple[list[dict], int | None]]:
+def _decide_block(blk: dict, decide: Decider | None, max_tries: int,
+                  fill: str) -> dict[str, tuple[list[dict], int | None]]:
     """Ask the verifier about a block in rounds; per sample ``(tries, chosen index or None)``."""
     if decide is None:
         return {}
@@ -348,7 +332,6 @@ def _decide_block(blk: dict, decide: Decider | None, max_tries: int, fill: str,
             img = hidden_image(d["image"], d["masks"][st["pos"]], cand["box"], fill=fill)
             items.append(VerifyItem(sid, j, cand["phrase"], img, d["question"], d["answer"]))
         scores = decide(items)
-        stats["calls"] += len(items)
         if len(scores) != len(items):
             raise RuntimeError(f"the verifier returned {len(scores)} scores for {len(items)} items")
         nxt = []

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .identity import model_identity
+
 __all__ = [
     "ModelNotFound",
     "load_causal_lm",
@@ -17,6 +19,7 @@ __all__ = [
     "load_processor",
     "load_segmenter",
     "load_vlm",
+    "model_identity",
     "resolve",
     "torch_dtype",
 ]

@@ -7,26 +7,35 @@ computes each once, and ``dvc exp run`` over training params never recomputes th
 
 File format (JSONL, diff-able, resumable): the first line is ``{"meta": {...}}`` with the model
 name, K, ``max_length``, dtype and format version; then one line per sample,
-``{"id", "digest", "list": [K floats], "rejected": float}`` -- ``list[k]`` is log pi_ref(chosen |
-image k, prompt), ``rejected`` is log pi_ref(rejected | original image, prompt), both summed over
-the response tokens. ``digest`` ties a row to the manifest row's text and image paths, so a stale
-file is detected per sample. A killed run resumes: finished ids are skipped.
+``{"id", "digest", "key", "tokens", "list": [K floats], "rejected": float}`` -- ``list[k]`` is
+log pi_ref(chosen | image k, prompt), ``rejected`` is log pi_ref(rejected | original image, prompt),
+both summed over the response tokens. Rows are keyed by content, never by id alone: ``key``
+(:func:`row_key`) hashes the model identity, the tokenisation (code, library versions,
+``max_length``), the texts and the bytes of every list image, and a stored row is reused only under
+the same key (so ``lists.fill=mean`` recomputes every row); ``tokens`` hashes the exact token ids the
+row was computed from (checked whenever a row's block is recomputed; training can check it too);
+``digest`` ties a row to the manifest row's text and image paths (what :func:`load_reference` checks).
+A killed run resumes; blocks of ``batch_size`` samples are computed whole, so resumed values are
+byte-identical to an uninterrupted run's.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import time
+import sys
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from lpoi.io import JsonlAppender, atomic_write_text, parse_jsonl_line
+from lpoi.io import atomic_write_text, parse_jsonl_line, sha256_file
+from lpoi.runner import Runner, StageOutput
 from lpoi.train.collate import collate_samples
 from lpoi.train.data import ListSample, load_lists
 from lpoi.train.logprobs import sequence_logps
 
-__all__ = ["FORMAT_VERSION", "ReferenceError", "load_reference", "reference_meta", "run_reference"]
+__all__ = ["FORMAT_VERSION", "ReferenceError", "load_reference", "reference_meta", "row_key", "run_reference"]
 
 FORMAT_VERSION = 1
 
@@ -63,6 +72,60 @@ def _read(path: Path) -> tuple[dict | None, list[dict]]:
     return meta, rows
 
 
+def _code_digest() -> str:
+    """The tokenisation code and libraries behind the token ids (part of every row key)."""
+    import tokenizers
+    import transformers
+
+    from lpoi.models import batching, chat
+    from lpoi.train import collate, data
+
+    h = hashlib.sha256(f"{transformers.__version__} {tokenizers.__version__}".encode())
+    for mod in (batching, chat, collate, data):
+        h.update(Path(mod.__file__).read_bytes())
+    return h.hexdigest()
+
+
+def row_key(sample: ListSample, model_digest: str, max_length: int | None, code_digest: str) -> str:
+    """What a reference row is valid for: the model, the tokenisation (code, libraries, ``max_length``),
+    the texts and the bytes of every list image. A stored row is reused only under the same key."""
+    h = hashlib.sha256(json.dumps([model_digest, max_length, code_digest, sample.prompt, sample.chosen,
+                                   sample.rejected], ensure_ascii=False).encode())
+    for p in sample.images:
+        h.update(sha256_file(p).encode())
+    return h.hexdigest()
+
+
+def _tokens_digests(batch, n: int, k: int) -> list[str]:
+    """Per sample, sha256 of the exact token ids and response positions of its ``k + 1`` sequences."""
+    ids, att, resp = batch.inputs["input_ids"], batch.inputs["attention_mask"].bool(), batch.response_mask
+    out = []
+    for b in range(n):
+        h = hashlib.sha256()
+        for i in range(b * (k + 1), (b + 1) * (k + 1)):
+            h.update(json.dumps([ids[i][att[i]].tolist(), resp[i].nonzero().flatten().tolist()]).encode())
+        out.append(h.hexdigest())
+    return out
+
+
+def _drop_stale(out_path: Path, meta: dict, samples: list[ListSample], key) -> dict[str, dict]:
+    """Remove stored rows whose key no longer matches their sample (the file is rewritten in place, order
+    kept); return the rows kept, by id. A file with another meta is left for :class:`StageOutput` to reset."""
+    if not out_path.exists():
+        return {}
+    old_meta, rows = _read(out_path)
+    if old_meta != meta:
+        return {}
+    by_id = {s.id: s for s in samples}
+    keep = [r for r in rows if r.get("id") in by_id and r.get("key") == key(by_id[r["id"]])]
+    if len(keep) != len(rows):
+        print(f"[lpoi] {out_path}: {len(rows) - len(keep)} stored row(s) were computed from other images, texts, "
+              "tokenisation or model; recomputing them", file=sys.stderr)
+        # the lines the runner wrote, byte for byte (so their journal entries still match)
+        atomic_write_text(out_path, "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in [{"meta": meta}, *keep]))
+    return {r["id"]: r for r in keep}
+
+
 def run_reference(
     lists_path: str | Path,
     out_path: str | Path,
@@ -75,77 +138,73 @@ def run_reference(
     device: str | None = None,
     progress: bool = True,
     max_pixels: int | None = None,
+    journal: bool = False,
 ) -> dict:
     """Compute and store the reference log-probs of every sample of ``lists_path`` (resumable).
 
     Args:
         lists_path: the lists manifest.
         out_path: the JSONL to write (see the module docstring); an existing file with the same meta
-            is resumed, one with a different meta is rewritten, rows whose manifest row changed are redone.
+            is resumed, one with a different meta is rewritten, rows whose key changed are redone.
         model_name: the base model (``tiny/idefics2``, a hub id or a folder).
         dtype: weights dtype for the forwards (``float32`` is exact; ``bfloat16`` halves memory).
-        batch_size: samples per forward batch (each brings K + 1 sequences).
+        batch_size: samples per forward batch (each brings K + 1 sequences). Blocks of ``batch_size``
+            consecutive samples are computed whole (:mod:`lpoi.runner`), so a resumed run writes
+            byte-identical values.
         micro_batch_sequences: most sequences per forward (None = a whole batch).
         max_length: the tokenisation limit -- must equal the training run's.
         device: ``cuda``, ``cpu``, ... (default: CUDA when available).
         progress: show a progress bar.
         max_pixels: ``model.max_pixels`` (the processor's resolution budget) -- must equal the training run's.
+        journal: check and keep the output journal (stage runs; :class:`lpoi.runner.StageOutput`).
 
     Returns:
-        Stats: ``n_samples``, ``n_computed``, ``n_resumed``, ``k``, ``n_truncated``, ``seconds``,
-        ``samples_per_s``.
+        Stats: ``n_samples``, ``n_computed``, ``n_resumed`` (= ``resumed``), ``k``, ``n_truncated``,
+        ``seconds``, ``samples_per_s``; the stage's metrics under ``"output"``.
     """
-    from lpoi.models import load_vlm
+    from lpoi.models import load_vlm, model_identity
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    t0 = time.perf_counter()
     samples = load_lists(lists_path, min_k=1)
     k = samples[0].k
     meta = reference_meta(model_name=model_name, k=k, max_length=max_length, dtype=dtype, max_pixels=max_pixels)
     out_path = Path(out_path)
-    digests = {s.id: s.digest for s in samples}
-    if out_path.exists():
-        old_meta, rows = _read(out_path)
-        keep = [r for r in rows if digests.get(r.get("id")) == r.get("digest")] if old_meta == meta else []
-        if old_meta != meta or len(keep) != len(rows) or out_path.read_bytes()[-1:] not in (b"\n", b""):
-            atomic_write_text(out_path, "".join(json.dumps(x) + "\n" for x in [{"meta": meta}, *keep]))
-    else:
-        atomic_write_text(out_path, json.dumps({"meta": meta}) + "\n")
-
-    n_trunc = n_done = 0
-    with JsonlAppender(out_path) as out:
-        todo = [s for s in samples if s.id not in out.done]
-        n_resumed = len(samples) - len(todo)
-        if todo:
+    model_digest = hashlib.sha256(json.dumps(model_identity(model_name), sort_keys=True).encode()).hexdigest()
+    code = _code_digest()
+    key = partial(row_key, model_digest=model_digest, max_length=max_length, code_digest=code)
+    stored = _drop_stale(out_path, meta, samples, key)
+    rows = [{"id": s.id, "sample": s} for s in samples]
+    counts = {"n_truncated": 0}
+    with StageOutput(out_path, None, "0/1", header={"meta": meta}, journal=journal) as out:
+        model = processor = None
+        if not all(out.done(s.id) for s in samples):
             device = device or ("cuda" if torch.cuda.is_available() else "cpu")
             model, processor = load_vlm(model_name, dtype=dtype, device=device, max_pixels=max_pixels)
-            bar = _bar(len(todo), progress)
-            columns = tuple(range(k))
-            for start in range(0, len(todo), batch_size):
-                chunk = todo[start : start + batch_size]
-                batch = collate_samples(processor, chunk, columns=columns, max_length=max_length).to(device)
-                with torch.no_grad():
-                    logps = sequence_logps(model, batch, micro_batch_sequences=micro_batch_sequences)
-                logps = logps.view(len(chunk), k + 1).cpu()
-                n_trunc += batch.n_truncated
-                for s, row in zip(chunk, logps.tolist()):
-                    out.write({"id": s.id, "digest": s.digest, "list": row[:k], "rejected": row[k]})
-                n_done += len(chunk)
-                if bar is not None:
-                    bar.update(len(chunk))
-            if bar is not None:
-                bar.close()
-    secs = time.perf_counter() - t0
-    return {
-        "n_samples": len(samples),
-        "n_computed": n_done,
-        "n_resumed": n_resumed,
-        "k": k,
-        "n_truncated": n_trunc,
-        "seconds": secs,
-        "samples_per_s": n_done / secs if secs > 0 else 0.0,
-    }
+
+        def load(block: list[dict]):
+            chunk = [r["sample"] for r in block]
+            batch = collate_samples(processor, chunk, columns=tuple(range(k)), max_length=max_length)
+            return batch, [key(s) for s in chunk], _tokens_digests(batch, len(chunk), k)
+
+        def process(loaded, block: list[dict]) -> list:
+            batch, keys, tokens = loaded
+            for r, t in zip(block, tokens):
+                old = stored.get(r["id"]) if out.done(r["id"]) else None
+                if old is not None and old.get("tokens") != t:
+                    raise ReferenceError(f"{out_path}: the stored row of sample {r['id']!r} was computed from other "
+                                         "token ids than its key promises; delete the file and re-run the stage")
+            with torch.no_grad():
+                logps = sequence_logps(model, batch.to(device), micro_batch_sequences=micro_batch_sequences)
+            counts["n_truncated"] += batch.n_truncated
+            logps = logps.view(len(block), k + 1).cpu().tolist()
+            return [{"id": r["id"], "digest": r["sample"].digest, "key": kk, "tokens": t, "list": v[:k],
+                     "rejected": v[k]} for r, kk, t, v in zip(block, keys, tokens, logps)]
+
+        runner = Runner(out, batch_size, workers=1, progress=progress, desc="reference")
+        stats = runner.run(rows, load, process, total=len(rows))
+    return {"n_samples": len(samples), "n_computed": stats["written"], "n_resumed": stats["resumed"], "k": k,
+            **counts, **stats, "output": {"n_samples": len(samples), "k": k}}
 
 
 def load_reference(
@@ -193,11 +252,3 @@ def load_reference(
         lst.append(r["list"])
         rej.append(r["rejected"])
     return torch.tensor(lst, dtype=torch.float64), torch.tensor(rej, dtype=torch.float64), meta
-
-
-def _bar(total: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="reference", unit="sample")

@@ -42,8 +42,8 @@ def _env() -> dict:
     return env
 
 
-def _run(cmd: list[str], cwd: Path, timeout: int = 900) -> str:
-    r = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+def _run(cmd: list[str], cwd: Path, timeout: int = 900, **env) -> str:
+    r = subprocess.run(cmd, cwd=cwd, env={**_env(), **env}, capture_output=True, text=True, timeout=timeout)
     out = r.stdout + r.stderr
     assert r.returncode == 0, f"{' '.join(cmd)} failed ({r.returncode}):\n{out[-6000:]}"
     return out
@@ -64,7 +64,8 @@ def repo(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def first_repro(repo) -> str:
-    return _run(["dvc", "repro"], repo, timeout=1500)
+    # every stage process records the params it reads and the lpoi modules it imports (lpoi.config)
+    return _run(["dvc", "repro"], repo, timeout=1500, LPOI_RECORD_PARAMS=str(repo.parent / "reads.jsonl"))
 
 
 def test_full_dag_runs_and_writes_documented_metrics(repo, first_repro):
@@ -186,3 +187,102 @@ def test_exp_show_and_metrics_diff_hold_only_comparable_numbers(repo, first_repr
     assert not [c for c, vs in columns.items() if any(isinstance(v, str) for v in vs)]
     diff = _run(["dvc", "metrics", "diff", "--all"], repo)
     assert not re.search(r"seconds|per_s|_path|sha|hash|batch_size", diff), diff
+
+
+
+
+# ---------------------------------------------------------------------------------------------- caching contract
+
+
+def _entries(repo: Path) -> dict[str, list[tuple[dict, object]]]:
+    """Per stage group, each member's record line and resolved entry (from the first repro)."""
+    from lpoi.stage import stage_entry
+
+    groups: dict[str, list] = {}
+    for line in (repo.parent / "reads.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        entry = stage_entry(rec["stage"], repo / "params.yaml", dvc_yaml=repo / "dvc.yaml")
+        groups.setdefault(rec["stage"].split("@")[0], []).append((rec, entry))
+    return groups
+
+
+def _under(key: str, section: str) -> bool:
+    return key == section or key.startswith(section + ".")
+
+
+def test_every_param_a_stage_reads_is_declared_and_vice_versa(repo, first_repro):
+    import yaml
+
+    dag = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    groups = _entries(repo)
+    assert set(groups) == set(dag), "every stage ran and recorded its reads"
+    wrong = []
+    for group, members in groups.items():
+        for rec, entry in members:
+            # (a param used in ${} is tracked by DVC itself; a section read whole must be declared whole)
+            undeclared = sorted(r for r in rec["params"] if not any(_under(r, d) for d in entry.params)
+                                and r not in entry.interpolated)
+            wrong += [f"{entry.name} reads {r} but does not declare it" for r in undeclared]
+        # a declared param must be read (by at least one member of a foreach group: they share one template)
+        for i, template in enumerate(dag[group].get("do", dag[group]).get("params", [])):
+            if not any(any(_under(r, e.params[i]) or _under(e.params[i], r) for r in set(rec["params"]) | set(e.interpolated))
+                       for rec, e in members):
+                wrong.append(f"{group} declares {template} but never reads it")
+    assert not wrong, "dvc.yaml and the stages disagree:\n" + "\n".join(wrong)
+
+
+def _is_docstring_only(path: Path) -> bool:
+    import ast
+
+    body = ast.parse(path.read_text()).body
+    return all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) or
+               isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant) for n in body)
+
+
+def test_every_module_a_stage_imports_is_a_declared_dep(repo, first_repro):
+    """The fingerprint (and DVC) see code only as far as dvc.yaml declares it."""
+    wrong = []
+    for members in _entries(repo).values():
+        for rec, entry in members:
+            wrong += [f"{entry.name} imports {m} but does not declare it" for m in rec["modules"]
+                      if not any(m == d or m.startswith(d.rstrip("/") + "/") for d in entry.deps)
+                      and not (m.endswith("__init__.py") and _is_docstring_only(repo / m))]
+    assert not wrong, "dvc.yaml misses code deps:\n" + "\n".join(wrong)
+
+
+def _outputs(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != ".lpoi-fingerprint.json"}
+
+
+def test_a_code_change_recomputes_and_a_kill_under_dvc_repro_resumes(repo, first_repro):
+    lists, code = repo / "data/lists", repo / "lpoi/listgen/lists.py"
+    before, source = _outputs(lists), code.read_text()
+    timings = lambda: json.loads((repo / "metrics/lists.timings.json").read_text())  # noqa: E731
+    try:
+        code.write_text(source + "# a comment: code deps are part of the fingerprint\n")
+        out = _run(["dvc", "repro", "lists"], repo)
+        assert _ran(out) == {"lists"} and "starting afresh" in out, out
+        assert timings()["resumed"] == 0 and _outputs(lists) == before
+        # killed under dvc repro (DVC keeps persisted outputs): the next repro resumes, nothing lost or stale
+        code.write_text(source + "# another comment\n")
+        r = subprocess.run(["dvc", "repro", "lists"], cwd=repo, env={**_env(), "LPOI_FAULT": "row:6"},
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode != 0
+        out = _run(["dvc", "repro", "lists"], repo)
+        assert "resuming" in out and timings()["resumed"] == 5 and _outputs(lists) == before
+    finally:
+        code.write_text(source)
+        _run(["dvc", "repro", "lists"], repo)
+
+
+def test_lists_fill_mean_gives_the_reference_of_a_cold_run(repo, first_repro, tmp_path):
+    old = (repo / "data/reference/reference.jsonl").read_bytes()
+    out = _run(["dvc", "exp", "run", "-S", "lists.fill=mean", "reference"], repo, timeout=1200)
+    assert {"lists", "reference"} <= _ran(out), out
+    assert json.loads((repo / "metrics/reference.timings.json").read_text())["resumed"] == 0
+    new = (repo / "data/reference/reference.jsonl").read_bytes()
+    assert new != old
+    _run([sys.executable, "stages/reference.py", "--lists", "data/lists", "--out", str(tmp_path / "cold"),
+          "--metrics", str(tmp_path / "cold.json")], repo)
+    assert (tmp_path / "cold" / "reference.jsonl").read_bytes() == new

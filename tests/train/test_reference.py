@@ -117,3 +117,29 @@ def test_load_reference_checks(lists, full_ref, tmp_path):
         load_reference(stale, samples, model_name=MODEL, max_length=None)
     with pytest.raises(ReferenceError, match="not found"):
         load_reference(tmp_path / "nope.jsonl", samples, model_name=MODEL, max_length=None)
+
+
+def test_rows_are_keyed_by_content_not_by_id(lists, full_ref, tmp_path):
+    """Same ids and paths, other pixels in one sample's list (what lists.fill=mean does to every sample):
+    only that sample is recomputed, and it equals a cold run on the new lists."""
+    import shutil
+
+    out, _ = full_ref
+    new = tmp_path / "lists"
+    shutil.copytree(lists.parent, new)
+    img = np.asarray(Image.open(new / "images" / "s002_1.png").convert("RGB"))
+    Image.fromarray(255 - img).save(new / "images" / "s002_1.png")
+    path = tmp_path / "reference.jsonl"
+    path.write_bytes(out.read_bytes())
+    stats = run_reference(new / "lists.jsonl", path, model_name=MODEL, batch_size=2, micro_batch_sequences=4,
+                          progress=False)
+    assert stats["n_resumed"] == 4 and stats["n_computed"] == 1
+    cold = run_reference(new / "lists.jsonl", tmp_path / "cold.jsonl", model_name=MODEL, batch_size=2,
+                         micro_batch_sequences=4, progress=False)
+    assert cold["n_resumed"] == 0
+    by_id = lambda p: {r["id"]: r for r in _rows(p)[1]}  # noqa: E731
+    assert by_id(path) == by_id(tmp_path / "cold.jsonl")  # every row, bit for bit
+    old, now = by_id(out), by_id(path)
+    assert old["s002"]["key"] != now["s002"]["key"] and old["s002"]["list"] != now["s002"]["list"]
+    assert old["s002"]["tokens"] == now["s002"]["tokens"]  # same token ids; the pixels made the difference
+    assert all(old[i] == now[i] for i in old if i != "s002")

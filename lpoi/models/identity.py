@@ -1,0 +1,73 @@
+"""What a model name stands for, as a small JSON-able dict: the part of a stage's fingerprint that says
+*which weights* it loads (a name alone does not: a hub id moves, a folder is overwritten, a tiny builder
+is edited).
+
+* ``tiny/<family>``: built offline from code — the family, the seed, the builder version and a digest of
+  every builder module in ``lpoi/models`` (the weights are a function of these);
+* a hub id: the snapshot commit the local hub cache resolves it to (``huggingface_hub``, no download);
+  when it is not cached and the hub is reachable, the commit the hub would serve now;
+* a local folder: the sha256 of each of its weight, config and tokenizer files.
+
+The library versions that turn those weights into numbers (torch, transformers) are part of it too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["model_identity"]
+
+_FILES = (".safetensors", ".json", ".model", ".txt", ".bin", ".pth", ".pt", ".tiktoken", ".jinja", ".py")
+
+
+def model_identity(name: str, seed: int = 0) -> dict[str, Any]:
+    """``{"name", "kind": "tiny" | "hub" | "folder", ...}`` plus the library versions (see the module docstring)."""
+    import torch
+    import transformers
+
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__}
+    if name.startswith("tiny/"):
+        return {"name": name, "kind": "tiny", **_tiny(name.removeprefix("tiny/"), seed), **versions}
+    if Path(name).is_dir():
+        return {"name": name, "kind": "folder", "files": _folder_files(Path(name)), **versions}
+    return {"name": name, "kind": "hub", "revision": _hub_revision(name), **versions}
+
+
+def _tiny(family: str, seed: int) -> dict[str, Any]:
+    from .tiny import TINY_FAMILIES, TINY_VERSION
+
+    if family not in TINY_FAMILIES:
+        raise ValueError(f"unknown tiny model 'tiny/{family}'; known: {', '.join('tiny/' + f for f in TINY_FAMILIES)}")
+    h = hashlib.sha256()
+    for p in sorted(Path(__file__).parent.glob("*.py")):  # the builders and everything they use
+        h.update(p.name.encode() + b"\0" + p.read_bytes())
+    return {"family": family, "seed": seed, "version": TINY_VERSION, "code": h.hexdigest()}
+
+
+def _folder_files(folder: Path) -> dict[str, str]:
+    from lpoi.io import sha256_file
+
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.suffix in _FILES and not any(part.startswith(".") for part in p.parts)}
+
+
+def _hub_revision(repo_id: str) -> str | None:
+    """The commit of ``repo_id`` in the local hub cache; else what the hub serves (when online); else None."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True)).name
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return None  # loading will fail with a clear ModelNotFound
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().model_info(repo_id).sha
+    except Exception:  # noqa: BLE001 - no network, gated, unknown id: the loader reports it properly
+        return None

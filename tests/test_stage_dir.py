@@ -1,0 +1,210 @@
+"""The persisted-folder mechanism (lpoi/stage.py): a stage's fingerprint comes from its own dvc.yaml entry
+(resolved by DVC for foreach and ${}), covers every declared dep (code and data), param and loaded model,
+and nothing else; a folder is reused only under the same fingerprint, locked for the run, cleaned of
+temp files."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lpoi.models import identity, model_identity
+from lpoi.stage import StageDir, StageError, fingerprint_parts, open_stage, stage_entry, timings_path, write_timings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _params(tmp_path: Path, **changes) -> Path:
+    p = yaml.safe_load((REPO / "params.yaml").read_text())
+    for dotted, value in changes.items():
+        d = p
+        *head, last = dotted.split(".")
+        for k in head:
+            d = d[k]
+        d[last] = value
+    out = tmp_path / "params.yaml"
+    out.write_text(yaml.safe_dump(p))
+    return out
+
+
+def test_entry_is_resolved_by_dvc_for_foreach_and_interpolation(tmp_path):
+    e = stage_entry("generate@objhal", _params(tmp_path))
+    assert "lpoi/eval/benchmarks/objhal.py" in e.deps and "data/sample/bench/objhal" in e.deps
+    assert {"bench.objhal", "generate", "bench.root"} <= set(e.params)
+    assert e.persisted() == "data/answers/objhal" and e.interpolated == ("bench.root",)
+    moved = stage_entry("generate@objhal", _params(tmp_path, **{"bench.root": "elsewhere"}))
+    assert "elsewhere/objhal" in moved.deps  # interpolated against the run's params file
+    assert "amber.discriminative" in stage_entry("generate@amber", _params(tmp_path)).params
+    with pytest.raises(StageError, match="nosuch"):
+        stage_entry("nosuch", _params(tmp_path))
+
+
+def _checkout(tmp_path: Path) -> Path:
+    """A copy of the code a stage fingerprints (dvc.yaml, stages/, lpoi/), so its files can be edited."""
+    root = tmp_path / "checkout"
+    root.mkdir()
+    shutil.copy(REPO / "dvc.yaml", root)
+    for d in ("stages", "lpoi"):
+        shutil.copytree(REPO / d, root / d, ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+def _detect_parts(root: Path, params: Path, prepared: Path) -> dict[str, str]:
+    entry = stage_entry("detect", params, dvc_yaml=root / "dvc.yaml")
+    args = argparse.Namespace(params=str(params), prepared=str(prepared), out=str(root / "out"), metrics=None)
+    return fingerprint_parts(entry, args, yaml.safe_load(params.read_text()), models=["tiny/grounding-dino"])
+
+
+def test_fingerprint_changes_with_every_declared_part_and_only_those(tmp_path):
+    root = _checkout(tmp_path)
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    (prepared / "prepared.jsonl").write_text('{"id": "a"}\n')
+    params = _params(tmp_path)
+    base = _detect_parts(root, params, prepared)
+    assert set(base) == {f"dep {d}" for d in stage_entry("detect", params).deps} | {
+        f"param {p}" for p in stage_entry("detect", params).params} | {"model tiny/grounding-dino"}
+
+    def changed(**kw) -> set[str]:
+        now = _detect_parts(root, kw.get("params", params), kw.get("prepared", prepared))
+        return {k for k in base if base[k] != now[k]}
+
+    assert changed() == set()
+    # code: a comment appended to a module the stage declares
+    with open(root / "lpoi/listgen/detect.py", "a") as f:
+        f.write("# a comment\n")
+    assert changed() == {"dep lpoi/listgen/detect.py"}
+    (root / "lpoi/listgen/detect.py").write_bytes((REPO / "lpoi/listgen/detect.py").read_bytes())
+    # data: the folder the run's --prepared points at (not the declared data/prepared)
+    (prepared / "prepared.jsonl").write_text('{"id": "b"}\n')
+    assert changed() == {"dep data/prepared"}
+    (prepared / "prepared.jsonl").write_text('{"id": "a"}\n')
+    # bytecode is not code
+    (root / "lpoi/models/__pycache__").mkdir(exist_ok=True)
+    (root / "lpoi/models/__pycache__/x.pyc").write_bytes(b"junk")
+    assert changed() == set()
+    # params: declared ones change it (model.dtype is declared since detect loads with it) ...
+    assert changed(params=_params(tmp_path, **{"detect.box_threshold": 0.5})) == {"param detect"}
+    assert changed(params=_params(tmp_path, **{"model.dtype": "bfloat16"})) == {"param model.dtype"}
+    # ... others do not
+    assert changed(params=_params(tmp_path, **{"train.lr": 1e-3, "lists.fill": "mean"})) == set()
+
+
+def test_model_identity_tiny_folder_and_hub(tmp_path, monkeypatch):
+    a, b = model_identity("tiny/llava"), model_identity("tiny/llava", seed=1)
+    assert a["kind"] == "tiny" and a != b and {"torch", "transformers"} <= a.keys()
+    # the builder code is part of it: the digest of every module of lpoi/models
+    h = hashlib.sha256()
+    for p in sorted((REPO / "lpoi/models").glob("*.py")):
+        h.update(p.name.encode() + b"\0" + p.read_bytes())
+    assert a["code"] == h.hexdigest()
+    models = tmp_path / "models"
+    shutil.copytree(REPO / "lpoi/models", models, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(identity, "__file__", str(models / "identity.py"))
+    with open(models / "tiny.py", "a") as f:
+        f.write("# an edited builder\n")
+    assert model_identity("tiny/llava")["code"] != a["code"]
+    monkeypatch.undo()
+    # a local folder: its weight and config files' hashes
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"\0" * 8)
+    one = model_identity(str(folder))
+    (folder / "model.safetensors").write_bytes(b"\1" * 8)
+    assert model_identity(str(folder))["files"] != one["files"] and one["kind"] == "folder"
+    # a hub id: the snapshot commit the local cache resolves "main" to
+    cache = tmp_path / "hub"
+    repo = cache / "models--org--m"
+    for commit in ("a" * 40, "b" * 40):
+        (repo / "snapshots" / commit).mkdir(parents=True)
+        (repo / "snapshots" / commit / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(cache))
+    (repo / "refs" / "main").write_text("a" * 40)
+    assert model_identity("org/m")["revision"] == "a" * 40
+    (repo / "refs" / "main").write_text("b" * 40)  # a new revision under the same name
+    assert model_identity("org/m")["revision"] == "b" * 40
+    assert model_identity("org/not-cached")["revision"] is None  # offline: nothing to resolve
+
+
+def test_folder_is_reused_only_under_the_same_fingerprint(tmp_path, capsys):
+    d = tmp_path / "out"
+    with StageDir(d, {"dep a": "1", "param x": "1"}, stage="s"):
+        (d / "rows.jsonl").write_text("row\n")
+    with StageDir(d, {"dep a": "1", "param x": "1"}, stage="s"):
+        assert (d / "rows.jsonl").exists()
+    assert "resuming" in capsys.readouterr().err
+    with StageDir(d, {"dep a": "2", "param x": "1"}, stage="s"):
+        assert not (d / "rows.jsonl").exists()
+    err = capsys.readouterr().err
+    assert "dep a changed" in err and "starting afresh" in err and len(err.strip().splitlines()) == 1
+    (d / "rows.jsonl").write_text("row\n")
+    (d / ".lpoi-fingerprint.json").unlink()  # a folder of unknown origin is never adopted
+    with StageDir(d, {"dep a": "2", "param x": "1"}, stage="s"):
+        assert not (d / "rows.jsonl").exists()
+    marker = json.loads((d / ".lpoi-fingerprint.json").read_text())
+    assert marker["stage"] == "s" and marker["parts"] == {"dep a": "2", "param x": "1"}
+
+
+def test_one_run_at_a_time_but_shards_together(tmp_path):
+    d = tmp_path / "out"
+    parts = {"dep a": "1"}
+    with StageDir(d, parts):
+        with pytest.raises(StageError, match=r"in use by another run of this stage \(pid \d+\)"):
+            StageDir(d, parts).__enter__()
+        with pytest.raises(StageError, match="in use"):
+            StageDir(d, parts, shard="0/2").__enter__()
+    with StageDir(d, parts, shard="0/2"), StageDir(d, parts, shard="1/2"):
+        with pytest.raises(StageError, match="shard 1/2"):
+            StageDir(d, parts, shard="1/2").__enter__()
+        with pytest.raises(StageError, match="in use"):
+            StageDir(d, parts).__enter__()
+        with pytest.raises(StageError, match="other shards of this stage are running with other inputs"):
+            StageDir(d, {"dep a": "2"}, shard="1/3").__enter__()
+    with StageDir(d, parts):  # all released
+        pass
+
+
+def test_leftover_temp_files_are_removed(tmp_path, capsys):
+    d = tmp_path / "out"
+    with StageDir(d, {}):
+        (d / "images").mkdir()
+        (d / "images" / ".s0_3.png.k2j3.tmp").write_bytes(b"half")
+        (d / ".lists.jsonl.x.tmp").write_bytes(b"half")
+        (d / "images" / "s0_0.png").write_bytes(b"kept")
+    with StageDir(d, {}):
+        assert sorted(p.name for p in d.rglob("*") if p.is_file()) == [".lpoi-fingerprint.json", "s0_0.png"]
+    assert "removed 2 temp file(s)" in capsys.readouterr().err
+
+
+def test_open_stage_uses_the_runs_own_paths(tmp_path):
+    params = _params(tmp_path)
+    args = argparse.Namespace(params=str(params), prepared=str(tmp_path / "p"), detect=str(tmp_path / "d"),
+                              out=str(tmp_path / "seg"), metrics=None)
+    (tmp_path / "p").mkdir()
+    (tmp_path / "d").mkdir()
+    st = open_stage("segment", args, models=["tiny/sam"])
+    assert st.path == tmp_path / "seg"
+    # a flag this run leaves out is fingerprinted as unused, never as the declared path's content
+    train = argparse.Namespace(params=str(params), lists=str(tmp_path / "l"), reference=None, out=str(tmp_path / "m"),
+                               live=str(tmp_path / "live"))
+    st = open_stage("train", train)
+    assert st.path == tmp_path / "m" / "checkpoints"
+    assert st.parts["dep data/reference"] == hashlib.sha256(b"<not used by this run>").hexdigest()
+
+
+def test_timings_go_beside_the_metrics_not_into_them(tmp_path):
+    write_timings(tmp_path / "metrics" / "detect.json", {"seconds": 1 / 3, "resumed": 4})
+    assert timings_path(tmp_path / "metrics" / "detect.json").name == "detect.timings.json"
+    assert json.loads((tmp_path / "metrics" / "detect.timings.json").read_text()) == {"seconds": 0.333333, "resumed": 4}
+    assert not (tmp_path / "metrics" / "detect.json").exists()
