@@ -104,9 +104,13 @@ def stage_entry(name: str, params_file: str | os.PathLike = "params.yaml", dvc_y
         outs.append((path, bool((opts or {}).get("persist"))))
     params = []
     for p in d.get("params", []):
-        if not isinstance(p, str):
+        if isinstance(p, dict) and set(p) == {"params.yaml"}:  # `- params.yaml:` = the whole file (or keys)
+            keys = p["params.yaml"] or list(yaml.safe_load(Path(params_file).read_text(encoding="utf-8")) or {})
+            params.extend(keys)
+        elif isinstance(p, str):
+            params.append(p)
+        else:
             raise StageError(f"stage {name!r}: only params of params.yaml are supported, got {p!r}")
-        params.append(p)
     tracked = sorted({k for per_file in resolver.tracked_vars.get(name, {}).values() for k in per_file})
     return StageEntry(name, d["cmd"], tuple(d.get("deps", [])), tuple(params), tuple(outs), tuple(tracked),
                       dvc_yaml.parent)

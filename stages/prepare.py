@@ -15,8 +15,7 @@ def main():
     args = ap.parse_args()
     cfg = _common.load(args)
 
-    from lpoi.listgen.prepare import PromptBudget, run_prepare
-    from lpoi.listgen.report import prepare_summary_line
+    from lpoi.listgen.prepare import PromptBudget, prepare_summary_line, run_prepare
     from lpoi.stage import write_metrics, write_timings
 
     t0 = time.perf_counter()

@@ -98,6 +98,7 @@ __all__ = [
     "content_key",
     "encode_png",
     "prepare_records",
+    "prepare_summary_line",
     "run_prepare",
     "safe_stem",
     "strip_placeholders",
@@ -520,3 +521,14 @@ def run_prepare(
             "(fix the data or images root, or raise prepare.max_reject_ratio)"
         )
     return summary
+
+
+def prepare_summary_line(summary: dict[str, Any], rejects_path: str | os.PathLike) -> str:
+    """What ``stages/prepare.py`` prints: kept / rejected by reason, and where the rejects are."""
+    n_in, n_out = summary.get("records_in", 0), summary.get("records_out", 0)
+    reasons = summary.get("rejects_by_reason") or {}
+    line = f"prepare: kept {n_out} of {n_in} records"
+    if reasons:
+        by = ", ".join(f"{r} {n}" for r, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
+        line += f"; rejected {n_in - n_out} ({by}), see {rejects_path}"
+    return line

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 
 from lpoi.io import atomic_write_bytes
 
-__all__ = ["SheetRow", "contact_sheet", "contact_sheet_size", "listgen_metrics", "prepare_summary_line", "run_report"]
+__all__ = ["SheetRow", "contact_sheet", "contact_sheet_size", "listgen_metrics", "run_report"]
 
 CELL_IN = 1.3  # inches per list image (figures are drawn at DPI px per inch)
 LABEL_IN = 2.4  # inches for the row labels
@@ -136,17 +136,6 @@ def contact_sheet(rows: Iterable[SheetRow], out_path: str | os.PathLike, max_row
     fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
     atomic_write_bytes(out_path, buf.getvalue())
     return w_px, h_px
-
-
-def prepare_summary_line(summary: dict[str, Any], rejects_path: str | os.PathLike) -> str:
-    """What ``stages/prepare.py`` prints: kept / rejected by reason, and where the rejects are."""
-    n_in, n_out = summary.get("records_in", 0), summary.get("records_out", 0)
-    reasons = summary.get("rejects_by_reason") or {}
-    line = f"prepare: kept {n_out} of {n_in} records"
-    if reasons:
-        by = ", ".join(f"{r} {n}" for r, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
-        line += f"; rejected {n_in - n_out} ({by}), see {rejects_path}"
-    return line
 
 
 def _rate(num: int, den: int) -> float | None:

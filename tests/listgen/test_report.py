@@ -19,7 +19,6 @@ from lpoi.listgen.report import (
     contact_sheet,
     contact_sheet_size,
     listgen_metrics,
-    prepare_summary_line,
 )
 
 
@@ -106,6 +105,8 @@ def test_contact_sheet_max_rows_empty_and_missing(tmp_path):
 
 
 def test_prepare_summary_line():
+    from lpoi.listgen.prepare import prepare_summary_line
+
     summary = {"records_in": 26, "records_out": 24, "rejects_by_reason": {"unsafe_path": 1, "duplicate_record": 1}}
     assert prepare_summary_line(summary, "data/prepared/rejects.jsonl") == (
         "prepare: kept 24 of 26 records; rejected 2 (duplicate_record 1, unsafe_path 1), "
