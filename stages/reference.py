@@ -23,7 +23,8 @@ def main():
     with open_stage("reference", args, models=[m.name]) as st:
         stats = run_reference(f"{args.lists}/lists.jsonl", st.path / "reference.jsonl", model_name=m.name, dtype=m.dtype,
                               micro_batch_sequences=r.micro_batch_sequences, max_length=r.max_length,
-                              device=pick_device(m.device), journal=True, max_pixels=m.max_pixels)
+                              device=pick_device(m.device), journal=True, max_pixels=m.max_pixels,
+                              trust_remote_code=m.trust_remote_code)
         st.finish(args.metrics, stats.pop("output"), stats)
 
 

@@ -90,6 +90,7 @@ def load_for_generation(
     device: str | None = None,
     merge: bool = True,
     max_pixels: int | None = None,
+    trust_remote_code: bool = False,
 ):
     """``(model, processor)`` in eval mode: the base model, base + a trained LoRA adapter, or merged weights.
 
@@ -122,8 +123,9 @@ def load_for_generation(
                 f"merged weights cast to {dtype} lose the small LoRA deltas (they fall below half a rounding "
                 "step); generate from the adapter (kept unmerged in half precision) or with model.dtype: float32"
             )
-        return _load_merged(model_name, Path(merged_dir), dtype=dtype, device=device, max_pixels=max_pixels)
-    model, processor = load_vlm(model_name, dtype=dtype, max_pixels=max_pixels)
+        return _load_merged(model_name, Path(merged_dir), dtype=dtype, device=device, max_pixels=max_pixels,
+                            trust_remote_code=trust_remote_code)
+    model, processor = load_vlm(model_name, dtype=dtype, max_pixels=max_pixels, trust_remote_code=trust_remote_code)
     if adapter_dir is not None:
         model = _apply_adapter(model, Path(adapter_dir), merge=merge and dtype == "float32")
     if device:
@@ -131,7 +133,8 @@ def load_for_generation(
     return model.eval(), processor
 
 
-def _load_merged(model_name: str, folder: Path, *, dtype: str, device: str | None, max_pixels: int | None = None):
+def _load_merged(model_name: str, folder: Path, *, dtype: str, device: str | None, max_pixels: int | None = None,
+                 trust_remote_code: bool = False):
     from lpoi.models import load_processor, load_vlm, torch_dtype
 
     if not folder.is_dir():
@@ -139,11 +142,13 @@ def _load_merged(model_name: str, folder: Path, *, dtype: str, device: str | Non
     if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
         raise AdapterError(f"{folder} is not a saved model: it needs config.json and *.safetensors weights")
     if any((folder / f).is_file() for f in ("processor_config.json", "preprocessor_config.json")):
-        return load_vlm(str(folder), dtype=dtype, device=device, max_pixels=max_pixels)
+        return load_vlm(str(folder), dtype=dtype, device=device, max_pixels=max_pixels,
+                        trust_remote_code=trust_remote_code)
     from transformers import AutoModelForImageTextToText
 
-    model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch_dtype(dtype), use_safetensors=True)
-    processor = load_processor(model_name, max_pixels=max_pixels)
+    model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch_dtype(dtype), use_safetensors=True,
+                                                        trust_remote_code=trust_remote_code)
+    processor = load_processor(model_name, max_pixels=max_pixels, trust_remote_code=trust_remote_code)
     if device:
         model.to(device)
     return model.eval(), processor

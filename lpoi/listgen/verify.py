@@ -207,11 +207,12 @@ def _object(row: dict, j: int, seg_dir: Path, out_dir: Path) -> dict:
 
 
 def _load_model(model_name: str, dtype: str, device: str | None, batch_size: int,
-                max_pixels: int | None = None) -> Decider:
+                max_pixels: int | None = None, trust_remote_code: bool = False) -> Decider:
     """The stage's one model load: the VLM as a :data:`Decider`."""
     from lpoi.models import load_vlm
 
-    model, processor = load_vlm(model_name, dtype=dtype, device=resolve_device(device), max_pixels=max_pixels)
+    model, processor = load_vlm(model_name, dtype=dtype, device=resolve_device(device), max_pixels=max_pixels,
+                                trust_remote_code=trust_remote_code)
     return vlm_decider(model, processor, batch_size=batch_size)
 
 
@@ -266,6 +267,7 @@ def run_verify(
     limit: int | None = None,
     max_pixels: int | None = None,
     journal: bool = False,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Stream ``segment.jsonl`` (+ questions/answers from ``prepared.jsonl``) -> ``verify.jsonl`` + rejects.
 
@@ -294,7 +296,7 @@ def run_verify(
     if enabled and decide is None:
         if not model_name:
             raise ValueError("verify is enabled but no verifier model_name was given")
-        decide = _load_model(model_name, dtype, device, batch_size, max_pixels)
+        decide = _load_model(model_name, dtype, device, batch_size, max_pixels, trust_remote_code)
     seg_dir = Path(segment_path).parent
     prepared = PreparedIndex(prepared_path) if enabled else None
     out = StageOutput(out_path, rejects_path, shard, limit=limit, journal=journal)

@@ -139,6 +139,7 @@ def run_reference(
     progress: bool = True,
     max_pixels: int | None = None,
     journal: bool = False,
+    trust_remote_code: bool = False,
 ) -> dict:
     """Compute and store the reference log-probs of every sample of ``lists_path`` (resumable).
 
@@ -180,7 +181,8 @@ def run_reference(
         model = processor = None
         if not all(out.done(s.id) for s in samples):
             device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-            model, processor = load_vlm(model_name, dtype=dtype, device=device, max_pixels=max_pixels)
+            model, processor = load_vlm(model_name, dtype=dtype, device=device, max_pixels=max_pixels,
+                                        trust_remote_code=trust_remote_code)
 
         def load(block: list[dict]):
             chunk = [r["sample"] for r in block]
