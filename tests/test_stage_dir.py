@@ -119,6 +119,12 @@ def test_model_identity_tiny_folder_and_hub(tmp_path, monkeypatch):
     one = model_identity(str(folder))
     (folder / "model.safetensors").write_bytes(b"\1" * 8)
     assert model_identity(str(folder))["files"] != one["files"] and one["kind"] == "folder"
+    # a local checkpoint file (an official .pth): its bytes
+    pth = tmp_path / "sam.pth"
+    pth.write_bytes(b"\0" * 8)
+    first = model_identity(str(pth))
+    pth.write_bytes(b"\1" * 8)
+    assert first["kind"] == "file" and model_identity(str(pth))["sha256"] != first["sha256"]
     # a hub id: the snapshot commit the local cache resolves "main" to
     cache = tmp_path / "hub"
     repo = cache / "models--org--m"

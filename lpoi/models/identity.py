@@ -6,7 +6,8 @@ is edited).
   every builder module in ``lpoi/models`` (the weights are a function of these);
 * a hub id: the snapshot commit the local hub cache resolves it to (``huggingface_hub``, no download);
   when it is not cached and the hub is reachable, the commit the hub would serve now;
-* a local folder: the sha256 of each of its weight, config and tokenizer files.
+* a local folder: the sha256 of each of its weight, config and tokenizer files;
+* a local file (an official ``.pth`` checkpoint of the detector or segmenter): its sha256.
 
 The library versions that turn those weights into numbers (torch, transformers) are part of it too.
 """
@@ -24,7 +25,7 @@ _FILES = (".safetensors", ".json", ".model", ".txt", ".bin", ".pth", ".pt", ".ti
 
 
 def model_identity(name: str, seed: int = 0) -> dict[str, Any]:
-    """``{"name", "kind": "tiny" | "hub" | "folder", ...}`` plus the library versions (see the module docstring)."""
+    """``{"name", "kind": "tiny" | "hub" | "folder" | "file", ...}`` plus the library versions (see the module docstring)."""
     import torch
     import transformers
 
@@ -33,6 +34,10 @@ def model_identity(name: str, seed: int = 0) -> dict[str, Any]:
         return {"name": name, "kind": "tiny", **_tiny(name.removeprefix("tiny/"), seed), **versions}
     if Path(name).is_dir():
         return {"name": name, "kind": "folder", "files": _folder_files(Path(name)), **versions}
+    if Path(name).is_file():
+        from lpoi.io import sha256_file
+
+        return {"name": name, "kind": "file", "sha256": sha256_file(name), **versions}
     return {"name": name, "kind": "hub", "revision": _hub_revision(name), **versions}
 
 
