@@ -65,8 +65,6 @@ def safe_extract(
       a whole and for each member above 1 MiB.
     """
     zip_path, dest = Path(zip_path), Path(dest)
-    wanted = None if members is None else list(members)
-    patterns = None if include is None else list(include)
     result = ExtractResult()
     try:
         zf = zipfile.ZipFile(zip_path)
@@ -74,62 +72,14 @@ def safe_extract(
         raise UnsafeArchiveError("bad_zip", f"{zip_path}: {e}") from None
     with zf:
         infos = zf.infolist()
-        if len(infos) > MAX_MEMBERS:
-            raise UnsafeArchiveError("too_many_members", f"{zip_path}: {len(infos)} members > {MAX_MEMBERS}")
-        for info in infos:  # the whole archive is checked, even members we will not extract
-            _check_name(info.filename, zip_path)
-            if _is_symlink(info):
-                raise UnsafeArchiveError("symlink", f"{zip_path}: member {info.filename!r} is a symbolic link")
-        by_name = {i.filename: i for i in infos}
-        if wanted is not None:
-            missing = [m for m in wanted if m not in by_name]
-            if missing:
-                raise UnsafeArchiveError("missing_members", f"{zip_path}: no member(s) {missing}")
-            selected = [by_name[m] for m in wanted]
-            chosen = set(wanted)
-            result.skipped = [i.filename for i in infos if i.filename not in chosen and not i.is_dir()]
-        else:
-            selected = []
-            for i in infos:
-                if i.is_dir():
-                    continue
-                base = PurePosixPath(i.filename).name
-                junk = i.filename.startswith(JUNK_PREFIXES) or base.startswith("._")
-                if junk or (patterns is not None and not any(fnmatch.fnmatchcase(base, p) for p in patterns)):
-                    result.skipped.append(i.filename)
-                else:
-                    selected.append(i)
+        _check_archive(infos, zip_path)
+        selected = _select(infos, members, include, result, zip_path)
         if strip_top_dir and not flatten and not strip_components:
             tops = {_target_name(i.filename, False, 0).split("/")[0] for i in selected}
             nested = all("/" in _target_name(i.filename, False, 0) for i in selected)
             strip_components = 1 if len(tops) == 1 and nested else 0
-        targets: dict[str, zipfile.ZipInfo] = {}
-        total = compressed = 0
-        for i in selected:
-            if i.flag_bits & 0x1:
-                raise UnsafeArchiveError("encrypted", f"{zip_path}: member {i.filename!r} is encrypted")
-            total += i.file_size
-            compressed += i.compress_size
-            if total > max_total:
-                raise UnsafeArchiveError(
-                    "too_large", f"{zip_path}: selected members expand to > {max_total} bytes (cap max_total)")
-            if i.file_size > RATIO_MIN_BYTES and i.file_size > max_ratio * max(i.compress_size, 1):
-                raise UnsafeArchiveError(
-                    "ratio", f"{zip_path}: member {i.filename!r} expands {i.file_size}/{i.compress_size} "
-                             f"> {max_ratio:g}x (zip bomb?)")
-            rel = _target_name(i.filename, flatten, strip_components)
-            if rel in targets:
-                first = targets[rel]
-                if (first.file_size, first.CRC) == (i.file_size, i.CRC):
-                    result.skipped.append(i.filename)  # same bytes twice: keep one
-                    total -= i.file_size
-                    compressed -= i.compress_size
-                    continue
-                raise UnsafeArchiveError(
-                    "duplicate_target", f"{zip_path}: {first.filename!r} and {i.filename!r} -> {rel!r}")
-            targets[rel] = i
-        if total > RATIO_MIN_BYTES and total > max_ratio * max(compressed, 1):
-            raise UnsafeArchiveError("ratio", f"{zip_path}: archive expands {total}/{compressed} > {max_ratio:g}x")
+        targets, total = _plan_targets(selected, zip_path, result, flatten=flatten, strip_components=strip_components,
+                                       max_total=max_total, max_ratio=max_ratio)
         dest.mkdir(parents=True, exist_ok=True)
         try:
             paths = {rel: safe_join(dest, rel) for rel in targets}
@@ -144,6 +94,77 @@ def safe_extract(
                 result.files.append(paths[rel])
                 result.sizes[rel] = info.file_size
     return result
+
+
+def _check_archive(infos: list[zipfile.ZipInfo], zip_path: Path) -> None:
+    """The whole archive is checked, even members we will not extract: names, symlinks, member count."""
+    if len(infos) > MAX_MEMBERS:
+        raise UnsafeArchiveError("too_many_members", f"{zip_path}: {len(infos)} members > {MAX_MEMBERS}")
+    for info in infos:
+        _check_name(info.filename, zip_path)
+        if _is_symlink(info):
+            raise UnsafeArchiveError("symlink", f"{zip_path}: member {info.filename!r} is a symbolic link")
+
+
+def _select(infos: list[zipfile.ZipInfo], members, include, result: ExtractResult,
+            zip_path: Path) -> list[zipfile.ZipInfo]:
+    """The members to extract (``members`` exactly, else files matching ``include``, junk left out); the
+    rest is listed in ``result.skipped``."""
+    by_name = {i.filename: i for i in infos}
+    if members is not None:
+        wanted = list(members)
+        missing = [m for m in wanted if m not in by_name]
+        if missing:
+            raise UnsafeArchiveError("missing_members", f"{zip_path}: no member(s) {missing}")
+        chosen = set(wanted)
+        result.skipped = [i.filename for i in infos if i.filename not in chosen and not i.is_dir()]
+        return [by_name[m] for m in wanted]
+    patterns = None if include is None else list(include)
+    selected = []
+    for i in infos:
+        if i.is_dir():
+            continue
+        base = PurePosixPath(i.filename).name
+        junk = i.filename.startswith(JUNK_PREFIXES) or base.startswith("._")
+        if junk or (patterns is not None and not any(fnmatch.fnmatchcase(base, p) for p in patterns)):
+            result.skipped.append(i.filename)
+        else:
+            selected.append(i)
+    return selected
+
+
+def _plan_targets(selected: list[zipfile.ZipInfo], zip_path: Path, result: ExtractResult, *, flatten: bool,
+                  strip_components: int, max_total: int, max_ratio: float) -> tuple[dict[str, zipfile.ZipInfo], int]:
+    """``{target name: member}`` and the bytes they expand to, after the size, ratio, encryption and
+    duplicate-target checks (byte-identical duplicates are skipped and reported)."""
+    targets: dict[str, zipfile.ZipInfo] = {}
+    total = compressed = 0
+    for i in selected:
+        if i.flag_bits & 0x1:
+            raise UnsafeArchiveError("encrypted", f"{zip_path}: member {i.filename!r} is encrypted")
+        total += i.file_size
+        compressed += i.compress_size
+        if total > max_total:
+            raise UnsafeArchiveError(
+                "too_large", f"{zip_path}: selected members expand to > {max_total} bytes (cap max_total)")
+        if i.file_size > RATIO_MIN_BYTES and i.file_size > max_ratio * max(i.compress_size, 1):
+            raise UnsafeArchiveError(
+                "ratio", f"{zip_path}: member {i.filename!r} expands {i.file_size}/{i.compress_size} "
+                         f"> {max_ratio:g}x (zip bomb?)")
+        rel = _target_name(i.filename, flatten, strip_components)
+        if rel in targets:
+            first = targets[rel]
+            if (first.file_size, first.CRC) == (i.file_size, i.CRC):
+                result.skipped.append(i.filename)  # same bytes twice: keep one
+                total -= i.file_size
+                compressed -= i.compress_size
+                continue
+            raise UnsafeArchiveError(
+                "duplicate_target", f"{zip_path}: {first.filename!r} and {i.filename!r} -> {rel!r}")
+        targets[rel] = i
+    if total > RATIO_MIN_BYTES and total > max_ratio * max(compressed, 1):
+        raise UnsafeArchiveError("ratio", f"{zip_path}: archive expands {total}/{compressed} > {max_ratio:g}x")
+    return targets, total
 
 
 def _check_name(name: str, zip_path: Path) -> None:
