@@ -278,7 +278,7 @@ def detect_batch(model, processor, images: Sequence, phrases: Sequence[Sequence[
 # ---------------------------------------------------------------------------------------------- the stage
 
 
-def _load_block(rows: list[dict], max_candidates: int, processor, max_text_len: int) -> dict:
+def _load_block(rows: list[dict], max_candidates: int, processor, max_text_len: int, backend=None) -> dict:
     """CPU part of a block (runs in a prefetch thread): images, candidates, encoded model inputs."""
     from lpoi.listgen.objects import extract_candidates
 
@@ -294,7 +294,10 @@ def _load_block(rows: list[dict], max_candidates: int, processor, max_text_len: 
         images.append(img)
         cands.append(extract_candidates(row["prompt"], row["chosen"], max_candidates=max_candidates))
     phrases = [[c["phrase"] for c in cs] for cs in cands]
-    enc = encode_detection_batch(processor, images, phrases, max_text_len)
+    # [world oracle hook] a backend object (lpoi/world/oracle.py) replaces Grounding DINO's encode/detect pair;
+    # the lead re-plugs this onto the detect.backend registry when merging.
+    enc = (backend.encode(ok_rows, images, phrases) if backend is not None
+           else encode_detection_batch(processor, images, phrases, max_text_len))
     return {"rows": rows, "ok_rows": ok_rows, "images": images, "cands": cands, "errors": errors, "enc": enc}
 
 
@@ -330,6 +333,7 @@ def run_detect(
     limit: int | None = None,
     model=None,
     processor=None,
+    backend=None,
 ) -> dict[str, Any]:
     """Stream ``prepared.jsonl`` -> ``detect.jsonl`` + ``rejects`` (resumable, shardable).
 
@@ -344,7 +348,9 @@ def run_detect(
     resume (finished ids are skipped; a partly finished block is recomputed whole so results do not
     depend on where a previous run stopped). ``num_workers`` threads prepare the next blocks (image
     decoding, candidate extraction, tokenising) while the model runs. ``model``/``processor`` may be
-    passed pre-loaded (then ``model_name``, ``device`` and ``dtype`` are not used to load).
+    passed pre-loaded (then ``model_name``, ``device`` and ``dtype`` are not used to load). ``backend``: an
+    object with ``encode(rows, images, phrases)`` and ``detect(encoded, box_threshold, text_threshold)`` used
+    instead of the detector (the world's oracle); the COCO fallback needs the detector, so it must be off.
     Returns stats: ``{"samples", "written", "rejected", "skipped", "rejects_by_reason", "sources",
     "fallback_used", "truncated", "seconds", "samples_per_s"}`` for this invocation.
     """
@@ -357,11 +363,14 @@ def run_detect(
         raise ValueError(f"detect thresholds must be in [0, 1], got box={box_threshold}, text={text_threshold}")
     if batch_size < 1:
         raise ValueError(f"detect.batch_size must be >= 1, got {batch_size}")
-    if model is None:
+    if backend is not None and fallback:  # [world oracle hook]
+        raise ValueError("detect.fallback prompts Grounding DINO with the COCO classes; turn it off with a "
+                         f"{getattr(backend, 'name', 'custom')} detection backend")
+    if model is None and backend is None:
         from lpoi.models import load_detector
 
         model, processor = load_detector(model_name, dtype=dtype, device=resolve_device(device))
-    max_text_len = int(getattr(model.config, "max_text_len", 256))
+    max_text_len = int(getattr(model.config, "max_text_len", 256)) if backend is None else 0
     coco_chunks = chunk_phrases(processor.tokenizer, list(COCO_CLASSES), max_text_len) if fallback else []
 
     stats: dict[str, Any] = {"samples": 0, "written": 0, "rejected": 0, "skipped": 0, "rejects_by_reason": {},
@@ -372,10 +381,13 @@ def run_detect(
                  unit="sample") as bar:
 
 
-        load = lambda rows: _load_block(rows, max_candidates, processor, max_text_len)
+        load = lambda rows: _load_block(rows, max_candidates, processor, max_text_len, backend)
         todo = pending_blocks(prepared_path, shard, batch_size, out, stats, bar)
         for blk in prefetch_map(load, todo, workers=num_workers):
-            dets = detect_encoded(model, blk["enc"], box_threshold=box_threshold, text_threshold=text_threshold)
+            if backend is not None:  # [world oracle hook]
+                dets = backend.detect(blk["enc"], box_threshold=box_threshold, text_threshold=text_threshold)
+            else:
+                dets = detect_encoded(model, blk["enc"], box_threshold=box_threshold, text_threshold=text_threshold)
             need = [i for i, ds in enumerate(dets) if not ds]
             found = {}
             if need and fallback:

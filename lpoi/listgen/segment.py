@@ -159,11 +159,11 @@ def _picks(row: dict, max_masks: int) -> list[int]:
     return [j for j, c in enumerate(row["candidates"]) if c.get("box") is not None][:max_masks]
 
 
-def _load_block(rows: list[dict], max_masks: int, processor) -> dict:
+def _load_block(rows: list[dict], max_masks: int, processor, backend=None) -> dict:
     """CPU part of a block (prefetch thread): decode the images and preprocess them for SAM."""
     images, errors = {}, {}
     for row in rows:
-        if processor is None or not _picks(row, max_masks):
+        if (processor is None and backend is None) or not _picks(row, max_masks):
             continue
         try:
             images[row["id"]] = load_image(row["image_path"])
@@ -172,9 +172,11 @@ def _load_block(rows: list[dict], max_masks: int, processor) -> dict:
     ids = [r["id"] for r in rows if r["id"] in images]
     by_id = {r["id"]: r for r in rows}
     enc = None
-    if processor is not None:
-        enc = encode_segment_batch(processor, [images[i] for i in ids],
-                                   [[by_id[i]["candidates"][j]["box"] for j in _picks(by_id[i], max_masks)] for i in ids])
+    boxes = [[by_id[i]["candidates"][j]["box"] for j in _picks(by_id[i], max_masks)] for i in ids]
+    if backend is not None:  # [world oracle hook] lpoi/world/oracle.py; re-plug onto segment.backend at merge
+        enc = backend.encode([by_id[i] for i in ids], [images[i] for i in ids], boxes)
+    elif processor is not None:
+        enc = encode_segment_batch(processor, [images[i] for i in ids], boxes)
     return {"rows": rows, "ids": ids, "enc": enc, "errors": errors}
 
 
@@ -196,6 +198,7 @@ def run_segment(
     limit: int | None = None,
     model=None,
     processor=None,
+    backend=None,
 ) -> dict[str, Any]:
     """Stream ``detect.jsonl`` -> ``segment.jsonl`` + mask PNGs (resumable, shardable).
 
@@ -210,7 +213,8 @@ def run_segment(
     the model runs (a block's rows are written once its masks are on disk).
     ``mask_kind="bbox"`` never loads SAM. A sample whose image no longer loads is written to
     ``rejects_path`` (``image_<reason>``); without a rejects file that raises. Resume, blocks and sharding
-    as in :func:`lpoi.listgen.detect.run_detect`. Returns this invocation's stats.
+    as in :func:`lpoi.listgen.detect.run_detect`. Returns this invocation's stats. ``backend``: an object with
+    ``encode(rows, images, boxes)`` and ``segment(encoded)`` used instead of SAM (the world's oracle).
     """
     from tqdm.auto import tqdm
 
@@ -222,7 +226,7 @@ def run_segment(
     if batch_size < 1 or max_masks_per_sample < 1:
         raise ValueError(f"segment.batch_size and max_masks_per_sample must be >= 1, got {batch_size}, "
                          f"{max_masks_per_sample}")
-    if mask_kind == "sam" and model is None:
+    if mask_kind == "sam" and model is None and backend is None:
         from lpoi.models import load_segmenter
 
         model, processor = load_segmenter(model_name, dtype=dtype, device=resolve_device(device))
@@ -236,7 +240,8 @@ def run_segment(
         base = out.out_path.parent
 
 
-        load = lambda rows: _load_block(rows, max_masks_per_sample, processor if mask_kind == "sam" else None)
+        load = lambda rows: _load_block(rows, max_masks_per_sample, processor if mask_kind == "sam" else None,
+                                        backend if mask_kind == "sam" else None)
         # Mask PNGs are encoded and fsync'ed by writer threads (zlib and fsync release the GIL) while the
         # accelerator works on the next block; a block's rows are written only once all its masks are on
         # disk, so a resumed run never sees a row whose mask files are missing.
@@ -265,8 +270,9 @@ def run_segment(
         for blk in prefetch_map(load, todo, workers=num_workers):
             picks = {r["id"]: _picks(r, max_masks_per_sample) for r in blk["rows"]}
             sam: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-            if mask_kind == "sam":
-                sam = dict(zip(blk["ids"], segment_encoded(model, processor, blk["enc"])))
+            if mask_kind == "sam":  # [world oracle hook] the backend's masks instead of SAM's
+                masks = backend.segment(blk["enc"]) if backend is not None else segment_encoded(model, processor, blk["enc"])
+                sam = dict(zip(blk["ids"], masks))
             entries, futs = [], []
             for row in blk["rows"]:
                 sid = row["id"]
