@@ -5,6 +5,8 @@ shapes (the embedded default's base models are built offline, see lpoi/models/ti
 import _common
 from _common import parser, run
 
+from lpoi.world.off import world_is_off
+
 
 def main():
     ap = parser(__doc__)
@@ -14,10 +16,8 @@ def main():
     args = ap.parse_args()
     p = _common.load(args)
 
-    if p.world.name == "none":
-        from lpoi.world.off import record_off
-
-        return record_off(args.out, metrics=args.metrics)
+    if world_is_off(p, args.out, metrics=args.metrics):
+        return
     from pathlib import Path
 
     import torch

@@ -4,6 +4,8 @@ pairs, and an AMBER-format benchmark of the held-out scenes. A no-op unless worl
 import _common
 from _common import parser, run
 
+from lpoi.world.off import world_is_off
+
 
 def main():
     ap = parser(__doc__)
@@ -11,10 +13,8 @@ def main():
     args = ap.parse_args()
     p = _common.load(args)
 
-    if p.world.name == "none":
-        from lpoi.world.off import record_off
-
-        return record_off(args.out)
+    if world_is_off(p, args.out):
+        return
     from lpoi.world.dataset import build_world
 
     summary = build_world(p.world, args.out)

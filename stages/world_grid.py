@@ -6,6 +6,8 @@ cells are kept while inputs, params and code are unchanged. A no-op unless world
 import _common
 from _common import parser, run
 
+from lpoi.world.off import world_is_off
+
 CODE = ["stages/world_grid.py", "lpoi/world", "lpoi/train", "lpoi/eval", "lpoi/models"]  # fingerprinted with the data
 
 
@@ -21,10 +23,8 @@ def main():
     args = ap.parse_args()
     p = _common.load(args)
 
-    if p.world.name == "none":
-        from lpoi.world.off import record_off
-
-        return record_off(args.out, metrics=args.metrics, text=args.table, png=args.plot)
+    if world_is_off(p, args.out, metrics=args.metrics, text=args.table, png=args.plot):
+        return
     from pathlib import Path
 
     import torch

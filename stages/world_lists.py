@@ -5,6 +5,8 @@ world's base model as the verifier. A no-op unless world.name is shapes."""
 import _common
 from _common import parser, run
 
+from lpoi.world.off import world_is_off
+
 
 def main():
     ap = parser(__doc__)
@@ -15,10 +17,8 @@ def main():
     args = ap.parse_args()
     p = _common.load(args)
 
-    if p.world.name == "none":
-        from lpoi.world.off import record_off
-
-        return record_off(args.out, metrics=args.metrics)
+    if world_is_off(p, args.out, metrics=args.metrics):
+        return
     import torch
 
     from lpoi.stage import write_metrics

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lpoi.io import atomic_write_json, atomic_write_text
 
-__all__ = ["MESSAGE", "record_off"]
+__all__ = ["MESSAGE", "record_off", "world_is_off"]
 
 MESSAGE = "world: none -- the shapes world is off (dvc exp run -S world=shapes turns it on)"
 
@@ -33,3 +33,11 @@ def record_off(folder: str | os.PathLike | None = None, *, metrics: str | os.Pat
         Path(png).parent.mkdir(parents=True, exist_ok=True)
         im.save(png, format="PNG")
     print(MESSAGE)
+
+
+def world_is_off(params, folder: str | os.PathLike | None = None, **outputs) -> bool:
+    """True (after writing the placeholders, see :func:`record_off`) when ``world.name`` is ``none``."""
+    if params.world.name != "none":
+        return False
+    record_off(folder, **outputs)
+    return True

@@ -77,17 +77,19 @@ class OracleEncoded:
     """Phrases left out of a prompt: none here (the detect stage reports it per row)."""
 
 
-class OracleDetector:
-    """Detection backend ``oracle``: the boxes of the objects a phrase names, from the generator."""
-
+class _Oracle:
     name = "oracle"
 
     def __init__(self, annotations: dict[str, dict]):
         self.annotations = annotations
 
     @classmethod
-    def from_file(cls, scenes_path: str | os.PathLike) -> OracleDetector:
+    def from_file(cls, scenes_path: str | os.PathLike):
         return cls(load_annotations(scenes_path))
+
+
+class OracleDetector(_Oracle):
+    """Detection backend ``oracle``: the boxes of the objects a phrase names, from the generator."""
 
     def encode(self, rows: Sequence[dict], images: Sequence, phrases: Sequence[Sequence[str]]) -> OracleEncoded:
         if not len(rows) == len(images) == len(phrases):
@@ -124,17 +126,8 @@ def _box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-class OracleSegmenter:
+class OracleSegmenter(_Oracle):
     """Segmentation backend ``oracle``: the visible mask of the object under each box, from the generator."""
-
-    name = "oracle"
-
-    def __init__(self, annotations: dict[str, dict]):
-        self.annotations = annotations
-
-    @classmethod
-    def from_file(cls, scenes_path: str | os.PathLike) -> OracleSegmenter:
-        return cls(load_annotations(scenes_path))
 
     def encode(self, rows: Sequence[dict], images: Sequence,
                boxes: Sequence[Sequence[Sequence[float]]]) -> list[tuple[dict, list[list[float]]]]:
