@@ -300,6 +300,9 @@ class WorldParams(_Section):
     n_pairs: int = Field(800, ge=1)
     n_test: int = Field(200, ge=1, le=1004)
     """Held-out scenes: AMBER generative ids 1..n_test (AMBER reserves 1..1004 for generative items)."""
+    detector: Literal["oracle", "pipeline"] = "oracle"
+    """How world_lists finds and segments the critical object: ``oracle`` (the generator's boxes and masks) or
+    ``pipeline`` (the ``detect``/``segment`` sections' models and settings, as the embedded default runs them)."""
     threads: int = Field(1, ge=1)
     """torch intra-op threads of the world's stages. Results are bit-reproducible only for a fixed value (the
     order of float reductions follows it); more than one thread gains little on a model this small and, on a

@@ -1,6 +1,7 @@
 """world_lists: the pipeline's list generation (prepare -> detect -> segment -> verify -> lists) on the world's
-training and held-out pairs, with the oracle detector/segmenter (the generator's boxes and masks) and the
-world's base model as the verifier. A no-op unless world.name is shapes."""
+training and held-out pairs, with the oracle detector/segmenter (the generator's boxes and masks; or the
+pipeline's models, world.detector) and the world's base model as the verifier. A no-op unless world.name is
+shapes."""
 
 import _common
 from _common import parser, run
@@ -25,7 +26,7 @@ def main():
     from lpoi.world.lists import build_world_lists, list_metrics
 
     torch.set_num_threads(p.world.threads)  # a fixed float reduction order (world.threads)
-    write_metrics(args.metrics, list_metrics(build_world_lists(p, args.data, args.base, args.out)))
+    write_metrics(args.metrics, list_metrics(build_world_lists(p, args.data, args.base, args.out), p.world.detector))
 
 
 if __name__ == "__main__":

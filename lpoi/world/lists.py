@@ -5,9 +5,11 @@ For the training pairs and the held-out pairs alike, in order: :func:`lpoi.listg
 the paper, grounded by :class:`lpoi.world.oracle.OracleDetector`), :func:`lpoi.listgen.segment.run_segment`
 (:class:`~lpoi.world.oracle.OracleSegmenter`), :func:`lpoi.listgen.verify.run_verify` (the world's base
 model as the verifier) and :func:`lpoi.listgen.lists.run_lists` -- with the pipeline's ``prepare``,
-``detect.max_candidates``, ``segment.batch_size``, ``verify`` and ``lists`` params. Only the detector and
-the segmenter differ from the embedded default; the COCO-class fallback is off (it needs Grounding
-DINO, and a faithful caption always names a present object).
+``detect``, ``segment``, ``verify`` and ``lists`` params. With ``world.detector: oracle`` (the default) only
+the detector and the segmenter differ from the embedded default, and the COCO-class fallback is off (it
+needs Grounding DINO, and a faithful caption always names a present object); ``pipeline`` runs the
+``detect``/``segment`` models instead (the embedded default's tiny random ones find nothing meaningful
+here, a real Grounding DINO and SAM would need their hub weights).
 """
 
 from __future__ import annotations
@@ -31,19 +33,26 @@ def _split(p: Params, world_dir: Path, split: str, base_model: str, out: Path, p
     from lpoi.listgen.verify import run_verify
 
     src = world_dir / split
-    annotations = load_annotations(src / "scenes.jsonl")
     prepared, detect, segment, verify = (out / d for d in ("prepared", "detect", "segment", "verify"))
     stats = {"prepare": run_prepare(src / "pairs.json", src, prepared / "prepared.jsonl", prepared / "rejects.jsonl",
                                     p.prepare.max_reject_ratio, max_pixels=p.prepare.max_pixels,
                                     min_side=p.prepare.min_side)}
+    d, s = p.detect, p.segment
+    if p.world.detector == "oracle":
+        annotations = load_annotations(src / "scenes.jsonl")
+        det = {"model_name": "oracle", "fallback": False, "backend": OracleDetector(annotations)}
+        seg = {"model_name": "oracle", "backend": OracleSegmenter(annotations)}
+    else:  # the embedded default's detector and segmenter, with its thresholds and COCO fallback
+        det = {"model_name": d.model, "fallback": d.fallback, "box_threshold": d.box_threshold,
+               "text_threshold": d.text_threshold, "device": "cpu", "dtype": p.model.dtype}
+        seg = {"model_name": s.model, "device": "cpu", "dtype": p.model.dtype}
     stats["detect"] = run_detect(prepared / "prepared.jsonl", detect / "detect.jsonl", detect / "rejects.jsonl",
-                                 model_name="oracle", max_candidates=p.detect.max_candidates, fallback=False,
-                                 seed=p.seed, progress=progress, backend=OracleDetector(annotations))
+                                 max_candidates=d.max_candidates, batch_size=d.batch_size, seed=p.seed,
+                                 progress=progress, **det)
     stats["segment"] = run_segment(detect / "detect.jsonl", segment / "segment.jsonl", segment / "masks",
-                                   model_name="oracle", batch_size=p.segment.batch_size,
-                                   max_masks_per_sample=p.verify.max_tries, mask_kind=p.lists.mask,
-                                   rejects_path=segment / "rejects.jsonl", progress=progress,
-                                   backend=OracleSegmenter(annotations))
+                                   batch_size=s.batch_size, max_masks_per_sample=p.verify.max_tries,
+                                   mask_kind=p.lists.mask, rejects_path=segment / "rejects.jsonl", progress=progress,
+                                   **seg)
     v = p.verify
     stats["verify"] = run_verify(segment / "segment.jsonl", prepared / "prepared.jsonl", verify / "verify.jsonl",
                                  verify / "rejects.jsonl", enabled=v.enabled, model_name=v.model or base_model,
@@ -64,9 +73,9 @@ def build_world_lists(p: Params, world_dir: str | Path, base_model: str, out_dir
     return {split: _split(p, world_dir, split, base_model, out_dir / split, progress) for split in SPLITS}
 
 
-def list_metrics(stats: dict) -> dict:
+def list_metrics(stats: dict, detector: str) -> dict:
     """The deterministic counts of :func:`build_world_lists`' stats (no timings), per split."""
-    out: dict = {"detector": "oracle", "segmenter": "oracle"}
+    out: dict = {"detector": detector}
     for split, st in stats.items():
         out[split] = {
             "pairs": st["prepare"]["records_out"], "prepare_rejected": st["prepare"]["rejected"],
