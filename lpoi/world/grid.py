@@ -19,7 +19,6 @@ finished cells and redoes unfinished ones from scratch.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from pathlib import Path
 import torch
 
 from lpoi.config import Params, TrainParams, WorldEvalParams
-from lpoi.io import atomic_write_json, read_json
+from lpoi.io import atomic_write_json, read_json, read_jsonl
 
 __all__ = ["GridPaths", "bench_items", "cell_name", "evaluate_model", "heldout_rewards", "run_grid", "train_cell"]
 
@@ -119,8 +118,6 @@ def heldout_rewards(model, processor, lists_path: Path, reference_path: Path, mo
     pol = torch.cat(pol)
     rewards = beta * (pol[:, :k] - ref_list)
     rejected = beta * (pol[:, k] - ref_rej)
-    from lpoi.io import read_jsonl
-
     vis = next(iter(read_jsonl(lists_path)))["visibility"]
     return {"visibility": vis, "reward": rewards.mean(0).tolist(), "rejected": float(rejected.mean()),
             "reward_accuracy": float((rewards[:, 0] > rejected).float().mean()),
