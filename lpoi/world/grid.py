@@ -180,10 +180,13 @@ def _mean(xs) -> float:
     return sum(xs) / len(xs)
 
 
-def run_grid(p: Params, paths: GridPaths, *, log=print) -> dict:
+def _log(message: str) -> None:
+    print(message, flush=True)  # progress lines reach the DVC log as they happen
+
+
+def run_grid(p: Params, paths: GridPaths, *, log=_log) -> dict:
     """Every cell of ``world.grid`` plus the base; returns ``{"base": result, "cells": [results]}``."""
     paths.out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
     t0 = time.perf_counter()
     _references(p, paths)
     log(f"[world_grid] reference log-probs ready ({time.perf_counter() - t0:.0f}s)")
