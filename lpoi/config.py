@@ -312,6 +312,109 @@ class ReportParams(_Section):
     contact_sheet_rows: int = Field(12, ge=1)
 
 
+class WorldModelParams(_Section):
+    """The base VLM of the shapes world: a LLaVA-1.5-architecture model (CLIP ViT + MLP projector + Llama),
+    built from scratch at this size (``lpoi/world/model.py``) and trained by the ``pretrain`` stage."""
+
+    image_size: int = Field(48, ge=16)
+    """px the vision tower sees (scenes are drawn at ``world.canvas`` px and resized by the processor)."""
+    patch_size: int = Field(8, ge=2)
+    vision_hidden: int = Field(64, ge=8)
+    vision_layers: int = Field(2, ge=1)
+    text_hidden: int = Field(128, ge=8)
+    text_layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    vocab_size: int = Field(400, ge=64)
+    """Target size of the byte-level BPE trained on the world's own text."""
+
+    @model_validator(mode="after")
+    def _divisible(self):
+        if self.image_size % self.patch_size:
+            raise ValueError(f"world.model.image_size ({self.image_size}) must be a multiple of patch_size "
+                             f"({self.patch_size})")
+        for key in ("vision_hidden", "text_hidden"):
+            if getattr(self, key) % self.heads:
+                raise ValueError(f"world.model.{key} ({getattr(self, key)}) must be a multiple of heads ({self.heads})")
+        return self
+
+
+class PretrainParams(_Section):
+    """Supervised training of the world's base VLM on captions and yes/no questions (all weights, no LoRA)."""
+
+    steps: int = Field(600, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    warmup_steps: int = Field(30, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    dense_weight: float = Field(1.0, ge=0)
+    """Weight of the patch-label loss: the LM head at each image token predicts the class of the object
+    covering that patch (0: captions and yes/no answers only)."""
+    seed: int = 0
+    """Weight init and example order."""
+
+
+class WorldGridParams(_Section):
+    methods: list[Literal["dpo", "mdpo", "lpoi"]] = ["dpo", "mdpo", "lpoi"]
+    seeds: list[int] = [0, 1, 2]
+    """Each (method, seed) trains from the same base with ``world.train`` (its ``method``/``seed`` replaced)."""
+
+    @field_validator("methods", "seeds")
+    @classmethod
+    def _non_empty_unique(cls, v: list) -> list:
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"must be a non-empty list without repeats, got {v}")
+        return v
+
+
+class WorldEvalParams(_Section):
+    batch_size: int = Field(32, ge=1)
+    max_new_tokens: int = Field(40, ge=1)
+    """A six-object caption is ~25 tokens; room for a model that keeps naming objects."""
+    heldout_lists: int = Field(100, ge=1)
+    """Held-out lists (from test scenes) on which the list-position rewards are measured."""
+
+
+class WorldParams(_Section):
+    """``world=shapes``: the synthetic miniature of the paper's experiment (``lpoi/world``); ``none`` (the
+    embedded default) turns its stages into no-ops."""
+
+    name: Literal["none", "shapes"] = "none"
+    seed: int = 0
+    """Scenes are a pure function of (seed, split, index)."""
+    canvas: int = Field(64, ge=16)
+    """Scene size in px (square)."""
+    min_side: int = Field(14, ge=4)
+    max_side: int = Field(24, ge=4)
+    p_partner: float = Field(0.75, ge=0, le=1)
+    """Probability that an anchor's partner class is in the scene too (the co-occurrence bias)."""
+    min_visible: float = Field(0.6, gt=0, le=1)
+    """Every object keeps at least this share of its pixels under occlusion."""
+    n_pretrain: int = Field(3000, ge=1)
+    n_pairs: int = Field(800, ge=1)
+    n_test: int = Field(200, ge=1, le=1004)
+    """Held-out scenes: AMBER generative ids 1..n_test (AMBER reserves 1..1004 for generative items)."""
+    detector: Literal["oracle", "pipeline"] = "oracle"
+    """How world_lists finds and segments the critical object: ``oracle`` (the generator's boxes and masks) or
+    ``pipeline`` (the ``detect``/``segment`` sections' models and settings, as the embedded default runs them)."""
+    threads: int = Field(1, ge=1)
+    """torch intra-op threads of the world's stages. Results are bit-reproducible only for a fixed value (the
+    order of float reductions follows it); more than one thread gains little on a model this small and, on a
+    busy 2-core machine, makes every step many times slower."""
+    model: WorldModelParams = WorldModelParams()
+    pretrain: PretrainParams = PretrainParams()
+    train: TrainParams = TrainParams()
+    """Preference training shared by every method of the grid (``method`` and ``seed`` come from ``grid``)."""
+    grid: WorldGridParams = WorldGridParams()
+    eval: WorldEvalParams = WorldEvalParams()
+
+    @model_validator(mode="after")
+    def _sides(self):
+        if not self.min_side <= self.max_side <= self.canvas:
+            raise ValueError(f"need world.min_side <= world.max_side <= world.canvas, got {self.min_side}, "
+                             f"{self.max_side}, {self.canvas}")
+        return self
+
+
 class Params(_Section):
     seed: int = 0
     model: ModelParams = ModelParams()
@@ -330,6 +433,7 @@ class Params(_Section):
     judge: JudgeParams = JudgeParams()
     score: ScoreParams = ScoreParams()
     report: ReportParams = ReportParams()
+    world: WorldParams = WorldParams()
 
     def section(self, name: str) -> dict[str, Any]:
         """A section as a plain dict (for fingerprints and metrics)."""

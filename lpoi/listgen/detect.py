@@ -397,6 +397,9 @@ def run_detect(
 
         backend = TransformersDetector(model, processor) if model is not None else \
             open_detector(backend_name, model_name, device=resolve_device(device), dtype=dtype)
+    if fallback and not hasattr(backend, "prompt_chunks"):  # e.g. the world's oracle: no text prompts at all
+        raise ValueError(f"detect.fallback prompts the detector with the COCO classes, which the "
+                         f"{getattr(backend, 'name', 'custom')} detection backend cannot do; turn it off")
     coco_chunks = backend.prompt_chunks(list(COCO_CLASSES)) if fallback else []
 
     def process(blk: dict, rows: list[dict]) -> list:

@@ -1,0 +1,174 @@
+"""Write the shapes world to disk: three disjoint splits, preference pairs and an AMBER-format benchmark.
+
+Layout of ``out_dir`` (the ``world_data`` stage's output)::
+
+    pretrain/  images/*.png  scenes.jsonl              the base model's training scenes
+    pairs/     images/*.png  scenes.jsonl  pairs.json  preference pairs (LPOI/mDPO schema)
+    test/      images/*.png  scenes.jsonl  pairs.json  held-out scenes: the benchmark and held-out lists
+    bench/amber/  annotations.json  query/*.json  relation.json  safe_words.txt   (AMBER's data/ layout)
+    world.json                                         counts and the co-occurrence statistics
+
+``scenes.jsonl`` rows: ``{"id", "image": path relative to the split folder, "width", "height", "caption",
+"objects": [{"class", "colour", "box": [x0, y0, x1, y1], "visible", "depth", "mask": RLE}]}`` (objects in
+caption order; masks as :func:`lpoi.world.scenes.rle_encode`). A pair's id is its scene's id.
+
+**Pairs.** Prompt "Describe this image."; chosen = the scene's caption; rejected = the caption with one
+absent object named at its canonical place -- the absent *partner* of a present object when there is
+one (the co-occurrence hallucination), otherwise any absent class (:func:`hallucinated_caption`).
+
+**The benchmark** follows AMBER's official files (so the project's AMBER scorer reads it unchanged):
+generative items ``1..n_test`` ("Describe this image.", ``truth`` = the classes present, ``hallu`` = the
+absent partners, i.e. the objects a co-occurrence prior names), then discriminative existence items
+from id 1005 ("Is there a {class}", type ``discriminative-hallucination``): per scene up to
+two present classes (truth "yes") and as many absent ones (truth "no"), absent partners first. Unlike
+AMBER's own existence set, which asks only about absent objects, ours is balanced, so yes/no F1 and
+accuracy have a 50 % chance level. ``relation.json`` maps each class to no association (the vocabulary
+is the eight class names); ``safe_words.txt`` holds the one word "shape".
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from collections import Counter
+from pathlib import Path
+
+from lpoi.config import WorldParams
+from lpoi.io import atomic_write_json, atomic_write_text, write_jsonl
+from lpoi.world.scenes import CLASSES, PAIRS, Scene, caption, hallucinated_caption, make_scene, rle_encode
+
+__all__ = ["DESCRIBE", "SPLITS", "build_world", "existence_question", "scenes"]
+
+DESCRIBE = "Describe this image."  # AMBER's generative query
+SPLITS = ("pretrain", "pairs", "test")
+FIRST_DISCRIMINATIVE_ID = 1005  # AMBER: ids 1..1004 are generative, 1005.. discriminative
+
+
+def existence_question(cls: str) -> str:
+    """AMBER asks "Is there a {obj} in this image?"; here the question ends on the object, where the
+    answer is predicted (why: :mod:`lpoi.world.model`)."""
+    return f"Is there a {cls}"
+
+
+def split_size(world: WorldParams, split: str) -> int:
+    return {"pretrain": world.n_pretrain, "pairs": world.n_pairs, "test": world.n_test}[split]
+
+
+def scenes(world: WorldParams, split: str, n: int | None = None) -> list[Scene]:
+    """The first ``n`` (default: the split's size) scenes of ``split``."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown world split {split!r}; known: {SPLITS}")
+    n = split_size(world, split) if n is None else n
+    return [make_scene(world.seed, split, i, size=world.canvas, sides=(world.min_side, world.max_side),
+                       p_partner=world.p_partner, min_visible=world.min_visible) for i in range(n)]
+
+
+def scene_row(scene: Scene, image_rel: str) -> dict:
+    return {
+        "id": scene.id, "image": image_rel, "width": scene.image.size[0], "height": scene.image.size[1],
+        "caption": caption(scene.objects),
+        "objects": [{"class": o.cls, "colour": o.colour, "box": list(o.box), "visible": round(o.visible, 4),
+                     "depth": o.depth, "mask": rle_encode(o.mask)} for o in scene.objects],
+    }
+
+
+def _write_split(world: WorldParams, split: str, out: Path) -> list[Scene]:
+    items = scenes(world, split)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for s in items:
+        rel = f"images/{s.id}.png"
+        s.image.save(out / rel, format="PNG")  # no metadata chunks: same scene, same bytes
+        rows.append(scene_row(s, rel))
+    write_jsonl(out / "scenes.jsonl", rows)
+    return items
+
+
+def preference_pairs(items: list[Scene], seed: int, split: str) -> list[dict]:
+    """LPOI/mDPO-schema pairs (``img_path`` relative to the split's folder)."""
+    rng = random.Random(f"lpoi-world-pairs:{seed}:{split}")
+    out = []
+    for s in items:
+        rejected, _ = hallucinated_caption(s, rng)
+        out.append({"id": s.id, "img_path": f"images/{s.id}.png", "prompt": DESCRIBE,
+                    "chosen": caption(s.objects), "rejected": rejected})
+    return out
+
+
+def amber_files(items: list[Scene], seed: int) -> tuple[list[dict], list[dict]]:
+    """(annotations, queries) of the benchmark, in AMBER's official formats and id ranges."""
+    rng = random.Random(f"lpoi-world-amber:{seed}")
+    ann, queries = [], []
+    for i, s in enumerate(items, 1):
+        ann.append({"id": i, "type": "generative", "truth": s.classes, "hallu": s.absent_partners()})
+        queries.append({"id": i, "image": f"{s.id}.png", "query": DESCRIBE})
+    next_id = FIRST_DISCRIMINATIVE_ID
+    for s in items:
+        yes = rng.sample(s.classes, min(2, len(s.classes)))
+        partners = s.absent_partners()
+        others = [c for c in s.absent() if c not in partners]
+        rng.shuffle(partners)
+        rng.shuffle(others)
+        no = (partners + others)[: len(yes)]
+        for cls, truth in [(c, "yes") for c in yes] + [(c, "no") for c in no]:
+            ann.append({"id": next_id, "type": "discriminative-hallucination", "truth": truth})
+            queries.append({"id": next_id, "image": f"{s.id}.png", "query": existence_question(cls)})
+            next_id += 1
+    if next_id - 1 > 15220:
+        raise ValueError(f"{len(items)} test scenes need AMBER ids up to {next_id - 1}, beyond AMBER's 15220")
+    return ann, queries
+
+
+def _dump(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(obj, indent=4))  # AMBER's files: indent 4
+
+
+def write_amber(items: list[Scene], seed: int, out: Path) -> dict:
+    ann, queries = amber_files(items, seed)
+    _dump(out / "annotations.json", ann)
+    gen = {q["id"] for q, a in zip(queries, ann) if a["type"] == "generative"}
+    _dump(out / "query" / "query_all.json", queries)
+    _dump(out / "query" / "query_generative.json", [q for q in queries if q["id"] in gen])
+    _dump(out / "query" / "query_discriminative.json", [q for q in queries if q["id"] not in gen])
+    _dump(out / "query" / "query_discriminative-existence.json", [q for q in queries if q["id"] not in gen])
+    _dump(out / "relation.json", {c: [] for c in CLASSES})
+    atomic_write_text(out / "safe_words.txt", "shape")
+    truths = Counter(a["truth"] for a in ann if a["type"] != "generative")
+    return {"generative": len(gen), "discriminative": len(ann) - len(gen), "truth_yes": truths["yes"],
+            "truth_no": truths["no"]}
+
+
+def cooccurrence(items: list[Scene]) -> dict:
+    """P(partner present | class present) per pair, and how many scenes miss an anchor's partner."""
+    out = {}
+    for a, b in PAIRS:
+        for x, y in ((a, b), (b, a)):
+            with_x = [s for s in items if x in s.classes]
+            out[f"p({y}|{x})"] = sum(y in s.classes for s in with_x) / len(with_x) if with_x else None
+    out["scenes_with_absent_partner"] = sum(bool(s.absent_partners()) for s in items) / len(items)
+    return out
+
+
+def build_world(world: WorldParams, out_dir: str | Path) -> dict:
+    """Write every split, the pairs and the benchmark; return the summary also stored in ``world.json``."""
+    out = Path(out_dir)
+    shutil.rmtree(out, ignore_errors=True)  # a fresh folder: no scene of an earlier world survives
+    summary: dict = {"seed": world.seed, "canvas": world.canvas, "p_partner": world.p_partner, "splits": {}}
+    for split in SPLITS:
+        items = _write_split(world, split, out / split)
+        n_obj = Counter(len(s.objects) for s in items)
+        summary["splits"][split] = {
+            "scenes": len(items), "objects_per_scene": {str(k): n_obj[k] for k in sorted(n_obj)},
+            "class_counts": dict(Counter(c for s in items for c in s.classes)),
+            "min_visible_share": min(o.visible for s in items for o in s.objects),
+            "occluded_objects": sum(o.visible < 1 for s in items for o in s.objects),
+            "cooccurrence": cooccurrence(items),
+        }
+        if split in ("pairs", "test"):
+            atomic_write_json(out / split / "pairs.json", preference_pairs(items, world.seed, split))
+        if split == "test":
+            summary["bench"] = write_amber(items, world.seed, out / "bench" / "amber")
+    atomic_write_json(out / "world.json", summary)
+    return summary
