@@ -37,6 +37,7 @@ class ReportPaths:
     listgen_out: Path
     summary_out: Path
     out_dir: Path  # REPORT.md and the PNGs
+    world: Path | None = None  # the world_grid stage's table (a placeholder line unless world=shapes)
 
 
 def _read(path: Path) -> dict | None:
@@ -96,9 +97,18 @@ def build_report(paths: ReportPaths, p, raw_params: dict[str, Any], rows: int = 
     paper, note = paper_row(p, paper_table)
     page = render(ReportInputs(summary=summary, sources=sources, choices=choices, changes=changes,
                                models=model_names(p), random_roles=roles, method=p.train.method,
-                               yes_no=p.amber.yes_no, paper=paper, paper_note=note, figures=list(FIGURES)))
+                               yes_no=p.amber.yes_no, paper=paper, paper_note=note, figures=list(FIGURES),
+                               world=_world_table(paths.world)))
     atomic_write_bytes(paths.out_dir / "REPORT.md", page.encode("utf-8"))
     return summary
+
+
+def _world_table(path: Path | None) -> str | None:
+    """The miniature's comparison (``metrics/world.md``) when it ran; None for world: none's placeholder."""
+    if path is None or not Path(path).is_file():
+        return None
+    text = Path(path).read_text(encoding="utf-8")
+    return text if text.lstrip().startswith("|") else None
 
 
 def _visibility(lists_dir: Path) -> list[float] | None:

@@ -34,6 +34,7 @@ class ReportInputs:
     paper: Mapping[str, Any] | None = None  # summary key -> the paper's value (filled ones only)
     paper_note: str | None = None
     figures: Sequence[str] = field(default_factory=lambda: list(FIGURES))
+    world: str | None = None  # the miniature's comparison table (metrics/world.md) when world=shapes ran
 
 
 def fmt(value: Any, digits: int) -> str:
@@ -137,6 +138,9 @@ def render(r: ReportInputs) -> str:
     lines += results_table(r.summary, r.paper)
     if r.paper_note:
         lines += ["", r.paper_note]
+    if r.world:
+        lines += ["", "## The miniature (`world=shapes`): DPO vs mDPO vs LPOI from one pretrained base", "",
+                  r.world.strip(), "", "![held-out list-position rewards](../metrics/world_rewards.png)"]
     lines += ["", "## Figures", ""]
     lines += [" ".join(f"![{FIGURES[f]}]({f}.png)" for f in r.figures), ""]
     changed = [f"`{k}`: {d!r} → {v!r}" for k, d, v in r.changes]

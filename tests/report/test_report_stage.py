@@ -234,3 +234,18 @@ def test_build_report_writes_summary_report_and_figures(tmp_path):
         assert f"({png}.png)" in page and (tmp_path / "report" / f"{png}.png").stat().st_size > 1000
     listgen = json.loads((m / "listgen.json").read_text())
     assert listgen[RANDOM_MODEL_KEY] is True and listgen["rejects"] == {"unsafe_path": 1}
+
+
+def test_the_miniature_table_is_shown_only_when_the_world_ran(tmp_path):
+    from lpoi.report.build import _world_table
+    from lpoi.world.off import record_off
+
+    table = "| model | CHAIR ↓ |\n|---|---|\n| base (pretrained) | 12.4 |\n| LPOI | 11.3 ± 0.2 |\n"
+    (tmp_path / "world.md").write_text(table)
+    record_off(text=tmp_path / "off.md")  # what world: none leaves there
+    assert _world_table(tmp_path / "world.md") == table and _world_table(tmp_path / "off.md") is None
+    assert _world_table(None) is None and _world_table(tmp_path / "missing.md") is None
+    page = render(_inputs(world=table))
+    assert "## The miniature (`world=shapes`)" in page and "| LPOI | 11.3 ± 0.2 |" in page
+    assert_table_matches_summary(page, build_summary(SOURCES, True))  # the results table is still read right
+    assert "miniature" not in render(_inputs())
