@@ -16,15 +16,21 @@ def main():
     args = ap.parse_args()
     p = _common.load(args)
 
-    from lpoi.stage import hold_stage
+    from pathlib import Path
+
+    from lpoi.stage import hold_stage, write_timings
     from lpoi.train.recipe import TrainPaths, train
 
     # checkpoints survive a kill (persist: true) but never a change of deps, params or model (dvc.yaml entry)
     ckpt = hold_stage("train", args, models=[p.model.name])
     paths = TrainPaths(lists=f"{args.lists}/lists.jsonl", reference=f"{args.reference}/reference.jsonl",
                        out=args.out, live=args.live, checkpoints=ckpt)
-    train(p.train, p.model, p.reference, paths)
+    summary = train(p.train, p.model, p.reference, paths)
     ckpt.mkdir(parents=True, exist_ok=True)  # dvc.yaml declares it; the recipe clears it when done
+    # timings are not results: beside the metrics (metrics/train.timings.json, git-ignored), not in the curves
+    write_timings(Path(args.live).with_suffix(".json"), {
+        "stage": "train", "seconds": summary["seconds"], "samples_per_s": summary["samples_per_s"],
+        "steps": summary["steps"], "resumed": summary["resumed_from"], "global_batch": summary["global_batch"]})
 
 
 if __name__ == "__main__":

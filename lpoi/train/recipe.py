@@ -239,9 +239,8 @@ class Recipe:
         bar = self._progress_bar()
         self.wrapper.train()
         for step in range(self.start_step, self.total_steps):
-            t0 = time.perf_counter()
             sums, grad_norm = self._step(step, loader)
-            row = {"step": step + 1, **self._metrics(sums, grad_norm, time.perf_counter() - t0)}
+            row = {"step": step + 1, **self._metrics(sums, grad_norm)}
             self.history.append(row)
             self.run_history.append(row)
             if self.curves is not None:
@@ -313,7 +312,7 @@ class Recipe:
         with torch.no_grad():
             return self.wrapper(batch.inputs, batch.response_mask, reference=True, offsets=batch.offsets)
 
-    def _metrics(self, sums: dict[str, float], grad_norm: Tensor | None, seconds: float) -> dict[str, float]:
+    def _metrics(self, sums: dict[str, float], grad_norm: Tensor | None) -> dict[str, float]:
         """One optimizer step's logged values, averaged over micro-steps and processes."""
         names = sorted(sums)
         vec = torch.tensor([sums[k] / self.cfg.grad_accum for k in names], device=self.acc.device)
@@ -323,7 +322,8 @@ class Recipe:
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         if grad_norm is not None:
             metrics["grad_norm"] = float(grad_norm)
-        metrics["samples_per_s"] = self.global_batch / seconds
+        # throughput is not a result: it stays out of the curves (deterministic files a fresh clone
+        # reproduces byte for byte); the stage writes the run's timings beside the metrics instead
         return metrics
 
     def _progress_bar(self):
@@ -368,8 +368,7 @@ class Recipe:
         if self.main:
             shutil.rmtree(self.ckpt_root, ignore_errors=True)
             if self.curves is not None:
-                self.curves.end({"train_seconds": seconds, "train_samples_per_s": rate,
-                                 "n_truncated": self.n_truncated})
+                self.curves.end({"n_truncated": self.n_truncated})
         self.acc.wait_for_everyone()
         return {
             "steps": self.total_steps,

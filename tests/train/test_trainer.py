@@ -223,13 +223,13 @@ def test_dvclive_logs_every_step(trained):
         "ranking_accuracy",
         "reward_accuracy",
         "lr",
-        "samples_per_s",
         "grad_norm",
-        "train_seconds",
-        "train_samples_per_s",
         "n_truncated",
     }
     assert want <= set(metrics) and metrics["step"] == 40
+    # timings are not results (issue 10): they stay out of the curves and metrics a baseline commits
+    assert not {"samples_per_s", "train_seconds", "train_samples_per_s"} & set(metrics)
+    assert not (live / "plots" / "metrics" / "samples_per_s.tsv").exists()
     for name in ("loss", "ranking_accuracy", "reward_4", "lr"):
         rows = _tsv(live / "plots" / "metrics" / f"{name}.tsv")
         assert [s for s, _ in rows] == list(range(1, 41))
