@@ -79,8 +79,14 @@ def _kill_after_checkpoint(proc: subprocess.Popen, ckpt: Path) -> None:
     if proc.poll() is not None:
         pytest.fail(f"the run ended before {ckpt.name} could be killed:\n" + proc.stdout.read()[-3000:])
     parent = psutil.Process(proc.pid)
-    for p in [*parent.children(recursive=True), parent]:  # dvc and the stage process it runs
-        p.kill()
+    children = parent.children(recursive=True)
+    # dvc first: killed after its stage process, dvc would react to the child's death by rewriting
+    # .dvc/tmp/rwlock, and a kill in the middle of that write leaves it empty (DVC does not write it atomically)
+    for p in [parent, *children]:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
     proc.wait(timeout=30)
 
 
