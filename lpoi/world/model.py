@@ -9,7 +9,7 @@ Sizes (``world.model``, defaults): 48 px images in 8 px patches (36 image tokens
 64, a 2-layer Llama of width 128 -- about 0.5 M parameters, ~0.2 s per training step of 32 sequences
 on one CPU thread. The embedded default's ``tiny/llava`` (32 px, widths 16/32, a tokenizer that splits
 the world's words) was not tried; these sizes are the first that learnt in the pilot runs recorded in
-``docs/notes/world.md``.
+``docs/world_pilots.md``.
 
 **The chat template** is LLaVA-1.5's turn layout with an empty generation prompt: ``"USER: <image>\\n"
 + question``, then the answer. The hub template's ``" ASSISTANT:"`` suffix puts three tokens between
