@@ -24,7 +24,7 @@ def main():
         stats = run_reference(f"{args.lists}/lists.jsonl", st.path / "reference.jsonl", model_name=m.name, dtype=m.dtype,
                               micro_batch_sequences=r.micro_batch_sequences, max_length=r.max_length,
                               device=pick_device(m.device), journal=True, max_pixels=m.max_pixels,
-                              trust_remote_code=m.trust_remote_code)
+                              trust_remote_code=m.trust_remote_code, model_digest=st.parts[f"model {m.name}"])
         st.finish(args.metrics, stats.pop("output"), stats)
 
 

@@ -143,6 +143,35 @@ def test_model_identity_tiny_folder_and_hub(tmp_path, monkeypatch):
     assert model_identity("org/not-cached")["revision"] is None  # offline: nothing to resolve
 
 
+def test_a_downloaded_checkpoint_is_identified_by_its_stamp_until_it_changes(tmp_path):
+    """A file stages/download.py verified is not re-read at every stage start: its stamp's sha256 is used
+    while size and mtime are unchanged; any change to the file (or a stale stamp) means a full re-hash."""
+    import os
+
+    from lpoi.download.integrity import stamp_path, verify_file
+
+    pth = tmp_path / "sam.pth"
+    pth.write_bytes(b"\0" * 8)
+    verify_file(pth)  # what a download leaves: the stamp beside the file
+    real = hashlib.sha256(b"\0" * 8).hexdigest()
+    assert model_identity(str(pth))["sha256"] == real
+    stamp = json.loads(stamp_path(pth).read_text())
+    stamp_path(pth).write_text(json.dumps({**stamp, "sha256": "f" * 64}))  # the stamp is what is read ...
+    assert model_identity(str(pth))["sha256"] == "f" * 64
+    pth.write_bytes(b"\1" * 9)  # ... only while the file is the one it describes
+    assert model_identity(str(pth))["sha256"] == hashlib.sha256(b"\1" * 9).hexdigest()
+    st = pth.stat()
+    stamp_path(pth).write_text(json.dumps({"size": 9, "mtime_ns": st.st_mtime_ns, "sha256": "f" * 64}))
+    os.utime(pth, ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # touched: same size, another mtime
+    assert model_identity(str(pth))["sha256"] == hashlib.sha256(b"\1" * 9).hexdigest()
+    # stamps are no model files: a folder's identity lists only its own files
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"\0" * 8)
+    verify_file(folder / "model.safetensors")
+    assert set(model_identity(str(folder))["files"]) == {"model.safetensors"}
+
+
 def test_folder_is_reused_only_under_the_same_fingerprint(tmp_path, capsys):
     d = tmp_path / "out"
     with StageDir(d, {"dep a": "1", "param x": "1"}, stage="s"):

@@ -22,7 +22,7 @@ from pathlib import Path
 from lpoi.download.errors import ChecksumMismatch
 from lpoi.io import atomic_write_json
 
-__all__ = ["SHA256_RE", "STAMP_SUFFIX", "hash_file", "stamp_path", "verify_file", "write_stamp"]
+__all__ = ["SHA256_RE", "STAMP_SUFFIX", "hash_file", "stamp_path", "stamped_sha256", "verify_file", "write_stamp"]
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 SHA1_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -61,6 +61,17 @@ def _read_stamp(path: Path) -> dict | None:
         return None
 
 
+def _fresh(stamp: dict | None, st: os.stat_result) -> bool:
+    return (stamp is not None and stamp.get("size") == st.st_size and stamp.get("mtime_ns") == st.st_mtime_ns
+            and bool(SHA256_RE.match(str(stamp.get("sha256", "")))))
+
+
+def stamped_sha256(path: str | os.PathLike) -> str | None:
+    """The sha256 a stamp records for ``path`` while its size and mtime are unchanged; else None (read-only)."""
+    stamp = _read_stamp(Path(path))
+    return stamp["sha256"] if _fresh(stamp, Path(path).stat()) else None
+
+
 def verify_file(
     path: str | os.PathLike,
     *,
@@ -86,10 +97,7 @@ def verify_file(
     if use_stamp:
         stamp = _read_stamp(path)
         if (
-            stamp is not None
-            and stamp.get("size") == st.st_size
-            and stamp.get("mtime_ns") == st.st_mtime_ns
-            and SHA256_RE.match(str(stamp.get("sha256", "")))
+            _fresh(stamp, st)
             and (sha256 is None or stamp["sha256"] == sha256)
             and (git_sha1 is None or stamp.get("git_sha1") == git_sha1)
         ):

@@ -36,7 +36,6 @@ files are original-format, hub ids such as ``IDEA-Research/grounding-dino-tiny``
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -208,7 +207,6 @@ DETECTORS: dict[str, Callable[..., Any]] = {"groundingdino": _groundingdino_dete
                                              "transformers": _transformers_detector}
 SEGMENTERS: dict[str, Callable[..., Any]] = {"segment-anything": _segment_anything_segmenter,
                                               "transformers": _transformers_segmenter}
-_LOCK = threading.Lock()  # model loading swaps attributes of the groundingdino package: one at a time
 
 
 def _open(table: dict, kind: str, backend: str, model: str, device: str | None, dtype: str):
@@ -216,8 +214,7 @@ def _open(table: dict, kind: str, backend: str, model: str, device: str | None, 
         raise ValueError(f"unknown {kind} backend {backend!r}; known: {', '.join(sorted(table))}")
     from lpoi.models import resolve
 
-    with _LOCK:
-        return table[backend](resolve(model), device, dtype)
+    return table[backend](resolve(model), device, dtype)
 
 
 def open_detector(backend: str, model: str, *, device: str | None = None, dtype: str = "float32"):

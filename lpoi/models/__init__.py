@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .identity import model_identity
+from .identity import model_digest, model_identity
 
 __all__ = [
     "ModelNotFound",
@@ -19,6 +19,7 @@ __all__ = [
     "load_processor",
     "load_segmenter",
     "load_vlm",
+    "model_digest",
     "model_identity",
     "resolve",
     "torch_dtype",

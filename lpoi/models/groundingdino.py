@@ -100,9 +100,9 @@ def _compat(tokenizer, bert_config):
     import groundingdino.models.GroundingDINO.groundingdino as gd_module
     import groundingdino.util.get_tokenlizer as gd_tok
 
-    bert_cls = _phrase_mask_bert()
-    saved = gd_module.BertModelWarper, gd_tok.get_pretrained_language_model, gd_tok.get_tokenlizer
-    with _BUILD_LOCK:
+    with _BUILD_LOCK:  # saved inside the lock too: a concurrent build must not save (and restore) our lambdas
+        bert_cls = _phrase_mask_bert()
+        saved = gd_module.BertModelWarper, gd_tok.get_pretrained_language_model, gd_tok.get_tokenlizer
         gd_module.BertModelWarper = lambda bert_model: bert_model
         gd_tok.get_pretrained_language_model = lambda _name: bert_cls(bert_config)
         gd_tok.get_tokenlizer = lambda _name: tokenizer

@@ -9,17 +9,22 @@ is edited).
 * a local folder: the sha256 of each of its weight, config and tokenizer files;
 * a local file (an official ``.pth`` checkpoint of the detector or segmenter): its sha256.
 
+A file that ``stages/download.py`` verified carries a stamp (``lpoi.download.integrity``: size, mtime and
+sha256); while size and mtime are unchanged its sha256 is taken from there, so a multi-GB checkpoint is not
+re-read at every stage start (the trade-off DVC makes too; delete the stamp to force a re-hash).
+
 The library versions that turn those weights into numbers (torch, transformers) are part of it too.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["model_identity"]
+__all__ = ["model_digest", "model_identity"]
 
 _FILES = (".safetensors", ".json", ".model", ".txt", ".bin", ".pth", ".pt", ".tiktoken", ".jinja", ".py")
 
@@ -35,10 +40,20 @@ def model_identity(name: str, seed: int = 0) -> dict[str, Any]:
     if Path(name).is_dir():
         return {"name": name, "kind": "folder", "files": _folder_files(Path(name)), **versions}
     if Path(name).is_file():
-        from lpoi.io import sha256_file
-
-        return {"name": name, "kind": "file", "sha256": sha256_file(name), **versions}
+        return {"name": name, "kind": "file", "sha256": _sha256(Path(name)), **versions}
     return {"name": name, "kind": "hub", "revision": _hub_revision(name), **versions}
+
+
+def model_digest(name: str, seed: int = 0) -> str:
+    """The sha256 of :func:`model_identity`: what a stage fingerprint and a reference row key store."""
+    return hashlib.sha256(json.dumps(model_identity(name, seed), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    from lpoi.download.integrity import stamped_sha256
+    from lpoi.io import sha256_file
+
+    return stamped_sha256(path) or sha256_file(path)
 
 
 def _tiny(family: str, seed: int) -> dict[str, Any]:
@@ -53,9 +68,7 @@ def _tiny(family: str, seed: int) -> dict[str, Any]:
 
 
 def _folder_files(folder: Path) -> dict[str, str]:
-    from lpoi.io import sha256_file
-
-    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*"))
+    return {p.relative_to(folder).as_posix(): _sha256(p) for p in sorted(folder.rglob("*"))
             if p.is_file() and p.suffix in _FILES and not any(part.startswith(".") for part in p.parts)}
 
 

@@ -249,7 +249,9 @@ def load_original(path: str, dtype=None, device: str | None = None):
     else:
         from transformers import SamModel
 
-        hf = SamModel.from_pretrained(path)
+        from lpoi.models import _from_pretrained
+
+        hf = _from_pretrained(SamModel, path, "segmenter")  # a missing hub model: ModelNotFound with the fix
         spec = spec_from_hf_config(hf.config)
         sd = from_hf(hf.state_dict(), spec)
     model = build_original(spec)

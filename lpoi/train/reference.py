@@ -140,6 +140,7 @@ def run_reference(
     max_pixels: int | None = None,
     journal: bool = False,
     trust_remote_code: bool = False,
+    model_digest: str | None = None,
 ) -> dict:
     """Compute and store the reference log-probs of every sample of ``lists_path`` (resumable).
 
@@ -158,12 +159,15 @@ def run_reference(
         progress: show a progress bar.
         max_pixels: ``model.max_pixels`` (the processor's resolution budget) -- must equal the training run's.
         journal: check and keep the output journal (stage runs; :class:`lpoi.runner.StageOutput`).
+        model_digest: :func:`lpoi.models.model_digest` of ``model_name`` when the caller has it (the stage's
+            fingerprint does: a local multi-GB folder is then hashed once, not twice).
 
     Returns:
         Stats: ``n_samples``, ``n_computed``, ``n_resumed`` (= ``resumed``), ``k``, ``n_truncated``,
         ``seconds``, ``samples_per_s``; the stage's metrics under ``"output"``.
     """
-    from lpoi.models import load_vlm, model_identity
+    from lpoi.models import load_vlm
+    from lpoi.models import model_digest as digest_of
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -171,9 +175,15 @@ def run_reference(
     k = samples[0].k
     meta = reference_meta(model_name=model_name, k=k, max_length=max_length, dtype=dtype, max_pixels=max_pixels)
     out_path = Path(out_path)
-    model_digest = hashlib.sha256(json.dumps(model_identity(model_name), sort_keys=True).encode()).hexdigest()
-    code = _code_digest()
-    key = partial(row_key, model_digest=model_digest, max_length=max_length, code_digest=code)
+    row_key_of = partial(row_key, model_digest=model_digest or digest_of(model_name), max_length=max_length,
+                         code_digest=_code_digest())
+    keys: dict[str, str] = {}
+
+    def key(s: ListSample) -> str:  # each sample's images hashed once, by whichever of the two asks first
+        if s.id not in keys:
+            keys[s.id] = row_key_of(s)
+        return keys[s.id]
+
     stored = _drop_stale(out_path, meta, samples, key)
     rows = [{"id": s.id, "sample": s} for s in samples]
     counts = {"n_truncated": 0}

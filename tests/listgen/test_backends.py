@@ -361,3 +361,14 @@ def test_tiny_card_cache_key_follows_the_builders_code():
     assert tiny_card.card_source_digest() == h.hexdigest()[:8]
     assert tiny._source_digest().endswith(h.hexdigest()[:8])
     assert {"groundingdino-py", "segment-anything"} <= set(tiny.TINY_FAMILIES)
+
+
+def test_an_uncached_hub_model_is_a_model_not_found_for_both_originals(monkeypatch):
+    """Offline, a hub id missing from the cache ends in the one-line ModelNotFound (with the fix), for the
+    original SAM as for the original Grounding DINO -- not in a raw OSError from transformers."""
+    from lpoi.models import ModelNotFound
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for load, what in ((sm.load_original, "segmenter"), (gd.load_original, "detector")):
+        with pytest.raises(ModelNotFound, match=f"cannot load {what}"):
+            load("lpoi-tests/not-a-cached-model")
