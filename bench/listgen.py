@@ -172,13 +172,13 @@ def child(args) -> dict:
     from lpoi.listgen.objects import extract_candidates
     from lpoi.listgen.prepare import run_prepare
     from lpoi.listgen.segment import run_segment
-    from lpoi.listgen.shard import resolve_device
     from lpoi.listgen.verify import run_verify, vlm_decider
     from lpoi.models import load_detector, load_segmenter, load_vlm
+    from lpoi.stage import pick_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = pick_device(args.device)
     root = Path(args.workdir)
     size = (640, 480) if args.real_size else (128, 96)
     pairs, img_dir = make_data(root, args.n, size)
@@ -338,9 +338,9 @@ def backend_child(args) -> dict:
     from PIL import Image
 
     from lpoi.listgen.objects import extract_candidates
-    from lpoi.listgen.shard import resolve_device
+    from lpoi.stage import pick_device
 
-    device = resolve_device(args.device)
+    device = pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     pairs, img_dir = make_data(Path(args.workdir), args.n, (128, 96) if args.tiny else (640, 480))
@@ -445,9 +445,9 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.dtype is None:
-        from lpoi.listgen.shard import resolve_device
+        from lpoi.stage import pick_device
 
-        gpu = resolve_device(args.device).startswith("cuda")
+        gpu = pick_device(args.device).startswith("cuda")
         args.dtype = "bfloat16" if args.real_size or (args.backends and gpu and not args.tiny) else "float32"
     if args.prefetch is None:
         args.prefetch = 4 if args.real_size else 1

@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import json
 import os
+import secrets
 import sys
 import tempfile
 import threading
@@ -107,12 +108,14 @@ def safe_join(root: str | os.PathLike, rel: str) -> Path:
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w"):
     """Write ``path`` through a temp file in the same folder: on a clean exit it is fsynced and moved into
-    place (``os.replace``); on an exception it is removed, so ``path`` is never left half-written."""
+    place (``os.replace``); on an exception it is removed, so ``path`` is never left half-written.
+    The result has the permissions ``open(path, "w")`` would leave (others on a shared cluster can read it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temp(path)
     try:
-        os.fchmod(fd, _mode_like_open(path))  # mkstemp makes 0600; others on a shared cluster must read it
+        with contextlib.suppress(FileNotFoundError):
+            os.fchmod(fd, os.stat(path).st_mode & 0o7777)  # a rewrite keeps the file's own permissions
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
@@ -124,32 +127,16 @@ def atomic_open(path: str | os.PathLike, mode: str = "w"):
         raise
 
 
-def _mode_like_open(path: Path) -> int:
-    """The permissions ``open(path, "w")`` would leave: an existing file keeps its own, a new one gets
-    0666 minus the umask."""
-    try:
-        return os.stat(path).st_mode & 0o7777
-    except FileNotFoundError:
-        return 0o666 & ~_umask()
-
-
-_UMASK_LOCK = threading.Lock()
-
-
-def _umask() -> int:
-    """The process umask, read without changing it where Linux exposes it (``/proc/self/status``); else
-    set and restored at once under a lock (``os.umask`` is the only portable getter)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    with _UMASK_LOCK:
-        old = os.umask(0o022)
-        os.umask(old)
-    return old
+def _create_temp(path: Path) -> tuple[int, str]:
+    """``.<name>.<random>.tmp`` beside ``path``, created with mode 0666 so the kernel applies the umask, as
+    for a plain ``open`` (``mkstemp`` would make it 0600)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -198,11 +185,14 @@ class JsonlAppender:
                     f.truncate(cut)
         self._f = open(self.path, "a", encoding="utf-8")
 
-    def write(self, row: dict) -> None:
-        self._f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    def write(self, row: dict) -> str:
+        """Append ``row`` durably; return the line written."""
+        line = json.dumps(row, ensure_ascii=False) + "\n"
+        self._f.write(line)
         self._f.flush()
         os.fsync(self._f.fileno())
         self.done.add(_hashable(row.get(self.key)))
+        return line
 
     def close(self) -> None:
         self._f.close()

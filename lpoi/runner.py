@@ -78,6 +78,20 @@ class Write:
     counts: Mapping[str, int] = field(default_factory=dict)
 
 
+def _starts_with(path: Path, prefix: bytes) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(prefix)) == prefix
+    except FileNotFoundError:
+        return False
+
+
+def _write_and_hash(path: Path, write: Callable[[], Any] | None) -> str:
+    if write is not None:
+        write()
+    return sha256_file(path)
+
+
 # ---------------------------------------------------------------------------------------------- shards and blocks
 # (the sharding scheme is described in lpoi.listgen.shard, which also merges shard outputs)
 
@@ -147,7 +161,7 @@ def blocks_of(rows: Iterable[dict], shard: str | tuple[int, int], size: int,
 
 
 def count_shard_rows(path: str | os.PathLike, shard: str | tuple[int, int], block: int) -> int:
-    """How many rows :func:`iter_blocks` will yield (a cheap line count, for progress bars)."""
+    """How many rows :func:`blocks_of` yields for the JSONL ``path`` (a cheap line count, for progress bars)."""
     i, n = parse_shard(shard)
     with open(path, "rb") as f:
         total = sum(1 for line in f if line.strip())
@@ -164,9 +178,6 @@ def prefetch_map(fn, items, workers: int = 1, depth: int = 2) -> Iterator:
     if workers <= 0:
         yield from map(fn, items)
         return
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
     it = iter(items)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: deque = deque()
@@ -253,7 +264,7 @@ class StageOutput:
     def _check(self) -> int:
         """Cut each file at its first row that is not as written; return how many rows were dropped."""
         if self._header is not None:
-            if not (self.out_path.exists() and self.out_path.read_bytes().startswith(self._header)):
+            if not _starts_with(self.out_path, self._header):
                 if self.rejects_path is not None:  # made under other settings (or never): start afresh
                     self.rejects_path.unlink(missing_ok=True)
                 atomic_write_bytes(self.out_path, self._header)
@@ -308,7 +319,8 @@ class StageOutput:
     def full(self) -> bool:
         return self.limit is not None and self.written + self.rejected >= self.limit
 
-    def write(self, row: dict, files: Iterable[Path] = ()) -> None:
+    def write(self, row: dict, files: Iterable[Path] | Mapping[Path, str] = ()) -> None:
+        """Append ``row``; ``files``: the files it owns, or a mapping of each to its sha256 when known."""
         self._append(self._out, row, files)
         self.written += 1
 
@@ -318,17 +330,17 @@ class StageOutput:
         self._append(self._rej, {self.key: sample_id, "reason": reason, "detail": detail, **extra}, ())
         self.rejected += 1
 
-    def _append(self, app: JsonlAppender, row: dict, files: Iterable[Path]) -> None:
-        app.write(row)
+    def _append(self, app: JsonlAppender, row: dict, files: Iterable[Path] | Mapping[Path, str]) -> None:
+        line = app.write(row).encode()
         sid = row.get(self.key)
         self._done.add(_hashable(sid))
         if self._jf is None:
             return
         fault_point("row")
-        line = (json.dumps(row, ensure_ascii=False) + "\n").encode()
         entry: dict[str, Any] = {"file": app.path.name, "id": sid, "sha256": _sha(line)}
         if files:
-            entry["files"] = {Path(os.path.relpath(p, self.root)).as_posix(): sha256_file(p) for p in files}
+            digests = files if isinstance(files, Mapping) else {p: sha256_file(p) for p in files}
+            entry["files"] = {Path(os.path.relpath(p, self.root)).as_posix(): d for p, d in digests.items()}
         self._jf.write(json.dumps(entry, ensure_ascii=False) + "\n")
         self._jf.flush()
         os.fsync(self._jf.fileno())
@@ -475,7 +487,7 @@ class Runner:
                     raise RuntimeError(f"{self.desc}: {len(outcomes)} outcomes for a block of {len(block_rows)} rows")
                 fault_point("block")
                 pending.append((block_rows, outcomes, self._start_files(block_rows, outcomes)))
-                while pending and (len(pending) > 1 or all(f.done() for f in pending[0][2])):
+                while pending and (len(pending) > 1 or all(f.done() for f in pending[0][2].values())):
                     if self._flush(*pending.popleft()):
                         break
                 if self.out.full:
@@ -503,17 +515,17 @@ class Runner:
         self.skipped += n
         self._bar.update(n)
 
-    def _start_files(self, rows: list[dict], outcomes: list) -> list[Future]:
-        futs = []
+    def _start_files(self, rows: list[dict], outcomes: list) -> dict[Path, Future]:
+        """Write (when not on disk yet) and hash every file the block's new rows own, on the writer threads."""
+        futs = {}
         for row, res in zip(rows, outcomes):
             if isinstance(res, Write) and not self.out.done(row[self.out.key]):
-                futs += [self._writer.submit(fn) for fn in res.files.values() if fn is not None]
+                futs.update({p: self._writer.submit(_write_and_hash, p, fn) for p, fn in res.files.items()})
         return futs
 
-    def _flush(self, rows: list[dict], outcomes: list, futs: list[Future]) -> bool:
+    def _flush(self, rows: list[dict], outcomes: list, futs: dict[Path, Future]) -> bool:
         """Write a block's rows once its files are on disk; True when ``limit`` is reached."""
-        for f in futs:
-            f.result()
+        digests = {p: f.result() for p, f in futs.items()}
         for row, res in zip(rows, outcomes):
             sid = row[self.out.key]
             if self.out.done(sid):  # finished by an earlier run (this block was partly done)
@@ -524,7 +536,7 @@ class Runner:
                 self.tally.rejected({"reason": res.reason, "detail": res.detail, **res.extra})
             else:
                 w = res if isinstance(res, Write) else Write(res)
-                self.out.write(w.row, w.files.keys())
+                self.out.write(w.row, {p: digests[p] for p in w.files})
                 self.tally.wrote(w.row, w.counts)
             self._bar.update(1)
             if self.out.full:

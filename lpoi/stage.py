@@ -172,17 +172,17 @@ def _lookup(params: dict, dotted: str) -> Any:
 def fingerprint_parts(entry: StageEntry, args, raw_params: dict, models=()) -> dict[str, str]:
     """``{"dep <path>" | "param <key>" | "model <name>": sha256}`` — what the stage's fingerprint is made of."""
     out = entry.persisted()
+    if any(d == out or d.startswith(out + "/") for d in entry.deps):  # before hashing anything
+        raise StageError(f"stage {entry.name!r}: its output {out} is also declared as a dep")
     parts = {}
     for d in entry.deps:
         parts[f"dep {d}"] = hash_path(actual_path(entry, d, args))
     for p in entry.params:
         parts[f"param {p}"] = _sha(_lookup(raw_params, p))
     for m in models:
-        from lpoi.models import model_identity  # only here: a stage without models does not import them
+        from lpoi.models import model_digest  # only here: a stage without models does not import them
 
-        parts[f"model {m}"] = _sha(model_identity(m))
-    if any(d == out or d.startswith(out + "/") for d in entry.deps):
-        raise StageError(f"stage {entry.name!r}: its output {out} is also declared as a dep")
+        parts[f"model {m}"] = model_digest(m)
     return parts
 
 
@@ -348,9 +348,10 @@ def hold_stage(name: str, args, *, models=(), shard: str | None = None) -> Path:
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def pick_device(name: str = "auto") -> str:
-    if name != "auto":
-        return name
+def pick_device(name: str | None = "auto") -> str:
+    """``"auto"`` (or None / ``""``) -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; anything else unchanged."""
+    if name not in (None, "", "auto"):
+        return str(name)
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"

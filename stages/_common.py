@@ -33,16 +33,14 @@ def load(args):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """Failures a user fixes from the message alone (bad data, paths, params, missing weights)."""
-    from lpoi.io import ImageRejected, InputError, UnsafePathError
+    """Failures a user fixes from the message alone (missing files or weights, params, too many rejects)
+    beside ``ValueError`` (bad input: :class:`lpoi.io.InputError`, unsafe paths, broken images, ...)."""
     from lpoi.listgen.prepare import RejectRatioExceeded
     from lpoi.models import ModelNotFound
 
-    errors: list[type[BaseException]] = [FileNotFoundError, UnsafePathError, ImageRejected, ModelNotFound,
-                                         RejectRatioExceeded, InputError]
-    for module, name in (("lpoi.eval.generate", "AdapterError"), ("lpoi.train.reference", "ReferenceError"),
-                         ("lpoi.eval.judge", "JudgeConfigError"), ("lpoi.nltk_data", "NltkDataMissing"),
-                         ("lpoi.stage", "StageError")):
+    errors: list[type[BaseException]] = [FileNotFoundError, ModelNotFound, RejectRatioExceeded]
+    for module, name in (("lpoi.eval.generate", "AdapterError"), ("lpoi.eval.judge", "JudgeConfigError"),
+                         ("lpoi.nltk_data", "NltkDataMissing"), ("lpoi.stage", "StageError")):
         try:
             errors.append(getattr(__import__(module, fromlist=[name]), name))
         except (ImportError, AttributeError):

@@ -47,8 +47,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lpoi.io import ImageRejected, load_image
-from lpoi.listgen.shard import resolve_device
 from lpoi.runner import Reject, StageOutput, Tally, parse_shard, run_file
+from lpoi.stage import pick_device
 
 __all__ = [
     "EncodedBatch",
@@ -396,7 +396,7 @@ def run_detect(
         from lpoi.listgen.backends import TransformersDetector, open_detector
 
         backend = TransformersDetector(model, processor) if model is not None else \
-            open_detector(backend_name, model_name, device=resolve_device(device), dtype=dtype)
+            open_detector(backend_name, model_name, device=pick_device(device), dtype=dtype)
     if fallback and not hasattr(backend, "prompt_chunks"):  # e.g. the world's oracle: no text prompts at all
         raise ValueError(f"detect.fallback prompts the detector with the COCO classes, which the "
                          f"{getattr(backend, 'name', 'custom')} detection backend cannot do; turn it off")

@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 
 from lpoi.io import ImageRejected, load_image
-from lpoi.listgen.shard import resolve_device
 from lpoi.runner import Reject, StageOutput, Tally, Write, parse_shard, run_file
+from lpoi.stage import pick_device
 
 __all__ = [
     "MASK_KINDS",
@@ -262,7 +262,7 @@ def run_segment(
         from lpoi.listgen.backends import TransformersSegmenter, open_segmenter
 
         backend = TransformersSegmenter(model, processor) if model is not None else \
-            open_segmenter(backend_name, model_name, device=resolve_device(device), dtype=dtype)
+            open_segmenter(backend_name, model_name, device=pick_device(device), dtype=dtype)
 
     out = StageOutput(out_path, rejects_path, shard, limit=limit, journal=journal)
     base = out.out_path.parent

@@ -1,7 +1,6 @@
 """Split the model stages (detect, segment, verify) across GPUs or machines, and merge them back.
 
-Also the small streaming helpers the per-sample runner (:mod:`lpoi.runner`) uses (:func:`iter_blocks`,
-:func:`prefetch_map`, :func:`resolve_device`).
+Also re-exports the per-sample runner's (:mod:`lpoi.runner`) sharding helpers.
 
 A stage run with ``--shard i/n`` processes only its share of the input and writes its outputs next to
 the unsharded ones with a ``.shard-i-of-n`` infix (``detect.jsonl`` -> ``detect.shard-0-of-4.jsonl``,
@@ -38,7 +37,7 @@ import argparse
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from lpoi.io import atomic_open, read_jsonl
@@ -46,7 +45,6 @@ from lpoi.runner import (  # noqa: F401  (re-exported: they used to live here)
     ShardError,
     StageOutput,
     blocks_of,
-    count_shard_rows,
     parse_shard,
     prefetch_map,
     shard_path,
@@ -56,15 +54,11 @@ __all__ = [
     "ShardError",
     "StageOutput",
     "blocks_of",
-    "count_shard_rows",
     "in_shard",
-    "iter_blocks",
     "merge_shards",
     "parse_shard",
     "prefetch_map",
-    "resolve_device",
     "shard_path",
-    "shard_rows",
 ]
 
 
@@ -86,14 +80,6 @@ def in_shard(sample_id: str, index: int, shard: str | tuple[int, int], *, by: st
         digest = hashlib.sha256(str(sample_id).encode("utf-8")).digest()
         return int.from_bytes(digest[:8], "big") % n == i
     raise ShardError(f"shard assignment must be 'index' or 'hash', got {by!r}")
-
-
-def shard_rows(rows, shard: str | tuple[int, int], *, by: str = "index", block: int = 1) -> Iterator[tuple[int, dict]]:
-    """Stream ``(index, row)`` of the rows of ``rows`` (an iterable of dicts with ``"id"``) in ``shard``."""
-    parse_shard(shard)
-    for index, row in enumerate(rows):
-        if in_shard(str(row.get("id")), index, shard, by=by, block=block):
-            yield index, row
 
 
 def merge_shards(
@@ -138,31 +124,6 @@ def merge_shards(
                 "(shard files from a different run or input?)"
             )
     return {"rows": sum(counts), "per_shard": counts}
-
-
-# ---------------------------------------------------------------------------------------------- runner helpers
-
-
-def iter_blocks(path: str | os.PathLike, shard: str | tuple[int, int], block: int) -> Iterator[list[dict]]:
-    """Stream the rows of the JSONL ``path`` in shard ``shard``, ``block`` consecutive input rows at a time.
-
-    Each yielded list is one whole block of the input (``by="index"`` assignment), so a block's
-    composition depends only on the input and ``block`` — never on the shard count or on what a previous,
-    interrupted run already finished. The runners compute whole blocks (and write only the rows not yet
-    done), which is what makes a resumed or sharded run byte-identical to an uninterrupted one.
-    """
-    if block < 1:
-        raise ShardError(f"batch size must be >= 1, got {block}")
-    return blocks_of(read_jsonl(path), shard, block)
-
-
-def resolve_device(device: str | None) -> str:
-    """``None``/``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; anything else unchanged."""
-    if device in (None, "", "auto"):
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
 
 
 def main(argv: list[str] | None = None) -> None:

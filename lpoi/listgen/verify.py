@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from lpoi.io import ImageRejected, load_image
-from lpoi.listgen.shard import resolve_device
 from lpoi.runner import Reject, StageOutput, Tally, parse_shard, run_file
+from lpoi.stage import pick_device
 
 __all__ = [
     "ON_FAIL",
@@ -211,7 +211,7 @@ def _load_model(model_name: str, dtype: str, device: str | None, batch_size: int
     """The stage's one model load: the VLM as a :data:`Decider`."""
     from lpoi.models import load_vlm
 
-    model, processor = load_vlm(model_name, dtype=dtype, device=resolve_device(device), max_pixels=max_pixels,
+    model, processor = load_vlm(model_name, dtype=dtype, device=pick_device(device), max_pixels=max_pixels,
                                 trust_remote_code=trust_remote_code)
     return vlm_decider(model, processor, batch_size=batch_size)
 

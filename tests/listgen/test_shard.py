@@ -9,11 +9,12 @@ import sys
 
 import pytest
 
+from lpoi.io import read_jsonl
 from lpoi.listgen.shard import (
     ShardError,
     StageOutput,
+    blocks_of,
     in_shard,
-    iter_blocks,
     merge_shards,
     parse_shard,
     prefetch_map,
@@ -69,16 +70,16 @@ def test_shard_path_names():
     assert shard_path("x/rejects", "0/2").as_posix() == "x/rejects.shard-0-of-2"
 
 
-def test_iter_blocks_whole_input_blocks(tmp_path):
+def test_blocks_of_whole_input_blocks(tmp_path):
     """7 rows, block 3: blocks [0,1,2] [3,4,5] [6]; shard 0/2 gets blocks 0 and 2, shard 1/2 block 1."""
     src = tmp_path / "in.jsonl"
     _write(src, [{"id": str(k)} for k in range(7)])
-    ids = lambda shard: [[r["id"] for r in b] for b in iter_blocks(src, shard, 3)]
+    ids = lambda shard: [[r["id"] for r in b] for b in blocks_of(read_jsonl(src), shard, 3)]
     assert ids("0/1") == [["0", "1", "2"], ["3", "4", "5"], ["6"]]
     assert ids("0/2") == [["0", "1", "2"], ["6"]]
     assert ids("1/2") == [["3", "4", "5"]]
     with pytest.raises(ShardError):
-        list(iter_blocks(src, "0/1", 0))
+        list(blocks_of(read_jsonl(src), "0/1", 0))
 
 
 def test_merge_shards_in_order_source_order(tmp_path):
