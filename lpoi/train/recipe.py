@@ -26,8 +26,8 @@ write, :meth:`Recipe.cleanup` finishes. Per optimizer step:
 4. ``losses.preference_loss`` gives the loss on pure tensors; a NaN/inf stops the run naming the samples.
 
 Where things go: a new **loss term** is a pure function in ``losses.py`` wired into
-``preference_loss`` (return its value under a name and add the name to ``_LOSS_TERMS`` below to
-log it); a new **logging key** is one line in :meth:`Recipe._metrics` (every key becomes a dvclive
+``preference_loss`` (return its value under a name and add the name to ``losses.LOSS_TERMS``:
+its weight key, a ``WeightsParams`` field, and its logged curve ``loss_<name>``); a new **logging key** is one line in :meth:`Recipe._metrics` (every key becomes a dvclive
 curve and a row of the checkpointed history); a new **param** is a ``TrainParams`` field (plus
 ``conf/config.yaml``, ``params.yaml`` and the train stage's ``params`` in ``dvc.yaml``).
 
@@ -67,15 +67,13 @@ from lpoi.train.guards import check_finite, check_reference_at_step0
 from lpoi.train.loader import micro_batches, step_loader
 from lpoi.train.logprobs import SequenceLogps
 from lpoi.train.lora import lora_config, merge_adapter, save_adapter
-from lpoi.train.losses import preference_loss
+from lpoi.train.losses import LOSS_TERMS, preference_loss
 from lpoi.train.reference import load_reference
 
 __all__ = ["Recipe", "TrainPaths", "train"]
 
 SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 """``train.scheduler`` -> transformers scheduler (all with linear warmup over ``warmup_ratio``)."""
-
-_LOSS_TERMS = ("dpo", "list", "anchor")  # preference_loss outputs logged as loss_<name>
 
 
 @dataclass(frozen=True)
@@ -391,7 +389,7 @@ def _accumulate(sums: dict[str, float], out: dict[str, Tensor], columns) -> None
         sums[name] = sums.get(name, 0.0) + float(value)
 
     add("loss", out["loss"].detach())
-    for term in _LOSS_TERMS:
+    for term in LOSS_TERMS:
         if term in out:
             add(f"loss_{term}", out[term].detach())
     for col, v in zip(columns, out["rewards"].mean(0).tolist()):
