@@ -56,6 +56,7 @@ from lpoi.train.checkpoint import (
     config_fingerprint,
     latest_checkpoint,
     load_checkpoint,
+    read_state,
     remove_partial,
     save_checkpoint,
 )
@@ -207,10 +208,10 @@ class Recipe:
         self.fingerprint, self.start_step, self.history = self._fingerprint(), 0, []
         latest = latest_checkpoint(self.ckpt_root)
         if latest is not None:
-            state = json.loads((latest[1] / "trainer_state.json").read_text())
+            state = read_state(latest[1])
             if state.get("fingerprint") == self.fingerprint:
-                state, self.history = load_checkpoint(latest[1], accelerator=self.acc, model=self.wrapper,
-                                                      optimizer=self.optimizer, scheduler=self.scheduler)
+                self.history = load_checkpoint(latest[1], accelerator=self.acc, model=self.wrapper,
+                                               optimizer=self.optimizer, scheduler=self.scheduler)
                 self.start_step = int(state["step"])
                 if self.main:
                     print(f"[train] resuming from {latest[1]} (step {self.start_step}/{self.total_steps})",
@@ -233,14 +234,13 @@ class Recipe:
         loader = iter(step_loader(self.processor, self.samples, self.columns, batches=batches,
                                   max_length=self.ref_cfg.max_length, seed=cfg.seed,
                                   num_workers=cfg.num_workers))
-        self.run_history, self.n_truncated = [], 0
+        self.n_truncated = 0
         bar = self._progress_bar()
         self.wrapper.train()
         for step in range(self.start_step, self.total_steps):
             sums, grad_norm = self._step(step, loader)
             row = {"step": step + 1, **self._metrics(sums, grad_norm)}
             self.history.append(row)
-            self.run_history.append(row)
             if self.curves is not None:
                 self.curves.log(row)
             if cfg.save_steps and (step + 1) % cfg.save_steps == 0 and step + 1 < self.total_steps:
@@ -363,6 +363,7 @@ class Recipe:
         seconds = time.perf_counter() - self.t_start
         steps_run = self.total_steps - self.start_step
         rate = steps_run * self.global_batch / seconds if seconds else 0.0
+        run_history = self.history[self.start_step:]  # the rows of this call (a resumed run's history has them all)
         if self.main:
             shutil.rmtree(self.ckpt_root, ignore_errors=True)
             if self.curves is not None:
@@ -371,8 +372,8 @@ class Recipe:
         return {
             "steps": self.total_steps,
             "resumed_from": self.start_step,
-            "final": self.run_history[-1] if self.run_history else {},
-            "history": self.run_history,
+            "final": run_history[-1] if run_history else {},
+            "history": run_history,
             "adapter_dir": str(self.adapter_dir),
             "merged_dir": str(self.merged_dir) if self.merged_dir else None,
             "seconds": seconds,
