@@ -85,8 +85,8 @@ def prepare_fsdp_wrapping(accelerator, model: torch.nn.Module) -> None:
         plugin.transformer_cls_names_to_wrap = sorted(present)
 
 
-def trainable_state_dict(module: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
-    """Full CPU copies of the trainable parameters (names without ``prefix``). Collective under FSDP:
+def trainable_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Full CPU copies of the trainable parameters, by name. Collective under FSDP:
     every process must call it (each sharded tensor is all-gathered on its own, so memory stays ~LoRA)."""
     from torch.distributed.tensor import DTensor
 
@@ -94,5 +94,5 @@ def trainable_state_dict(module: torch.nn.Module, prefix: str = "") -> dict[str,
     for name, p in module.named_parameters():
         if p.requires_grad:
             t = p.detach().full_tensor() if isinstance(p, DTensor) else p.detach()
-            out[name.removeprefix(prefix)] = t.cpu().contiguous()
+            out[name] = t.cpu().contiguous()
     return out
