@@ -5,8 +5,10 @@
   forwards never use (LLaVA-1.5 reads the vision tower's second-to-last layer).
 * **FSDP2** (``conf/accelerate/fsdp.yaml``, ``fully_shard``): parameters, gradients and AdamW state are
   sharded per parameter, so frozen base weights and trainable LoRA weights share a wrapped unit without
-  FSDP1's ``use_orig_params`` constraints. Units are the model's own ``_no_split_modules`` classes that
-  occur in it (decoder layers, vision encoder layers) unless the config names them. Only trainable
+  FSDP1's ``use_orig_params`` constraints. The loaded model stays on the CPU (:func:`place_model`):
+  ``fully_shard`` moves it to the devices unit by unit, so no GPU ever holds the whole base model.
+  Units are the model's own ``_no_split_modules`` classes that occur in it (decoder layers, vision
+  encoder layers) unless the config names them. Only trainable
   tensors are ever saved: checkpoints as shards (``checkpoint.py``), the final adapter gathered tensor
   by tensor (:func:`trainable_state_dict`), never the full 13B state dict.
 
@@ -24,7 +26,8 @@ import torch
 
 from lpoi.config import TrainParams
 
-__all__ = ["PRECISIONS", "make_accelerator", "prepare_fsdp_wrapping", "trainable_state_dict"]
+__all__ = ["PRECISIONS", "make_accelerator", "place_model", "prepare_fsdp_wrapping", "sharding_places_model",
+           "trainable_state_dict"]
 
 PRECISIONS = {"fp32": ("float32", "no"), "bf16": ("bfloat16", "bf16"), "fp16": ("float16", "fp16")}
 """``train.precision`` -> (base weights dtype, accelerate mixed precision). LoRA weights stay float32."""
@@ -68,6 +71,23 @@ def make_accelerator(cfg: TrainParams):
     if acc.distributed_type == DistributedType.FSDP and acc.state.fsdp_plugin.fsdp_version != 2:
         raise ValueError("only FSDP2 is supported: set fsdp_version: 2 in the accelerate config")
     return acc
+
+
+def sharding_places_model(accelerator) -> bool:
+    """True under FSDP2: ``accelerator.prepare`` (``fsdp2_prepare_model``) calls ``fully_shard`` unit by
+    unit, and each call moves only that unit's tensors to the device before keeping this process's shard
+    (back on the CPU with ``fsdp_offload_params``). accelerate itself never moves an FSDP model."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def place_model(accelerator, model: torch.nn.Module) -> None:
+    """Put the freshly loaded (CPU) model on the accelerator's device -- except under FSDP2, where it stays
+    on the CPU for :func:`sharding_places_model`: moving it whole first would hold the full base model on
+    every GPU at once, defeating the sharding and ``fsdp_offload_params``."""
+    if not sharding_places_model(accelerator):
+        model.to(accelerator.device)
 
 
 def prepare_fsdp_wrapping(accelerator, model: torch.nn.Module) -> None:

@@ -63,7 +63,13 @@ from lpoi.train.checkpoint import (
 from lpoi.train.collate import CROP, SequenceBatch, method_columns
 from lpoi.train.curves import Curves
 from lpoi.train.data import load_lists, steps_per_epoch
-from lpoi.train.distributed import PRECISIONS, make_accelerator, prepare_fsdp_wrapping, trainable_state_dict
+from lpoi.train.distributed import (
+    PRECISIONS,
+    make_accelerator,
+    place_model,
+    prepare_fsdp_wrapping,
+    trainable_state_dict,
+)
 from lpoi.train.guards import check_finite, check_reference_at_step0
 from lpoi.train.loader import micro_batches, step_loader
 from lpoi.train.logprobs import SequenceLogps
@@ -175,7 +181,7 @@ class Recipe:
         cfg = self.cfg
         model, self.processor = load_vlm(self.model_cfg.name, dtype=self.dtype, max_pixels=self.model_cfg.max_pixels,
                                          trust_remote_code=self.model_cfg.trust_remote_code)
-        model.to(self.acc.device)
+        place_model(self.acc, model)  # FSDP2: left on the CPU, sharded onto the devices by acc.prepare
         if cfg.gradient_checkpointing:
             model.activation_checkpointing_enable({"use_reentrant": False})
             model.config.use_cache = False

@@ -182,7 +182,7 @@ def test_logits_mode_per_item(tmp_path, models, monkeypatch):
 
 
 def test_yes_no_token_ids_read_once_per_job_and_only_for_logits(tmp_path, models, monkeypatch):
-    import lpoi.models.chat as chat
+    from lpoi.models import chat
 
     model, proc = models["tiny/llava"]
     calls = []
