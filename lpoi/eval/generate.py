@@ -292,6 +292,16 @@ class _AnswerJob:
     def __init__(self, model, processor, gen_kwargs: dict, eos_ids: set[int], id_key: str, normalize_yes_no=None):
         self.model, self.processor, self.gen_kwargs, self.eos_ids, self.id_key = model, processor, gen_kwargs, eos_ids, id_key
         self.normalize_yes_no = normalize_yes_no  # a generated yes/no reply -> the stored answer (raw kept)
+        self._yes_no_ids: tuple[int, int] | None = None  # read at the first logits block (a template's
+        # error -- "Yes" merging with the prompt -- concerns the logits mode only)
+
+    def yes_no_ids(self) -> tuple[int, int]:
+        """The answer tokens of the logits mode (:func:`lpoi.models.chat.yes_no_token_ids`), once per job."""
+        if self._yes_no_ids is None:
+            from lpoi.models.chat import yes_no_token_ids
+
+            self._yes_no_ids = yes_no_token_ids(self.processor)
+        return self._yes_no_ids
 
     def load(self, block: list[dict]) -> list[dict]:
         """Prefetch thread: each item's answer row, with its image when usable (an error row otherwise)."""
@@ -310,7 +320,7 @@ class _AnswerJob:
         todo = [r for r in rows if "_image" in r]
         tokens = [0] * len(todo)
         if todo and block[0]["mode"] == "logits":
-            _answer_by_logits(self.model, self.processor, todo)
+            _answer_by_logits(self.model, self.processor, todo, self.yes_no_ids())
         elif todo:
             tokens = _answer_by_generate(self.model, self.processor, todo, self.gen_kwargs, self.eos_ids)
         n_new = {id(r): n for r, n in zip(todo, tokens)}
@@ -372,14 +382,13 @@ def _answer_by_generate(model, processor, rows: list[dict], gen_kwargs: dict, eo
     return n_tokens
 
 
-def _answer_by_logits(model, processor, rows: list[dict]) -> None:
+def _answer_by_logits(model, processor, rows: list[dict], yes_no_ids: tuple[int, int]) -> None:
     """Fill ``response`` ("Yes"/"No") and the two log-probs from one forward at the first answer position."""
     import torch
 
-    from lpoi.models.chat import yes_no_token_ids
     from lpoi.train.logprobs import last_logits
 
-    yes_id, no_id = yes_no_token_ids(processor)
+    yes_id, no_id = yes_no_ids
     enc = _encode(model, processor, rows)
     with torch.inference_mode():
         logits = last_logits(model, enc)  # left padding: column -1 is every row's last prompt token

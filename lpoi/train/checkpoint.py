@@ -29,7 +29,8 @@ import torch
 
 from lpoi.io import atomic_write_json, atomic_write_text
 
-__all__ = ["config_fingerprint", "latest_checkpoint", "load_checkpoint", "remove_partial", "save_checkpoint"]
+__all__ = ["config_fingerprint", "latest_checkpoint", "load_checkpoint", "read_state", "remove_partial",
+           "save_checkpoint"]
 
 CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
 
@@ -49,6 +50,11 @@ def latest_checkpoint(root: Path) -> tuple[int, Path] | None:
         if m and (p / "trainer_state.json").is_file():
             found.append((int(m.group(1)), p))
     return max(found) if found else None
+
+
+def read_state(path: Path) -> dict:
+    """A checkpoint folder's ``trainer_state.json`` (step, fingerprint): read before deciding to resume."""
+    return json.loads((path / "trainer_state.json").read_text())
 
 
 def remove_partial(root: Path) -> None:
@@ -95,8 +101,9 @@ def save_checkpoint(root: Path, step: int, *, accelerator, model, optimizer, sch
     return final
 
 
-def load_checkpoint(path: Path, *, accelerator, model, optimizer, scheduler) -> tuple[dict, list[dict]]:
-    """Restore a :func:`save_checkpoint` folder in place; returns (trainer state, history rows)."""
+def load_checkpoint(path: Path, *, accelerator, model, optimizer, scheduler) -> list[dict]:
+    """Restore a :func:`save_checkpoint` folder in place; returns its history rows (the trainer state:
+    :func:`read_state`)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import DefaultLoadPlanner
     from torch.distributed.checkpoint.state_dict import set_state_dict
@@ -114,8 +121,7 @@ def load_checkpoint(path: Path, *, accelerator, model, optimizer, scheduler) -> 
     if accelerator.scaler is not None and (path / "scaler.pt").exists():
         accelerator.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
     _set_rng_state(torch.load(path / f"rng_rank{accelerator.process_index}.pt", weights_only=True))
-    history = [json.loads(line) for line in (path / "history.jsonl").read_text().splitlines() if line]
-    return json.loads((path / "trainer_state.json").read_text()), history
+    return [json.loads(line) for line in (path / "history.jsonl").read_text().splitlines() if line]
 
 
 def _rng_state() -> dict:

@@ -33,7 +33,6 @@ __all__ = [
     "collate_samples",
     "encode_sequences",
     "method_columns",
-    "response_format",
 ]
 
 CROP = "crop"

@@ -5,8 +5,10 @@
   forwards never use (LLaVA-1.5 reads the vision tower's second-to-last layer).
 * **FSDP2** (``conf/accelerate/fsdp.yaml``, ``fully_shard``): parameters, gradients and AdamW state are
   sharded per parameter, so frozen base weights and trainable LoRA weights share a wrapped unit without
-  FSDP1's ``use_orig_params`` constraints. Units are the model's own ``_no_split_modules`` classes that
-  occur in it (decoder layers, vision encoder layers) unless the config names them. Only trainable
+  FSDP1's ``use_orig_params`` constraints. The loaded model stays on the CPU (:func:`place_model`):
+  ``fully_shard`` moves it to the devices unit by unit, so no GPU ever holds the whole base model.
+  Units are the model's own ``_no_split_modules`` classes that occur in it (decoder layers, vision
+  encoder layers) unless the config names them. Only trainable
   tensors are ever saved: checkpoints as shards (``checkpoint.py``), the final adapter gathered tensor
   by tensor (:func:`trainable_state_dict`), never the full 13B state dict.
 
@@ -24,7 +26,8 @@ import torch
 
 from lpoi.config import TrainParams
 
-__all__ = ["PRECISIONS", "make_accelerator", "prepare_fsdp_wrapping", "trainable_state_dict"]
+__all__ = ["PRECISIONS", "make_accelerator", "place_model", "prepare_fsdp_wrapping", "sharding_places_model",
+           "trainable_state_dict"]
 
 PRECISIONS = {"fp32": ("float32", "no"), "bf16": ("bfloat16", "bf16"), "fp16": ("float16", "fp16")}
 """``train.precision`` -> (base weights dtype, accelerate mixed precision). LoRA weights stay float32."""
@@ -70,6 +73,23 @@ def make_accelerator(cfg: TrainParams):
     return acc
 
 
+def sharding_places_model(accelerator) -> bool:
+    """True under FSDP2: ``accelerator.prepare`` (``fsdp2_prepare_model``) calls ``fully_shard`` unit by
+    unit, and each call moves only that unit's tensors to the device before keeping this process's shard
+    (back on the CPU with ``fsdp_offload_params``). accelerate itself never moves an FSDP model."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def place_model(accelerator, model: torch.nn.Module) -> None:
+    """Put the freshly loaded (CPU) model on the accelerator's device -- except under FSDP2, where it stays
+    on the CPU for :func:`sharding_places_model`: moving it whole first would hold the full base model on
+    every GPU at once, defeating the sharding and ``fsdp_offload_params``."""
+    if not sharding_places_model(accelerator):
+        model.to(accelerator.device)
+
+
 def prepare_fsdp_wrapping(accelerator, model: torch.nn.Module) -> None:
     """Under FSDP with transformer-based wrapping and no class list configured: wrap the classes of the
     model's ``_no_split_modules`` that occur in it (hub models list classes they do not contain)."""
@@ -85,8 +105,8 @@ def prepare_fsdp_wrapping(accelerator, model: torch.nn.Module) -> None:
         plugin.transformer_cls_names_to_wrap = sorted(present)
 
 
-def trainable_state_dict(module: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
-    """Full CPU copies of the trainable parameters (names without ``prefix``). Collective under FSDP:
+def trainable_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Full CPU copies of the trainable parameters, by name. Collective under FSDP:
     every process must call it (each sharded tensor is all-gathered on its own, so memory stays ~LoRA)."""
     from torch.distributed.tensor import DTensor
 
@@ -94,5 +114,5 @@ def trainable_state_dict(module: torch.nn.Module, prefix: str = "") -> dict[str,
     for name, p in module.named_parameters():
         if p.requires_grad:
             t = p.detach().full_tensor() if isinstance(p, DTensor) else p.detach()
-            out[name.removeprefix(prefix)] = t.cpu().contiguous()
+            out[name] = t.cpu().contiguous()
     return out

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from lpoi.config import LoraParams, ModelParams
@@ -57,19 +59,16 @@ def save_adapter(peft_model, state_dict: dict, out: Path, *, base_name: str) -> 
 
     ``state_dict`` holds the full (gathered) LoRA tensors under the peft model's parameter names.
     """
-    tmp = out.parent / f".{out.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    peft_model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
-    (tmp / "README.md").unlink(missing_ok=True)  # peft's empty model card: not a result
-    cfg_path = tmp / "adapter_config.json"
-    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    cfg["base_model_name_or_path"] = base_name  # not the local cache folder a tiny model was built in
-    for key in ("target_modules", "exclude_modules", "modules_to_save"):
-        if isinstance(cfg.get(key), list):
-            cfg[key] = sorted(cfg[key])
-    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    with _atomic_dir(out) as tmp:
+        peft_model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+        (tmp / "README.md").unlink(missing_ok=True)  # peft's empty model card: not a result
+        cfg_path = tmp / "adapter_config.json"
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        cfg["base_model_name_or_path"] = base_name  # not the local cache folder a tiny model was built in
+        for key in ("target_modules", "exclude_modules", "modules_to_save"):
+            if isinstance(cfg.get(key), list):
+                cfg[key] = sorted(cfg[key])
+        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def merge_adapter(model: ModelParams, adapter_dir: str | Path, out_dir: str | Path) -> Path:
@@ -87,10 +86,18 @@ def merge_adapter(model: ModelParams, adapter_dir: str | Path, out_dir: str | Pa
                                trust_remote_code=model.trust_remote_code)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     out_dir = Path(out_dir)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(tmp, safe_serialization=True)
-    processor.save_pretrained(tmp)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
+    with _atomic_dir(out_dir) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        processor.save_pretrained(tmp)
     return out_dir
+
+
+@contextmanager
+def _atomic_dir(out: Path) -> Iterator[Path]:
+    """A fresh ``.<name>.tmp`` folder beside ``out`` to write into; it replaces ``out`` whole when the block
+    ends without an error, so a kill or a failure leaves ``out`` as it was."""
+    tmp = out.parent / f".{out.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    yield tmp
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)

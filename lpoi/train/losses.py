@@ -28,7 +28,9 @@ from torch import Tensor
 METHODS = ("lpoi", "mdpo", "dpo")
 """Training objectives accepted by :func:`preference_loss` (``train.method``)."""
 
-_WEIGHT_KEYS = ("dpo", "list", "anchor")
+LOSS_TERMS = ("dpo", "list", "anchor")
+"""The loss terms :func:`preference_loss` weighs (``train.weights`` keys) and returns by name; the
+recipe logs each as ``loss_<name>``."""
 
 
 def _check_beta(beta: float) -> None:
@@ -202,15 +204,15 @@ def image_pair_loss(
 
 def _weights(method: str, weights: Mapping[str, float] | None) -> dict[str, float]:
     if weights is None:
-        return dict.fromkeys(_WEIGHT_KEYS, 1.0)
-    unknown = sorted(set(weights) - set(_WEIGHT_KEYS))
+        return dict.fromkeys(LOSS_TERMS, 1.0)
+    unknown = sorted(set(weights) - set(LOSS_TERMS))
     if unknown:
-        raise ValueError(f"unknown loss weight(s) {unknown}; allowed keys are {list(_WEIGHT_KEYS)}")
-    needed = ("dpo",) if method == "dpo" else _WEIGHT_KEYS
+        raise ValueError(f"unknown loss weight(s) {unknown}; allowed keys are {list(LOSS_TERMS)}")
+    needed = ("dpo",) if method == "dpo" else LOSS_TERMS
     missing = [k for k in needed if k not in weights]
     if missing:
         raise ValueError(f"loss weights for method {method!r} are missing {missing}")
-    return {k: float(weights.get(k, 0.0)) for k in _WEIGHT_KEYS}
+    return {k: float(weights.get(k, 0.0)) for k in LOSS_TERMS}
 
 
 def preference_loss(

@@ -26,8 +26,8 @@ write, :meth:`Recipe.cleanup` finishes. Per optimizer step:
 4. ``losses.preference_loss`` gives the loss on pure tensors; a NaN/inf stops the run naming the samples.
 
 Where things go: a new **loss term** is a pure function in ``losses.py`` wired into
-``preference_loss`` (return its value under a name and add the name to ``_LOSS_TERMS`` below to
-log it); a new **logging key** is one line in :meth:`Recipe._metrics` (every key becomes a dvclive
+``preference_loss`` (return its value under a name and add the name to ``losses.LOSS_TERMS``:
+its weight key, a ``WeightsParams`` field, and its logged curve ``loss_<name>``); a new **logging key** is one line in :meth:`Recipe._metrics` (every key becomes a dvclive
 curve and a row of the checkpointed history); a new **param** is a ``TrainParams`` field (plus
 ``conf/config.yaml``, ``params.yaml`` and the train stage's ``params`` in ``dvc.yaml``).
 
@@ -56,26 +56,31 @@ from lpoi.train.checkpoint import (
     config_fingerprint,
     latest_checkpoint,
     load_checkpoint,
+    read_state,
     remove_partial,
     save_checkpoint,
 )
 from lpoi.train.collate import CROP, SequenceBatch, method_columns
 from lpoi.train.curves import Curves
 from lpoi.train.data import load_lists, steps_per_epoch
-from lpoi.train.distributed import PRECISIONS, make_accelerator, prepare_fsdp_wrapping, trainable_state_dict
+from lpoi.train.distributed import (
+    PRECISIONS,
+    make_accelerator,
+    place_model,
+    prepare_fsdp_wrapping,
+    trainable_state_dict,
+)
 from lpoi.train.guards import check_finite, check_reference_at_step0
 from lpoi.train.loader import micro_batches, step_loader
 from lpoi.train.logprobs import SequenceLogps
 from lpoi.train.lora import lora_config, merge_adapter, save_adapter
-from lpoi.train.losses import preference_loss
+from lpoi.train.losses import LOSS_TERMS, preference_loss
 from lpoi.train.reference import load_reference
 
 __all__ = ["Recipe", "TrainPaths", "train"]
 
 SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 """``train.scheduler`` -> transformers scheduler (all with linear warmup over ``warmup_ratio``)."""
-
-_LOSS_TERMS = ("dpo", "list", "anchor")  # preference_loss outputs logged as loss_<name>
 
 
 @dataclass(frozen=True)
@@ -176,7 +181,7 @@ class Recipe:
         cfg = self.cfg
         model, self.processor = load_vlm(self.model_cfg.name, dtype=self.dtype, max_pixels=self.model_cfg.max_pixels,
                                          trust_remote_code=self.model_cfg.trust_remote_code)
-        model.to(self.acc.device)
+        place_model(self.acc, model)  # FSDP2: left on the CPU, sharded onto the devices by acc.prepare
         if cfg.gradient_checkpointing:
             model.activation_checkpointing_enable({"use_reentrant": False})
             model.config.use_cache = False
@@ -209,10 +214,10 @@ class Recipe:
         self.fingerprint, self.start_step, self.history = self._fingerprint(), 0, []
         latest = latest_checkpoint(self.ckpt_root)
         if latest is not None:
-            state = json.loads((latest[1] / "trainer_state.json").read_text())
+            state = read_state(latest[1])
             if state.get("fingerprint") == self.fingerprint:
-                state, self.history = load_checkpoint(latest[1], accelerator=self.acc, model=self.wrapper,
-                                                      optimizer=self.optimizer, scheduler=self.scheduler)
+                self.history = load_checkpoint(latest[1], accelerator=self.acc, model=self.wrapper,
+                                               optimizer=self.optimizer, scheduler=self.scheduler)
                 self.start_step = int(state["step"])
                 if self.main:
                     print(f"[train] resuming from {latest[1]} (step {self.start_step}/{self.total_steps})",
@@ -235,14 +240,13 @@ class Recipe:
         loader = iter(step_loader(self.processor, self.samples, self.columns, batches=batches,
                                   max_length=self.ref_cfg.max_length, seed=cfg.seed,
                                   num_workers=cfg.num_workers))
-        self.run_history, self.n_truncated = [], 0
+        self.n_truncated = 0
         bar = self._progress_bar()
         self.wrapper.train()
         for step in range(self.start_step, self.total_steps):
             sums, grad_norm = self._step(step, loader)
             row = {"step": step + 1, **self._metrics(sums, grad_norm)}
             self.history.append(row)
-            self.run_history.append(row)
             if self.curves is not None:
                 self.curves.log(row)
             if cfg.save_steps and (step + 1) % cfg.save_steps == 0 and step + 1 < self.total_steps:
@@ -365,6 +369,7 @@ class Recipe:
         seconds = time.perf_counter() - self.t_start
         steps_run = self.total_steps - self.start_step
         rate = steps_run * self.global_batch / seconds if seconds else 0.0
+        run_history = self.history[self.start_step:]  # the rows of this call (a resumed run's history has them all)
         if self.main:
             shutil.rmtree(self.ckpt_root, ignore_errors=True)
             if self.curves is not None:
@@ -373,8 +378,8 @@ class Recipe:
         return {
             "steps": self.total_steps,
             "resumed_from": self.start_step,
-            "final": self.run_history[-1] if self.run_history else {},
-            "history": self.run_history,
+            "final": run_history[-1] if run_history else {},
+            "history": run_history,
             "adapter_dir": str(self.adapter_dir),
             "merged_dir": str(self.merged_dir) if self.merged_dir else None,
             "seconds": seconds,
@@ -391,7 +396,7 @@ def _accumulate(sums: dict[str, float], out: dict[str, Tensor], columns) -> None
         sums[name] = sums.get(name, 0.0) + float(value)
 
     add("loss", out["loss"].detach())
-    for term in _LOSS_TERMS:
+    for term in LOSS_TERMS:
         if term in out:
             add(f"loss_{term}", out[term].detach())
     for col, v in zip(columns, out["rewards"].mean(0).tolist()):

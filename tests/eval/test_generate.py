@@ -181,6 +181,24 @@ def test_logits_mode_per_item(tmp_path, models, monkeypatch):
     assert calls == [5] and all("logprob_yes" not in r for r in _rows(tmp_path / "g.jsonl"))
 
 
+def test_yes_no_token_ids_read_once_per_job_and_only_for_logits(tmp_path, models, monkeypatch):
+    from lpoi.models import chat
+
+    model, proc = models["tiny/llava"]
+    calls = []
+    real = chat.yes_no_token_ids
+    monkeypatch.setattr(chat, "yes_no_token_ids", lambda p: calls.append(1) or real(p))
+    items = _items(tmp_path)
+    generate_answers(model, proc, items, tmp_path / "g.jsonl", batch_size=2, max_new_tokens=2,
+                     yes_no="logits", progress=False)
+    assert calls == []  # no yes/no item: the logits mode's tokens are never read
+    for it in items:
+        it["yes_no"] = True
+    stats = generate_answers(model, proc, items, tmp_path / "a.jsonl", batch_size=2, max_new_tokens=2,
+                             yes_no="logits", progress=False)
+    assert stats["n_logits"] == 5 and calls == [1]  # three logits blocks, one read
+
+
 # ----------------------------------------------------------------------------------- bad inputs
 
 

@@ -28,6 +28,27 @@ def _adapter(out):
     return load_file(Path(out) / "adapter" / "adapter_model.safetensors")
 
 
+@pytest.mark.parametrize("kind", ["NO", "MULTI_CPU", "MULTI_GPU", "FSDP"])
+def test_the_model_is_moved_to_the_device_unless_fsdp_shards_it_there(kind):
+    """Under FSDP2 the loaded model stays on the CPU: ``fully_shard`` moves it unit by unit (a whole-model
+    ``.to(device)`` first would put the full base model on every GPU). Otherwise the recipe moves it."""
+    from types import SimpleNamespace
+    from unittest import mock
+
+    from accelerate.utils import DistributedType
+
+    from lpoi.train.distributed import place_model, sharding_places_model
+
+    acc = SimpleNamespace(distributed_type=DistributedType[kind], device=torch.device("cuda", 1))
+    model = mock.Mock(spec=torch.nn.Module)
+    place_model(acc, model)
+    assert sharding_places_model(acc) == (kind == "FSDP")
+    if kind == "FSDP":
+        model.to.assert_not_called()
+    else:
+        model.to.assert_called_once_with(torch.device("cuda", 1))
+
+
 @pytest.mark.slow
 def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     lists = write_synthetic_lists(tmp_path / "data", n_samples=6, k=3)

@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 from lpoi.models import load_vlm
-from lpoi.models.chat import prompt_text, tokenizer_of
+from lpoi.models.chat import prompt_text, response_format, tokenizer_of
 from lpoi.models.tiny import VLM_FAMILIES
-from lpoi.train.collate import CROP, collate_samples, encode_sequences, method_columns, response_format
+from lpoi.train.collate import CROP, collate_samples, encode_sequences, method_columns
 from lpoi.train.data import load_lists, mdpo_random_crop, random_crop_box, write_synthetic_lists
 from lpoi.train.logprobs import sequence_logps
 
