@@ -309,12 +309,15 @@ class PromptBudget:
         self.fixed = True
 
     @classmethod
-    def for_model(cls, name: str, max_length: int, trust_remote_code: bool = False) -> PromptBudget:
+    def for_model(cls, name: str, max_length: int, trust_remote_code: bool = False,
+                  max_pixels: int | None = None) -> PromptBudget:
         """The budget of a model by name; its processor is loaded on the first prompt (a bad input file
-        fails at once, without loading a model)."""
+        fails at once, without loading a model), as reference and train load it: with the resolution
+        budget ``model.max_pixels``, which sets the image's token count of Qwen-VL and SmolVLM."""
         from lpoi.models import load_processor
 
-        return cls(lambda: load_processor(name, trust_remote_code=trust_remote_code), max_length, name)
+        return cls(lambda: load_processor(name, max_pixels=max_pixels, trust_remote_code=trust_remote_code),
+                   max_length, name)
 
     @property
     def processor(self):
@@ -337,10 +340,12 @@ class PromptBudget:
     def _ids(self, question: str, size: tuple[int, int], kwargs: dict) -> list[int]:
         from PIL import Image
 
-        from lpoi.models.chat import processor_kwargs, prompt_text
+        from lpoi.models.chat import processor_kwargs, prompt_text, text_kwargs
 
-        enc = self.processor(text=[prompt_text(self.processor, question)], images=[[Image.new("RGB", size)]],
-                             **processor_kwargs(self.processor), **kwargs)
+        # the call of lpoi.models.chat.encode_batch (its options, text_kwargs' BOS rule), plus ``kwargs``
+        text = prompt_text(self.processor, question)
+        enc = self.processor(text=[text], images=[[Image.new("RGB", size)]], **processor_kwargs(self.processor),
+                             **text_kwargs(self.processor, text), **kwargs)
         return list(enc["input_ids"][0])
 
     def tokens(self, prompt: str, size: tuple[int, int] = (32, 32)) -> int:
