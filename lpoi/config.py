@@ -8,11 +8,17 @@ e.g. ``train.beta must be > 0, got -1``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-__all__ = ["ParamsError", "Params", "load_params"]
+__all__ = ["BENCHES", "ParamsError", "Params", "YES_NO_RULES", "load_params"]
+
+BENCHES = ("amber", "objhal", "mmhal")
+"""The benchmarks, in the report's order: the sections of :class:`BenchParams` and the score stages."""
+YesNoRule = Literal["first-word", "lpoi", "exact"]
+YES_NO_RULES: tuple[str, ...] = get_args(YesNoRule)
+"""AMBER's yes/no normalisation rules (``amber.yes_no``, ``stages/score.py amber --yes-no``)."""
 
 
 class ParamsError(ValueError):
@@ -273,7 +279,7 @@ class GenerateParams(_Section):
 class AmberParams(_Section):
     discriminative: Literal["generate", "logits"] = "generate"
     similarity: Literal["auto", "exact", "spacy-lg"] = "auto"
-    yes_no: Literal["first-word", "lpoi", "exact"] = "first-word"
+    yes_no: YesNoRule = "first-word"
     """How generate turns a generated yes/no reply into the stored answer (the raw reply is kept too):
     ``first-word`` = the first whole word yes/no; ``lpoi`` = the LPOI script's substring rule (to compare
     with the paper); ``exact`` = unchanged. Not used with ``discriminative: logits`` (already Yes/No)."""
