@@ -8,11 +8,17 @@ e.g. ``train.beta must be > 0, got -1``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-__all__ = ["ParamsError", "Params", "load_params"]
+__all__ = ["BENCHES", "ParamsError", "Params", "YES_NO_RULES", "load_params"]
+
+BENCHES = ("amber", "objhal", "mmhal")
+"""The benchmarks, in the report's order: the sections of :class:`BenchParams` and the score stages."""
+YesNoRule = Literal["first-word", "lpoi", "exact"]
+YES_NO_RULES: tuple[str, ...] = get_args(YesNoRule)
+"""AMBER's yes/no normalisation rules (``amber.yes_no``, ``stages/score.py amber --yes-no``)."""
 
 
 class ParamsError(ValueError):
@@ -25,21 +31,25 @@ _PATHS: dict[int, str] = {}  # id(section object) -> its dotted path ("" for the
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
+    # (what a stage reads is recorded only under LPOI_RECORD_PARAMS: record_reads then installs
+    # _recording_getattribute and _recording_model_dump here; a plain attribute read costs nothing extra)
 
-    # Recording what a stage reads (LPOI_RECORD_PARAMS, see `record_reads`): a field read is recorded by
-    # its dotted path, a section serialised whole (model_dump) by the section's path.
-    def __getattribute__(self, name: str):
-        value = super().__getattribute__(name)
-        if _READS is not None and name in type(self).model_fields and not isinstance(value, _Section):
-            path = _PATHS.get(id(self))
-            if path is not None:
-                _READS.add(f"{path}.{name}" if path else name)
-        return value
 
-    def model_dump(self, *args, **kwargs):
-        if _READS is not None and _PATHS.get(id(self)):
-            _READS.add(_PATHS[id(self)])
-        return super().model_dump(*args, **kwargs)
+def _recording_getattribute(self: _Section, name: str):
+    """A field read is recorded by its dotted path (a sub-section is not a read: its fields are)."""
+    value = super(_Section, self).__getattribute__(name)
+    if _READS is not None and name in type(self).model_fields and not isinstance(value, _Section):
+        path = _PATHS.get(id(self))
+        if path is not None:
+            _READS.add(f"{path}.{name}" if path else name)
+    return value
+
+
+def _recording_model_dump(self: _Section, *args, **kwargs):
+    """A section serialised whole is recorded by the section's path."""
+    if _READS is not None and _PATHS.get(id(self)):
+        _READS.add(_PATHS[id(self)])
+    return super(_Section, self).model_dump(*args, **kwargs)
 
 
 class ModelParams(_Section):
@@ -269,7 +279,7 @@ class GenerateParams(_Section):
 class AmberParams(_Section):
     discriminative: Literal["generate", "logits"] = "generate"
     similarity: Literal["auto", "exact", "spacy-lg"] = "auto"
-    yes_no: Literal["first-word", "lpoi", "exact"] = "first-word"
+    yes_no: YesNoRule = "first-word"
     """How generate turns a generated yes/no reply into the stored answer (the raw reply is kept too):
     ``first-word`` = the first whole word yes/no; ``lpoi`` = the LPOI script's substring rule (to compare
     with the paper); ``exact`` = unchanged. Not used with ``discriminative: logits`` (already Yes/No)."""
@@ -504,11 +514,17 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 def record_reads(params: Params, out: str | Path) -> None:
     """Record every param read through ``params`` from now on; at exit append one JSON line to ``out``:
     ``{"stage": $DVC_STAGE or the script, "params": [dotted keys], "modules": [lpoi source files]}``.
-    The test that every param a stage reads is declared in its dvc.yaml entry (and vice versa) reads it."""
+    The test that every param a stage reads is declared in its dvc.yaml entry (and vice versa) reads it.
+
+    Recording is switched on here, for every section from now on (:func:`load_params` calls this before
+    it returns the params, so before the stage reads any); a process that never records pays nothing."""
     import atexit
 
     global _READS
     _READS = set() if _READS is None else _READS
+    if _Section.__dict__.get("__getattribute__") is not _recording_getattribute:
+        _Section.__getattribute__ = _recording_getattribute
+        _Section.model_dump = _recording_model_dump
 
     def register(section: _Section, path: str) -> None:
         _PATHS[id(section)] = path

@@ -368,14 +368,21 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SIDE):
-    """Open, fully decode, apply EXIF orientation and convert to 8-bit RGB.
+    """Open, fully decode, apply EXIF orientation and convert to 8-bit RGB
+    (:func:`decode_image`, then :func:`finish_image`).
 
     Raises :class:`ImageRejected` with reason ``missing``, ``unreadable``, ``truncated``, ``corrupt``,
     ``bad_checksum`` (a PNG chunk CRC; checked before decoding, as Pillow's decoder skips the IDAT ones),
     ``too_large`` or ``too_small``. JPEG damage that libjpeg papers over is not seen here: see
     :func:`check_image_integrity`.
     """
-    from PIL import Image, ImageOps
+    return finish_image(decode_image(path, max_pixels), min_side)
+
+
+def decode_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS):
+    """The first half of :func:`load_image`: the file opened and fully decoded, as stored (its mode,
+    ``format`` and EXIF still at hand). Raises :class:`ImageRejected` for every reason but ``too_small``."""
+    from PIL import Image
 
     path = Path(path)
     if not path.is_file():
@@ -403,6 +410,14 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, min_side: 
         raise ImageRejected(reason, f"{path}: {msg}") from None
     except Exception as e:  # PIL raises assorted errors on garbage
         raise ImageRejected("unreadable", f"{path}: {type(e).__name__}: {e}") from None
+    return img
+
+
+def finish_image(img, min_side: int = MIN_SIDE):
+    """The second half of :func:`load_image`: a new 8-bit RGB image of the decoded ``img`` with its EXIF
+    orientation applied (``img`` itself is left as it is); ``too_small`` below ``min_side`` px."""
+    from PIL import ImageOps
+
     img = ImageOps.exif_transpose(img)
     img = to_rgb(img)
     if min(img.size) < min_side:
@@ -432,7 +447,7 @@ def _check_png_crcs(path: Path) -> None:
         pass
 
 
-def check_image_integrity(path: str | os.PathLike) -> None:
+def check_image_integrity(path: str | os.PathLike, fmt: str | None = None) -> None:
     """Reject JPEG damage that decoding with Pillow lets through; call after :func:`load_image` accepted
     the file (it has checked the size, so the extra decode is bounded).
 
@@ -443,15 +458,18 @@ def check_image_integrity(path: str | os.PathLike) -> None:
     decode) with file descriptor 2 pointed at a temp file for the call; anything else captured is written
     back to ``stderr``. Raises :class:`ImageRejected` (reason ``corrupt``). Corruption that happens to
     decode to valid codes is invisible to any decoder and passes. Other formats: nothing to do.
+    ``fmt``: the file's Pillow format when the caller has it (:func:`decode_image`'s ``format``), else
+    the file is opened to learn it.
     """
     from PIL import Image
 
     path = Path(path)
-    try:
-        with Image.open(path) as im:
-            fmt = im.format
-    except Exception:  # noqa: BLE001 - not an image: load_image says so
-        return
+    if fmt is None:
+        try:
+            with Image.open(path) as im:
+                fmt = im.format
+        except Exception:  # noqa: BLE001 - not an image: load_image says so
+            return
     if fmt in ("JPEG", "MPO"):
         found = _libjpeg_warnings(path.read_bytes())
         if found:

@@ -20,7 +20,8 @@ def main():
 
     t0 = time.perf_counter()
     # prompts must leave room for an answer in the base model's tokens, or reference and train stop on them
-    budget = PromptBudget.for_model(cfg.model.name, cfg.reference.max_length, cfg.model.trust_remote_code)
+    budget = PromptBudget.for_model(cfg.model.name, cfg.reference.max_length, cfg.model.trust_remote_code,
+                                    max_pixels=cfg.model.max_pixels)
     summary = run_prepare(args.pairs, args.images, f"{args.out}/prepared.jsonl", f"{args.out}/rejects.jsonl",
                           cfg.prepare, budget=budget)
     secs = time.perf_counter() - t0

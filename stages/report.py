@@ -13,11 +13,13 @@ LISTGEN = ("prepare", "detect", "segment", "verify", "lists")
 def main():
     from pathlib import Path
 
+    from lpoi.config import BENCHES
+
     ap = parser(__doc__)
     for s in LISTGEN:
         ap.add_argument(f"--{s}", required=True, type=Path, help=f"the {s} stage's folder")
     ap.add_argument("--prepare-metrics", required=True, type=Path, help="metrics JSON of the prepare stage")
-    for b in ("amber", "objhal", "mmhal"):
+    for b in BENCHES:
         ap.add_argument(f"--{b}", required=True, type=Path, help=f"the {b} score metrics JSON")
     ap.add_argument("--train", required=True, type=Path, help="the train stage's dvclive folder")
     ap.add_argument("--world", type=Path, help="the world_grid stage's table (metrics/world.md; shown when world=shapes)")
@@ -33,7 +35,7 @@ def main():
     from lpoi.report.build import ReportPaths, build_report
 
     paths = ReportPaths(listgen_dirs={s: getattr(args, s) for s in LISTGEN}, prepare_metrics=args.prepare_metrics,
-                        scores={b: getattr(args, b) for b in ("amber", "objhal", "mmhal")}, train=args.train,
+                        scores={b: getattr(args, b) for b in BENCHES}, train=args.train,
                         conf=args.conf, listgen_out=args.listgen_out, summary_out=args.summary, out_dir=args.out_dir,
                         world=args.world)
     print(f"report: writing {args.summary}, {args.listgen_out} and {args.out_dir}/ (REPORT.md + figures)", flush=True)

@@ -17,15 +17,17 @@ from _common import parser, run
 def main():
     from pathlib import Path
 
+    from lpoi.config import BENCHES, YES_NO_RULES
+
     ap = parser(__doc__)
-    ap.add_argument("bench", choices=["amber", "objhal", "mmhal"])
+    ap.add_argument("bench", choices=BENCHES)
     ap.add_argument("--answers", required=True, type=Path, help="answers.jsonl from stages/generate.py")
     ap.add_argument("--out", required=True, type=Path, help="metrics JSON to write")
     ap.add_argument("--work", type=Path, help="folder for per-item details and the judge's reply cache")
     ap.add_argument("--data-dir", type=Path, help="amber: folder with annotations.json, relation.json, safe_words.txt")
     ap.add_argument("--coco-dir", type=Path, help="objhal: folder with instances_val2014.json and captions_val2014.json")
     ap.add_argument("--template", type=Path, help="mmhal: the answer template JSON")
-    ap.add_argument("--yes-no", choices=["first-word", "lpoi", "exact"],
+    ap.add_argument("--yes-no", choices=YES_NO_RULES,
                     help="amber: normalize yes/no replies with this rule before scoring (default: score as stored)")
     ap.add_argument("--judge-base-url", help="mmhal/objhal-llm: an OpenAI-compatible endpoint (overrides judge.*)")
     ap.add_argument("--judge-model", help="the judge model name at that endpoint")

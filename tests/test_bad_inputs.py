@@ -43,7 +43,8 @@ def pipeline(tmp_path_factory):
     p = p.model_copy(update={"prepare": p.prepare.model_copy(update={"max_reject_ratio": 1.0})})
     d = tmp / "data"
     dev, dt = "cpu", p.model.dtype
-    budget = PromptBudget.for_model(p.model.name, p.reference.max_length, p.model.trust_remote_code)
+    budget = PromptBudget.for_model(p.model.name, p.reference.max_length, p.model.trust_remote_code,
+                                    max_pixels=p.model.max_pixels)
     stats = {"prepare": run_prepare(pairs, root, d / "prepared/prepared.jsonl", d / "prepared/rejects.jsonl",
                                     p.prepare, budget=budget)}
     prepared = d / "prepared/prepared.jsonl"

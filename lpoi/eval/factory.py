@@ -9,12 +9,11 @@ replies were really obtained (a hosted model behind the same name changes over t
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from lpoi.io import atomic_write_json
+from lpoi.io import atomic_write_json, read_json
 
 JUDGE_INFO = "judge.json"
 
@@ -60,8 +59,8 @@ class DatedJudge:
 
     def _info(self) -> dict:
         try:
-            info = json.loads(self.info_path.read_text(encoding="utf-8"))
-        except (FileNotFoundError, ValueError):
+            info = read_json(self.info_path)
+        except (FileNotFoundError, ValueError):  # none yet, or unreadable (lpoi.io.InputError): start afresh
             return {}
         same = info.get("endpoint") == self.judge.endpoint and info.get("model") == self.judge.model
         return info if same else {}

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lpoi.config import BENCHES
 from lpoi.report.labels import label
 
-BENCHES = ("amber", "objhal", "mmhal")
+__all__ = ["BENCHES", "ScoreJob", "run_score"]
 
 
 @dataclass(frozen=True)

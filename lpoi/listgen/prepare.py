@@ -84,7 +84,8 @@ from lpoi.io import (
     atomic_open,
     atomic_write_bytes,
     check_image_integrity,
-    load_image,
+    decode_image,
+    finish_image,
     read_records,
     safe_join,
     sha256_file,
@@ -195,19 +196,13 @@ def encode_png(img, compress_level: int = 6) -> bytes:
     return buf.getvalue()
 
 
-def _needs_normalising(path: Path) -> bool:
-    """True unless the source file decodes straight to RGB with no EXIF rotation/flip.
-
-    Reads the header only, except for PNGs where Pillow must decode to find an eXIf chunk after the
-    image data (acceptable: PNG sources are the minority; the LLaVA/COCO images are JPEGs).
-    """
-    from PIL import Image
-
-    with Image.open(path) as im:
-        if im.mode != "RGB":
-            return True
-        orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
-    return orientation not in (1, None)
+def _needs_normalising(decoded) -> bool:
+    """True unless the source file (``decoded`` by :func:`lpoi.io.decode_image`, as stored) decodes straight
+    to RGB with no EXIF rotation/flip. Nothing is read again: the EXIF of a decoded PNG includes an eXIf
+    chunk after the image data."""
+    if decoded.mode != "RGB":
+        return True
+    return decoded.getexif().get(_EXIF_ORIENTATION, 1) not in (1, None)
 
 
 def _norm_rel(rel: str) -> str:
@@ -271,17 +266,21 @@ def _check_text(fields: dict[str, str], p: PrepareParams) -> None:
 
 
 def _check_image(path: Path, p: PrepareParams):
-    """The decoded 8-bit RGB image, or a reject (decoder errors, integrity, size, shape)."""
+    """``(image, needs_normalising)``: the 8-bit RGB image as :func:`lpoi.io.load_image` gives it, and
+    whether the source is not that already; or a reject (decoder errors, integrity, size, shape). The file
+    is decoded once (the JPEG integrity check decodes it once more, with OpenCV)."""
     try:
-        img = load_image(path, max_pixels=p.max_pixels, min_side=p.min_side)
-        check_image_integrity(path)
+        decoded = decode_image(path, max_pixels=p.max_pixels)
+        needs = _needs_normalising(decoded)
+        img = finish_image(decoded, min_side=p.min_side)
+        check_image_integrity(path, fmt=decoded.format)
     except ImageRejected as e:
         raise _Reject(_IMAGE_REASON.get(e.reason, "unreadable_image"), e.detail) from None
     w, h = img.size
     if max(w, h) / min(w, h) > p.max_aspect_ratio:
         raise _Reject("extreme_aspect_ratio", f"{w}x{h}: aspect ratio {max(w, h) / min(w, h):.4g} exceeds "
                                               f"prepare.max_aspect_ratio = {p.max_aspect_ratio:g}")
-    return img
+    return img, needs
 
 
 class PromptBudget:
@@ -309,12 +308,15 @@ class PromptBudget:
         self.fixed = True
 
     @classmethod
-    def for_model(cls, name: str, max_length: int, trust_remote_code: bool = False) -> PromptBudget:
+    def for_model(cls, name: str, max_length: int, trust_remote_code: bool = False,
+                  max_pixels: int | None = None) -> PromptBudget:
         """The budget of a model by name; its processor is loaded on the first prompt (a bad input file
-        fails at once, without loading a model)."""
+        fails at once, without loading a model), as reference and train load it: with the resolution
+        budget ``model.max_pixels``, which sets the image's token count of Qwen-VL and SmolVLM."""
         from lpoi.models import load_processor
 
-        return cls(lambda: load_processor(name, trust_remote_code=trust_remote_code), max_length, name)
+        return cls(lambda: load_processor(name, max_pixels=max_pixels, trust_remote_code=trust_remote_code),
+                   max_length, name)
 
     @property
     def processor(self):
@@ -337,10 +339,12 @@ class PromptBudget:
     def _ids(self, question: str, size: tuple[int, int], kwargs: dict) -> list[int]:
         from PIL import Image
 
-        from lpoi.models.chat import processor_kwargs, prompt_text
+        from lpoi.models.chat import processor_kwargs, prompt_text, text_kwargs
 
-        enc = self.processor(text=[prompt_text(self.processor, question)], images=[[Image.new("RGB", size)]],
-                             **processor_kwargs(self.processor), **kwargs)
+        # the call of lpoi.models.chat.encode_batch (its options, text_kwargs' BOS rule), plus ``kwargs``
+        text = prompt_text(self.processor, question)
+        enc = self.processor(text=[text], images=[[Image.new("RGB", size)]], **processor_kwargs(self.processor),
+                             **text_kwargs(self.processor, text), **kwargs)
         return list(enc["input_ids"][0])
 
     def tokens(self, prompt: str, size: tuple[int, int] = (32, 32)) -> int:
@@ -415,12 +419,12 @@ def prepare_records(
                 )
             if rid in seen_ids:
                 raise _Reject("duplicate_id", f"id {rid!r} already used by an earlier record")
-            img = _check_image(path, p)
+            img, needs_normalising = _check_image(path, p)
             if budget is not None:
                 budget.check(fields["prompt"], img.size)
             normalised = False
             image_path = path
-            if out_dir is not None and _needs_normalising(path):
+            if out_dir is not None and needs_normalising:
                 image_path = out_dir / f"{safe_stem(rid)}.png"
                 atomic_write_bytes(image_path, encode_png(img, compress_level))
                 normalised = True

@@ -19,14 +19,11 @@ Undefined rates (no denominator, e.g. verify disabled) are ``null``, never a mad
 
 from __future__ import annotations
 
-import io
 import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
-
-from lpoi.io import atomic_write_bytes
 
 __all__ = ["SheetRow", "contact_sheet", "contact_sheet_size", "listgen_metrics", "run_report"]
 
@@ -100,6 +97,8 @@ def contact_sheet(rows: Iterable[SheetRow], out_path: str | os.PathLike, max_row
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
+    from lpoi.report.figures import save_png
+
     rows = list(rows)[: max(0, max_rows)]
     n_cols = max((len(r.images) for r in rows), default=1)
     w_px, h_px = contact_sheet_size(len(rows), n_cols)
@@ -132,9 +131,7 @@ def contact_sheet(rows: Iterable[SheetRow], out_path: str | os.PathLike, max_row
             if c == 0 and row.box is not None:
                 x0, y0, x1, y1 = (float(v) for v in row.box)
                 ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=BOX_COLOR, linewidth=1.8))
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
-    atomic_write_bytes(out_path, buf.getvalue())
+    save_png(fig, out_path, dpi=DPI)
     return w_px, h_px
 
 
@@ -224,11 +221,8 @@ def run_report(*, prepared_dir, detect_dir, segment_dir, verify_dir, lists_dir, 
     Streams every stage's JSONL once. Rejects are counted over all stages (``<stage>/rejects.jsonl``),
     so every record that did not become a list is accounted for with its reason.
     """
-    import json
-
-    from lpoi.io import read_jsonl
+    from lpoi.io import read_json, read_jsonl
     from lpoi.stage import write_metrics
-
 
     def detect_rows():
         for r in read_jsonl(Path(detect_dir) / "detect.jsonl"):
@@ -239,7 +233,7 @@ def run_report(*, prepared_dir, detect_dir, segment_dir, verify_dir, lists_dir, 
         for r in read_jsonl(Path(verify_dir) / "verify.jsonl"):
             yield {"verified": r.get("verified"), "tries": len(r.get("tries") or [])}
 
-    prepared_summary = json.loads(Path(prepare_metrics).read_text())
+    prepared_summary = read_json(prepare_metrics)
     metrics = listgen_metrics(prepared_summary, detect_rows(), read_jsonl(Path(segment_dir) / "segment.jsonl"),
                               verify_rows(), read_jsonl(Path(lists_dir) / "lists.jsonl"))
     reasons: Counter[str] = Counter()

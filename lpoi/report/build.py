@@ -7,22 +7,20 @@ folder, the list-generation folders) plus ``params.yaml`` and ``conf/``; nothing
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from lpoi.io import atomic_write_bytes
+from lpoi.config import BENCHES
+from lpoi.io import atomic_write_bytes, read_json, read_jsonl
 from lpoi.report import figures
 from lpoi.report.labels import label, model_names, random_models
-from lpoi.report.markdown import FIGURES, ReportInputs, render
+from lpoi.report.markdown import ReportInputs, render
 from lpoi.report.profile import changed_params
 from lpoi.report.summary import build_summary
 from lpoi.stage import write_metrics
-
-BENCHES = ("amber", "objhal", "mmhal")
 
 
 @dataclass(frozen=True)
@@ -42,7 +40,7 @@ class ReportPaths:
 
 def _read(path: Path) -> dict | None:
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return read_json(path)
     except FileNotFoundError:
         return None
 
@@ -53,8 +51,11 @@ def paper_row(p, table: str | os.PathLike | None = None) -> tuple[dict[str, Any]
     Only the paper profiles (model in the table) on the full benchmarks (``bench.name == "full"``)
     are compared with the paper; ``table`` defaults to ``lpoi/report/paper_table1.json``.
     """
-    text = Path(table).read_text() if table else resources.files("lpoi.report").joinpath("paper_table1.json").read_text()
-    ref = json.loads(text)
+    if table:
+        ref = read_json(table)
+    else:
+        with resources.as_file(resources.files("lpoi.report") / "paper_table1.json") as packaged:
+            ref = read_json(packaged)
     row = ref["rows"].get(p.model.name)
     if row is None:
         return None, None
@@ -97,8 +98,7 @@ def build_report(paths: ReportPaths, p, raw_params: dict[str, Any], rows: int = 
     paper, note = paper_row(p, paper_table)
     page = render(ReportInputs(summary=summary, sources=sources, choices=choices, changes=changes,
                                models=model_names(p), random_roles=roles, method=p.train.method,
-                               yes_no=p.amber.yes_no, paper=paper, paper_note=note, figures=list(FIGURES),
-                               world=_world_table(paths.world)))
+                               yes_no=p.amber.yes_no, paper=paper, paper_note=note, world=_world_table(paths.world)))
     atomic_write_bytes(paths.out_dir / "REPORT.md", page.encode("utf-8"))
     return summary
 
@@ -116,8 +116,6 @@ def _visibility(lists_dir: Path) -> list[float] | None:
     path = Path(lists_dir) / "lists.jsonl"
     if not path.is_file():
         return None
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                return json.loads(line).get("visibility")
+    for row in read_jsonl(path):
+        return row.get("visibility")
     return None

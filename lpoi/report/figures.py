@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 import re
 from pathlib import Path
@@ -52,9 +51,10 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
-def _save(fig, out_path: str | os.PathLike) -> None:
+def save_png(fig, out_path: str | os.PathLike, dpi: float = DPI) -> None:
+    """``fig`` as a PNG with deterministic bytes (no Software/timestamp text), written atomically."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
     atomic_write_bytes(out_path, buf.getvalue())
 
 
@@ -76,7 +76,7 @@ def _finish_curves(fig, ax, drawn: bool, ylabel: str, title: str, out_path) -> N
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7.5, loc="best")
     ax.set_title(title, fontsize=10)
-    _save(fig, out_path)
+    save_png(fig, out_path)
 
 
 def training_losses(curves: Curves, out_path: str | os.PathLike, title: str = "") -> None:
@@ -158,8 +158,4 @@ def amber_breakdown(amber: dict[str, Any] | None, out_path: str | os.PathLike, t
     else:
         _nothing(right, "no yes/no answers")
     fig.suptitle(title or "AMBER", fontsize=10)
-    _save(fig, out_path)
-
-
-def finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    save_png(fig, out_path)

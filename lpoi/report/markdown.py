@@ -4,7 +4,7 @@ profiles), the figures, what differs from the defaults, the judge, and every war
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from lpoi.report.summary import ROWS, flat
@@ -33,7 +33,6 @@ class ReportInputs:
     yes_no: str
     paper: Mapping[str, Any] | None = None  # summary key -> the paper's value (filled ones only)
     paper_note: str | None = None
-    figures: Sequence[str] = field(default_factory=lambda: list(FIGURES))
     world: str | None = None  # the miniature's comparison table (metrics/world.md) when world=shapes ran
 
 
@@ -142,7 +141,7 @@ def render(r: ReportInputs) -> str:
         lines += ["", "## The miniature (`world=shapes`): DPO vs mDPO vs LPOI from one pretrained base", "",
                   r.world.strip(), "", "![held-out list-position rewards](../metrics/world_rewards.png)"]
     lines += ["", "## Figures", ""]
-    lines += [" ".join(f"![{FIGURES[f]}]({f}.png)" for f in r.figures), ""]
+    lines += [" ".join(f"![{FIGURES[f]}]({f}.png)" for f in FIGURES), ""]
     changed = [f"`{k}`: {d!r} → {v!r}" for k, d, v in r.changes]
     lines += ["## Params that differ from the profile's defaults", "",
               ("; ".join(changed) if changed else "none (the profile as composed from `conf/`)"), "",

@@ -15,18 +15,10 @@ from typing import Any
 
 import yaml
 
+from lpoi.report.summary import flat as flatten
+
 GROUPS = ("model", "data", "bench")
 _MISSING = object()
-
-
-def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"lora": {"r": 8}}}`` → ``{"train.lora.r": 8}`` (lists are leaves)."""
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
 
 
 def compose(conf_dir: str | os.PathLike, overrides: list[str] = ()) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from lpoi.config import BENCHES
 from lpoi.report.labels import RANDOM_MODEL_KEY
 
 
@@ -64,7 +65,7 @@ def _number(x: Any, digits: int) -> float | int | None:
 
 
 def _errors(sources: Mapping[str, Any]) -> dict[str, int]:
-    gen = sum(int(_dig(sources, (b, "n_generation_errors")) or 0) for b in ("amber", "objhal", "mmhal"))
+    gen = sum(int(_dig(sources, (b, "n_generation_errors")) or 0) for b in BENCHES)
     judge = int(_dig(sources, ("mmhal", "n_judge_errors")) or 0) + int(_dig(sources, ("objhal", "n_extract_errors")) or 0)
     return {"generation": gen, "judge": judge}
 

@@ -100,33 +100,39 @@ def test_text_bounds_and_aspect_ratio_follow_the_params(tmp_path):
     assert [k for k, _ in prepare_records(pairs, root, loose)] == ["ok", "ok"]
 
 
-@pytest.mark.parametrize("model", ["tiny/idefics2", "tiny/llava"])
-def test_prompt_budget_counts_what_the_reference_encodes(model, tmp_path):
+@pytest.mark.parametrize("model,max_pixels", [("tiny/idefics2", None), ("tiny/llava", None),
+                                              ("tiny/qwen2.5-vl", 32 * 32), ("tiny/gemma3", None)])
+def test_prompt_budget_counts_what_the_reference_encodes(model, max_pixels, tmp_path):
     """PromptBudget's count is exactly where encode_sequences (reference and train) starts the answer, and
     its limit is exactly where encode_sequences gives up: a prompt of max_length - 1 tokens passes, one of
-    max_length tokens is the error prepare now rejects in advance."""
+    max_length tokens is the error prepare now rejects in advance. The reference's processor is loaded as
+    the reference stage loads it (Qwen with a resolution budget: its image tokens follow model.max_pixels;
+    Gemma 3: its template's BOS is not doubled)."""
     from lpoi.listgen.prepare import PromptBudget, _Reject
+    from lpoi.models import load_processor
     from lpoi.train.collate import encode_sequences
 
     prompts = ["What is there?", "Describe the scene. " * 40, "Qxv zpl wkj 93 fr#! " * 30, "Wie heißt das? 🍎 هذا",
                "<fake_token_around_image> a </s> b"]
-    budget = PromptBudget.for_model(model, 512)
+    budget = PromptBudget.for_model(model, 512, max_pixels=max_pixels)
+    reference = load_processor(model, max_pixels=max_pixels)
     img = Image.new("RGB", (48, 40), (10, 20, 30))
     for q in prompts:
         n = budget.tokens(q, img.size)
-        enc = encode_sequences(budget.processor, questions=[q], answers=["A cat."], images=[img], sample_ids=["s"])
+        enc = encode_sequences(reference, questions=[q], answers=["A cat."], images=[img], sample_ids=["s"])
         assert n == int(enc.response_mask[0].nonzero()[0])  # first answer token = prompt length
-        encode_sequences(budget.processor, questions=[q], answers=["A cat."], images=[img], sample_ids=["s"],
+        encode_sequences(reference, questions=[q], answers=["A cat."], images=[img], sample_ids=["s"],
                          max_length=n + 1)  # one token left for the answer: fine
         with pytest.raises(ValueError, match="leaves no room"):
-            encode_sequences(budget.processor, questions=[q], answers=["A cat."], images=[img], sample_ids=["s"],
+            encode_sequences(reference, questions=[q], answers=["A cat."], images=[img], sample_ids=["s"],
                              max_length=n)
         budget.max_length = n + 1
         budget.check(q, img.size)
         budget.max_length = n
         with pytest.raises(_Reject, match="no room for an answer within reference.max_length"):
             budget.check(q, img.size)
-    assert budget.fixed  # neither family's count depends on the image size
+    # idefics2, llava, gemma3: the count does not depend on the image size; Qwen's does
+    assert budget.fixed == (model != "tiny/qwen2.5-vl")
 
 
 def test_prompt_budget_small_size_is_only_used_where_it_changes_nothing():

@@ -846,7 +846,7 @@ def score_file(
     arguments), add ``labels`` (e.g. ``{"random_model": True}``), write METRICS.json atomically, and
     the per-item rows to ``details_path`` (JSONL) when given."""
     answers_path = Path(answers_path)
-    details: list[dict] = []
+    details: list[dict] | None = [] if details_path is not None else None
     metrics = score(read_jsonl(answers_path), data_dir, source=str(answers_path), details=details, **options)
     metrics.update(labels or {})
     if details_path is not None:

@@ -619,8 +619,7 @@ def score_file(
     if vocab.sha256 != SYNONYMS_SHA256:
         log.warning("objhal: %s differs from the official synonyms_refine.txt (sha256 %s)", syn, vocab.sha256[:16])
 
-    answers, rejects, generation_errors = _read_answers(answers_path)
-    require_usable(answers_path, generation_errors, rejects, len(answers))
+    answers, rejects, generation_errors = _read_answers(answers_path)  # (no usable line: an error there)
     n_rows = len(answers) + sum(generation_errors.values())
     check_error_ratio(answers_path, n_rows, max_error_ratio, generation=generation_errors)
 
