@@ -49,8 +49,8 @@ def _items(bench: str, p, out, limit):
     if bench == "amber":
         from lpoi.eval.benchmarks import amber
 
-        items = amber.items(b.path("amber", "."), b.path("amber", b.amber.images_dir), limit=limit)
-        return [{**it, "yes_no": not amber.is_generative(it["id"])} for it in items], p.amber.discriminative
+        return (amber.generation_items(b.path("amber", "."), b.path("amber", b.amber.images_dir), limit=limit),
+                p.amber.discriminative)
     if bench == "objhal":
         from lpoi.eval.benchmarks import objhal
 

@@ -18,18 +18,14 @@ def main():
 
     if world_is_off(p, args.out, metrics=args.metrics):
         return
-    from pathlib import Path
-
     import torch
 
-    from lpoi.io import atomic_write_json
     from lpoi.stage import write_metrics
     from lpoi.world.pretrain import run_pretrain
 
     torch.set_num_threads(p.world.threads)  # a fixed float reduction order (world.threads)
     stats = run_pretrain(p.world, args.data, args.out)
-    # the model folder stays a pure function of its inputs (the loss curve is; the wall time is not)
-    atomic_write_json(Path(args.out) / "pretrain_history.json", stats.pop("history"))
+    stats.pop("history")  # in the model folder (pretrain_history.json), not in the metrics
     print(f"pretrain: {stats['steps']} steps in {stats.pop('seconds'):.0f}s")
     write_metrics(args.metrics, stats)
 

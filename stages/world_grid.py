@@ -8,6 +8,7 @@ from _common import parser, run
 
 from lpoi.world.off import world_is_off
 
+
 def main():
     ap = parser(__doc__)
     ap.add_argument("--data", required=True, help="world_data's folder (benchmark, held-out images)")
@@ -40,8 +41,7 @@ def main():
         atomic_write_json(st.path / "summary.json", summary)  # per-seed values too
         atomic_write_text(args.table, table_markdown(summary))
         plot_rewards(summary, args.plot)
-        st.finish(args.metrics, metrics_view(summary),
-                  {"seconds": grid["seconds"], "cells": {c["cell"]: c["train"]["seconds"] for c in grid["cells"]}})
+        st.finish(args.metrics, metrics_view(summary), grid["timings"])  # cells: those trained by this run
     print(table_markdown(summary))
 
 

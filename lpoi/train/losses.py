@@ -294,13 +294,28 @@ def preference_loss(
     out: dict[str, Tensor] = {"loss": total.mean()}
     out.update({name: per_sample.mean() for name, per_sample in components.items()})
 
+    out.update(reward_stats(policy_list_logps, policy_rejected_logps, reference_list_logps,
+                            reference_rejected_logps, beta))
+    return out
+
+
+def reward_stats(
+    policy_list_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    reference_list_logps: Tensor,
+    reference_rejected_logps: Tensor,
+    beta: float,
+) -> dict[str, Tensor]:
+    """The detached reward diagnostics of :func:`preference_loss` (same arguments, same shapes, unchecked):
+    ``"rewards"`` ``(B, K)``, ``"rewards_rejected"`` ``(B,)``, ``"margin"``, ``"reward_accuracy"`` and, when
+    K >= 2, ``"ranking_accuracy"`` (see :func:`preference_loss`). Also the held-out rewards of the shapes
+    world (:func:`lpoi.world.grid.heldout_rewards`)."""
     with torch.no_grad():
         rewards = (beta * (policy_list_logps - reference_list_logps)).detach()
         rewards_rejected = (beta * (policy_rejected_logps - reference_rejected_logps)).detach()
-        out["rewards"] = rewards
-        out["rewards_rejected"] = rewards_rejected
-        out["margin"] = (rewards[:, 0] - rewards_rejected).mean()
-        out["reward_accuracy"] = (rewards[:, 0] > rewards_rejected).float().mean()
-        if k >= 2:
+        out = {"rewards": rewards, "rewards_rejected": rewards_rejected,
+               "margin": (rewards[:, 0] - rewards_rejected).mean(),
+               "reward_accuracy": (rewards[:, 0] > rewards_rejected).float().mean()}
+        if rewards.shape[1] >= 2:
             out["ranking_accuracy"] = (rewards[:, :-1] > rewards[:, 1:]).float().mean()
     return out

@@ -35,14 +35,14 @@ from collections import Counter
 from pathlib import Path
 
 from lpoi.config import WorldParams
+from lpoi.eval.benchmarks.amber import GENERATIVE_QUERY, N_GENERATIVE, N_ITEMS, is_generative
 from lpoi.io import atomic_write_json, atomic_write_text, write_jsonl
 from lpoi.world.scenes import CLASSES, PAIRS, Scene, caption, hallucinated_caption, make_scene, rle_encode
 
 __all__ = ["DESCRIBE", "SPLITS", "build_world", "existence_question", "scenes"]
 
-DESCRIBE = "Describe this image."  # AMBER's generative query
+DESCRIBE = GENERATIVE_QUERY  # "Describe this image.": AMBER's generative query
 SPLITS = ("pretrain", "pairs", "test")
-FIRST_DISCRIMINATIVE_ID = 1005  # AMBER: ids 1..1004 are generative, 1005.. discriminative
 
 
 def existence_question(cls: str) -> str:
@@ -103,7 +103,7 @@ def amber_files(items: list[Scene], seed: int) -> tuple[list[dict], list[dict]]:
     for i, s in enumerate(items, 1):
         ann.append({"id": i, "type": "generative", "truth": s.classes, "hallu": s.absent_partners()})
         queries.append({"id": i, "image": f"{s.id}.png", "query": DESCRIBE})
-    next_id = FIRST_DISCRIMINATIVE_ID
+    next_id = N_GENERATIVE + 1  # AMBER: ids 1..1004 are generative, 1005.. discriminative
     for s in items:
         yes = rng.sample(s.classes, min(2, len(s.classes)))
         partners = s.absent_partners()
@@ -115,8 +115,8 @@ def amber_files(items: list[Scene], seed: int) -> tuple[list[dict], list[dict]]:
             ann.append({"id": next_id, "type": "discriminative-hallucination", "truth": truth})
             queries.append({"id": next_id, "image": f"{s.id}.png", "query": existence_question(cls)})
             next_id += 1
-    if next_id - 1 > 15220:
-        raise ValueError(f"{len(items)} test scenes need AMBER ids up to {next_id - 1}, beyond AMBER's 15220")
+    if next_id - 1 > N_ITEMS:
+        raise ValueError(f"{len(items)} test scenes need AMBER ids up to {next_id - 1}, beyond AMBER's {N_ITEMS}")
     return ann, queries
 
 
@@ -128,7 +128,7 @@ def _dump(path: Path, obj) -> None:
 def write_amber(items: list[Scene], seed: int, out: Path) -> dict:
     ann, queries = amber_files(items, seed)
     _dump(out / "annotations.json", ann)
-    gen = {q["id"] for q, a in zip(queries, ann) if a["type"] == "generative"}
+    gen = {q["id"] for q in queries if is_generative(q["id"])}
     _dump(out / "query" / "query_all.json", queries)
     _dump(out / "query" / "query_generative.json", [q for q in queries if q["id"] in gen])
     _dump(out / "query" / "query_discriminative.json", [q for q in queries if q["id"] not in gen])

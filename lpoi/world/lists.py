@@ -8,8 +8,9 @@ model as the verifier) and :func:`lpoi.listgen.lists.run_lists` -- with the pipe
 ``detect``, ``segment``, ``verify`` and ``lists`` params. With ``world.detector: oracle`` (the default) only
 the detector and the segmenter differ from the embedded default, and the COCO-class fallback is off (it
 needs Grounding DINO, and a faithful caption always names a present object); ``pipeline`` runs the
-``detect``/``segment`` models instead (the embedded default's tiny random ones find nothing meaningful
-here, a real Grounding DINO and SAM would need their hub weights).
+``detect``/``segment`` models instead, through their ``backend`` as the detect and segment stages load
+them (the embedded default's tiny random ones find nothing meaningful here, a real Grounding DINO and SAM
+would need their hub weights).
 """
 
 from __future__ import annotations
@@ -41,10 +42,16 @@ def _split(p: Params, world_dir: Path, split: str, base_model: str, out: Path, p
         annotations = load_annotations(src / "scenes.jsonl")
         det = {"model_name": "oracle", "fallback": False, "backend": OracleDetector(annotations)}
         seg = {"model_name": "oracle", "backend": OracleSegmenter(annotations)}
-    else:  # the embedded default's detector and segmenter, with its thresholds and COCO fallback
+    else:  # the embedded default's detector and segmenter (detect.backend, segment.backend, loaded as the
+        # detect and segment stages load them, on the CPU), with its thresholds and COCO fallback
+        from lpoi.listgen.backends import load_detector_backend, load_segmenter_backend
+
         det = {"model_name": d.model, "fallback": d.fallback, "box_threshold": d.box_threshold,
-               "text_threshold": d.text_threshold, "device": "cpu", "dtype": p.model.dtype}
-        seg = {"model_name": s.model, "device": "cpu", "dtype": p.model.dtype}
+               "text_threshold": d.text_threshold,
+               "backend": load_detector_backend(d, device="cpu", dtype=p.model.dtype)}
+        seg = {"model_name": s.model,  # lists.mask = bbox: SAM is never loaded
+               "backend": load_segmenter_backend(s, device="cpu", dtype=p.model.dtype) if p.lists.mask == "sam"
+               else None}
     stats["detect"] = run_detect(prepared / "prepared.jsonl", detect / "detect.jsonl", detect / "rejects.jsonl",
                                  max_candidates=d.max_candidates, batch_size=d.batch_size, seed=p.seed,
                                  progress=progress, **det)

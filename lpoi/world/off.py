@@ -6,10 +6,11 @@ folder and placeholders for its metrics, table and plot -- in milliseconds, with
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
-from lpoi.io import atomic_write_json, atomic_write_text
+from lpoi.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 __all__ = ["MESSAGE", "record_off", "world_is_off"]
 
@@ -30,8 +31,9 @@ def record_off(folder: str | os.PathLike | None = None, *, metrics: str | os.Pat
 
         im = Image.new("RGB", (420, 40), (255, 255, 255))
         ImageDraw.Draw(im).text((8, 14), "world: none (dvc exp run -S world=shapes)", fill=(0, 0, 0))
-        Path(png).parent.mkdir(parents=True, exist_ok=True)
-        im.save(png, format="PNG")
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        atomic_write_bytes(png, buf.getvalue())
     print(MESSAGE)
 
 

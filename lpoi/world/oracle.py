@@ -83,10 +83,6 @@ class _Oracle:
     def __init__(self, annotations: dict[str, dict]):
         self.annotations = annotations
 
-    @classmethod
-    def from_file(cls, scenes_path: str | os.PathLike):
-        return cls(load_annotations(scenes_path))
-
 
 class OracleDetector(_Oracle):
     """Detection backend ``oracle``: the boxes of the objects a phrase names, from the generator."""

@@ -111,7 +111,8 @@ def _losses(model, batch, patches: torch.Tensor, image_token_id: int) -> tuple[t
 
 def run_pretrain(world: WorldParams, data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                  progress: bool = True) -> dict:
-    """Train the base model on ``data_dir/pretrain`` and save it (safetensors + processor) to ``out_dir``."""
+    """Train the base model on ``data_dir/pretrain`` and save it (safetensors + processor, and the per-step
+    losses as ``pretrain_history.json``) to ``out_dir``; returns the run's numbers (its history too)."""
     from transformers import get_scheduler
 
     from lpoi.train.collate import encode_sequences
@@ -152,7 +153,7 @@ def run_pretrain(world: WorldParams, data_dir: str | os.PathLike, out_dir: str |
     if bar is not None:
         bar.close()
     _save(model.eval(), processor, Path(out_dir), {"world_model": world.model.model_dump(),
-                                                   "pretrain": cfg.model_dump(), "steps": cfg.steps})
+                                                   "pretrain": cfg.model_dump(), "steps": cfg.steps}, history)
     tail = history[-min(50, len(history)):]
     return {
         "steps": cfg.steps, "examples": len(examples), "scenes": len(rows),
@@ -164,12 +165,14 @@ def run_pretrain(world: WorldParams, data_dir: str | os.PathLike, out_dir: str |
     }
 
 
-def _save(model, processor, out_dir: Path, meta: dict) -> None:
-    """save_pretrained into a temp folder renamed at the end: a killed run leaves no half model."""
+def _save(model, processor, out_dir: Path, meta: dict, history: list[dict]) -> None:
+    """save_pretrained into a temp folder renamed at the end: a killed run leaves no half model. The folder
+    stays a pure function of its inputs (the loss curve is; the wall time is not)."""
     tmp = out_dir.parent / f".{out_dir.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     processor.save_pretrained(tmp)
     atomic_write_json(tmp / "lpoi_world.json", meta)
+    atomic_write_json(tmp / "pretrain_history.json", history)
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)

@@ -7,8 +7,11 @@ one deterministic model, so it has no std.
 
 from __future__ import annotations
 
+import io
 import statistics
 from pathlib import Path
+
+from lpoi.io import atomic_write_bytes
 
 __all__ = ["COLUMNS", "METHOD_LABELS", "metrics_view", "plot_rewards", "summarize", "table_markdown"]
 
@@ -115,6 +118,7 @@ def plot_rewards(summary: dict, path: str | Path) -> None:
     ax.set_title(f"Shapes world: list-position rewards (mean ± std over seeds {summary['seeds']})", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, metadata={"Software": None})
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
     plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())

@@ -188,7 +188,7 @@ def sample_classes(rng: random.Random, p_partner: float) -> list[str]:
 
 
 def _place(rng: random.Random, classes: list[str], size: int, sides: tuple[int, int],
-           min_visible: float) -> tuple[list[tuple[str, int, int, int]], list[np.ndarray]] | None:
+           min_visible: float) -> list[tuple[str, int, int, int]] | None:
     """Random positions and sides, drawn in ``classes`` order; None if an object would be hidden too much."""
     placed, full, visible = [], [], []
     for cls in classes:
@@ -202,7 +202,7 @@ def _place(rng: random.Random, classes: list[str], size: int, sides: tuple[int, 
         placed.append((cls, x, y, s))
         full.append(m)
         visible.append(m.copy())
-    return placed, visible
+    return placed
 
 
 def sample_layout(rng: random.Random, *, size: int, sides: tuple[int, int], p_partner: float,
@@ -212,9 +212,9 @@ def sample_layout(rng: random.Random, *, size: int, sides: tuple[int, int], p_pa
     background = rng.choice(BACKGROUNDS)
     colours = [rng.choice(PALETTES[c]) for c in classes]
     for _ in range(_LAYOUT_TRIES):
-        got = _place(rng, classes, size, sides, min_visible)
-        if got is not None:
-            return Layout(background, tuple((c, col, x, y, s) for (c, x, y, s), col in zip(got[0], colours)))
+        placed = _place(rng, classes, size, sides, min_visible)
+        if placed is not None:
+            return Layout(background, tuple((c, col, x, y, s) for (c, x, y, s), col in zip(placed, colours)))
     raise RuntimeError(f"no layout of {classes} keeps {min_visible:.0%} of every object visible in "
                        f"{_LAYOUT_TRIES} tries on a {size}px canvas; lower world.max_side or world.min_visible")
 

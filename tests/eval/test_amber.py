@@ -625,6 +625,14 @@ def test_items_missing_images_explain_what_to_do(tmp_path):
     assert len(amber.items(MINI, tmp_path, ids=[1, 1005])) == 2  # both use AMBER_1.jpg
 
 
+def test_generation_items_flag_the_yes_no_questions():
+    got = amber.generation_items(MINI, MINI / "images", ids=[1, 1004, 1005, 8633])
+    assert [(g["id"], g["yes_no"]) for g in got] == [(1, False), (1004, False), (1005, True), (8633, True)]
+    assert [{k: v for k, v in g.items() if k != "yes_no"} for g in got] == amber.items(
+        MINI, MINI / "images", ids=[1, 1004, 1005, 8633])
+    assert [g["id"] for g in amber.generation_items(MINI, MINI / "images", limit=2)] == [1, 2]
+
+
 # ============================================================================ the mini set
 
 

@@ -308,6 +308,19 @@ def test_ties_do_not_count_as_correctly_ranked():
     assert out["ranking_accuracy"].item() == 0.0 and out["reward_accuracy"].item() == 0.0
 
 
+def test_reward_stats_are_the_diagnostics_of_preference_loss():
+    g = torch.Generator().manual_seed(0)
+    args = {"policy_list_logps": torch.randn(4, 5, generator=g, dtype=torch.float64),
+            "policy_rejected_logps": torch.randn(4, generator=g, dtype=torch.float64),
+            "reference_list_logps": torch.randn(4, 5, generator=g, dtype=torch.float64),
+            "reference_rejected_logps": torch.randn(4, generator=g, dtype=torch.float64), "beta": 0.1}
+    out, stats = preference_loss("lpoi", **args), losses.reward_stats(**args)
+    assert list(stats) == ["rewards", "rewards_rejected", "margin", "reward_accuracy", "ranking_accuracy"]
+    assert all(torch.equal(out[k], v) for k, v in stats.items())
+    assert "ranking_accuracy" not in losses.reward_stats(**{**args, "policy_list_logps": args["policy_list_logps"][:, :1],
+                                                           "reference_list_logps": args["reference_list_logps"][:, :1]})
+
+
 def test_module_doctests_pass():
     result = doctest.testmod(losses, raise_on_error=False)
     assert result.attempted >= 4

@@ -54,8 +54,12 @@ def test_oracle_lists_hide_the_first_named_object(small_world, verifier, tmp_pat
 def test_pipeline_detector_option_runs_the_default_models(small_world, verifier, tmp_path, request):
     world, data, _ = small_world
     p = _params(request.config.rootpath, world, "pipeline")
+    assert (p.detect.backend, p.segment.backend, p.lists.mask) == ("groundingdino", "segment-anything", "sam")
     stats = build_world_lists(p, data, verifier, tmp_path / "lists", progress=False)
     for split in ("pairs", "test"):
+        # the configured implementations ran, loaded as the detect and segment stages load them
+        assert stats[split]["detect"]["backend"] == "groundingdino"
+        assert stats[split]["segment"]["backend"] == "segment-anything"
         d = stats[split]["detect"]
         assert d["samples"] == d["written"] + d["rejected"] > 0  # every pair is a detection or a recorded reject
         lists = tmp_path / "lists" / split / "lists" / "lists.jsonl"

@@ -139,6 +139,7 @@ __all__ = [
     "answer_row_normalizer",
     "ensure_nltk_data",
     "extract_nouns",
+    "generation_items",
     "generative_item",
     "is_generative",
     "items",
@@ -254,6 +255,17 @@ def items(
             f"{len(uniq)} AMBER image(s) missing from {images_dir}, e.g. {uniq[:5]}. {IMAGES_HELP}"
         )
     return out
+
+
+def generation_items(
+    data_dir: str | os.PathLike,
+    images_dir: str | os.PathLike,
+    limit: int | None = None,
+    ids: Iterable[int] | None = None,
+) -> list[dict]:
+    """:func:`items` ready for :func:`lpoi.eval.generate.generate_answers`: each item also carries
+    ``"yes_no"``, True for the discriminative ids (answered yes/no), False for the descriptions."""
+    return [{**it, "yes_no": not is_generative(it["id"])} for it in items(data_dir, images_dir, limit=limit, ids=ids)]
 
 
 # ============================================================================ yes / no
