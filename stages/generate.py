@@ -9,8 +9,10 @@ from _common import parser, run
 
 
 def main():
+    from lpoi.config import BENCHES
+
     ap = parser(__doc__)
-    ap.add_argument("bench", choices=["amber", "objhal", "mmhal"])
+    ap.add_argument("bench", choices=BENCHES)
     ap.add_argument("--out", required=True, help="output folder (answers.jsonl)")
     ap.add_argument("--adapter", help="LoRA adapter from the train stage (ignored when generate.use_adapter is false)")
     ap.add_argument("--merged", help="a folder of merged weights instead of base + adapter")

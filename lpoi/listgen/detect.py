@@ -361,7 +361,6 @@ def run_detect(
     model=None,
     processor=None,
     backend=None,
-    backend_name: str = "transformers",
     journal: bool = False,
 ) -> dict[str, Any]:
     """Stream ``prepared.jsonl`` -> ``detect.jsonl`` + ``rejects`` (resumable, shardable).
@@ -378,8 +377,8 @@ def run_detect(
     depend on where a previous run stopped) — see :mod:`lpoi.runner`. ``num_workers`` threads prepare the
     next blocks (image decoding, candidate extraction, tokenising) while the model runs. ``model``/
     ``processor`` may be passed pre-loaded (then ``model_name``, ``device`` and ``dtype`` are not used to
-    load), or a whole ``backend`` (:mod:`lpoi.listgen.backends`); otherwise ``backend_name`` loads
-    ``model_name``. ``journal``: check and keep the output journal (stage runs;
+    load), or a whole ``backend`` (:mod:`lpoi.listgen.backends`); otherwise the transformers port of
+    ``model_name`` is loaded. ``journal``: check and keep the output journal (stage runs;
     :class:`lpoi.runner.StageOutput`). Returns this invocation's counts and timings (``samples``,
     ``written``, ``rejected``, ``skipped``, ``resumed``, ``rejects_by_reason``, ``sources``,
     ``fallback_used``, ``truncated``, ``seconds``, ``samples_per_s``) and, under ``"output"``, the same
@@ -396,7 +395,7 @@ def run_detect(
         from lpoi.listgen.backends import TransformersDetector, open_detector
 
         backend = TransformersDetector(model, processor) if model is not None else \
-            open_detector(backend_name, model_name, device=pick_device(device), dtype=dtype)
+            open_detector("transformers", model_name, device=pick_device(device), dtype=dtype)
     if fallback and not hasattr(backend, "prompt_chunks"):  # e.g. the world's oracle: no text prompts at all
         raise ValueError(f"detect.fallback prompts the detector with the COCO classes, which the "
                          f"{getattr(backend, 'name', 'custom')} detection backend cannot do; turn it off")

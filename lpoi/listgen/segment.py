@@ -230,7 +230,6 @@ def run_segment(
     model=None,
     processor=None,
     backend=None,
-    backend_name: str = "transformers",
     journal: bool = False,
 ) -> dict[str, Any]:
     """Stream ``detect.jsonl`` -> ``segment.jsonl`` + mask PNGs (resumable, shardable).
@@ -246,7 +245,7 @@ def run_segment(
     the model runs (a block's rows are written once its masks are on disk, so a resumed run never sees a
     row whose mask files are missing). ``mask_kind="bbox"`` never loads SAM. The segmenter is ``backend``
     (:mod:`lpoi.listgen.backends`), else the transformers ``model``/``processor`` passed in, else
-    ``backend_name`` loading ``model_name``. A sample whose image no longer loads is written to
+    the transformers port of ``model_name``. A sample whose image no longer loads is written to
     ``rejects_path`` (``image_<reason>``); without a rejects file that raises. Resume, blocks, sharding,
     ``journal`` and the returned counts as in :func:`lpoi.listgen.detect.run_detect` (counts: ``masks``,
     ``sam_masks``, ``mask_fallback``; ``backend`` names the implementation that ran).
@@ -262,7 +261,7 @@ def run_segment(
         from lpoi.listgen.backends import TransformersSegmenter, open_segmenter
 
         backend = TransformersSegmenter(model, processor) if model is not None else \
-            open_segmenter(backend_name, model_name, device=pick_device(device), dtype=dtype)
+            open_segmenter("transformers", model_name, device=pick_device(device), dtype=dtype)
 
     out = StageOutput(out_path, rejects_path, shard, limit=limit, journal=journal)
     base = out.out_path.parent

@@ -122,6 +122,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from lpoi.config import YES_NO_RULES
 from lpoi.eval.answers import check_error_ratio
 from lpoi.io import atomic_write_json, read_json, read_jsonl, safe_join, write_jsonl
 from lpoi.nltk_data import NLTK_RESOURCES
@@ -288,7 +289,6 @@ def parse_yes_no(text: str) -> str | None:
     return "Yes" if m.group(1).lower() == "yes" else "No"
 
 
-YES_NO_RULES = ("first-word", "lpoi", "exact")
 _LPOI_NO, _LPOI_YES = ("NO", "No", "no"), ("YES", "Yes", "yes")
 
 
