@@ -10,6 +10,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # the lpoi next to this script, even when another copy is installed
     sys.path.insert(0, str(REPO))
 
+# Before anything loads torch: the same float bits on every x86-64 CPU, whatever the user's shell says.
+from lpoi import numerics  # noqa: E402
+
+numerics.pin_environment()
+
 import warnings  # noqa: E402
 
 # peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing` on every PeftModel it builds:
@@ -27,9 +32,12 @@ def load(args):
     from lpoi.config import ParamsError, load_params
 
     try:
-        return load_params(args.params)
+        params = load_params(args.params)
     except ParamsError as e:
         sys.exit(f"error: {e}")
+    numerics.pin()
+    numerics.check()
+    return params
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

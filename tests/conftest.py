@@ -14,8 +14,8 @@ os.environ.setdefault("NLTK_DATA", str(SHARED / "nltk_data"))
 os.environ.setdefault("LPOI_CACHE", str(Path.home() / ".cache" / "lpoi"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# Tiny models gain nothing from intra-op threads, and on a loaded 2-core box two threads per process
-# make small matmuls many times slower; one thread keeps timings stable and results deterministic.
-import torch  # noqa: E402
+# The stages' pinned CPU numerics (lpoi/numerics.py), set before torch loads, so in-process results are the
+# bits a stage computes on any x86-64 CPU.
+from lpoi import numerics  # noqa: E402
 
-torch.set_num_threads(1)
+numerics.pin()
