@@ -156,7 +156,7 @@ def test_no_two_folders_or_builder_codes_hash_alike(tmp_path, monkeypatch):
     assert hash_path(one) != hash_path(two)
     assert len({hash_path(one / "a"), hash_path(one), hash_path(tmp_path / "none"), hash_path(None)}) == 4
     codes = []
-    for files in ({"a.py": b"1\0b.py\0" + b"2"}, {"a.py": b"1", "b.py": b"2"}):
+    for files in ({"a.py": b"1b.py\0" + b"2"}, {"a.py": b"1", "b.py": b"2"}):  # v1: name NUL bytes, no end mark
         models = tmp_path / f"models{len(codes)}"
         models.mkdir()
         for name, data in files.items():
