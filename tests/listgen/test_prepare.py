@@ -239,11 +239,13 @@ def test_no_record_accepted_fails_even_when_all_may_be_rejected(tmp_path):
 @pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-le", "utf-32"])
 def test_unicode_pairs_files_read_as_the_json_module_does(tmp_path, encoding):
     """UTF-8 with a BOM and UTF-16/32 (BOM or not: detected from the first characters, as json.loads does
-    for bytes) give the same records as plain UTF-8, in the list and the JSONL form."""
+    for bytes) give the same records as plain UTF-8, in the list and the JSONL form. Line and paragraph
+    separators (U+2028/9) and NEL (U+0085) inside a string do not end a JSONL line."""
     root = tmp_path / "img"
     root.mkdir()
     rgb(root / "a.png")
-    records = [rec("a.png", prompt="Qué hay? 🍎", id="x"), rec("a.png", chosen="Ünïcode.", id="y")]
+    records = [rec("a.png", prompt="Qué hay? 🍎", id="x"), rec("a.png", chosen="Ünïcode.", id="y"),
+               rec("a.png", chosen="One\u2028two\u2029three.", id="z"), rec("a.png", chosen="Four\x85", id="n")]
     for name, text in (("l.json", json.dumps(records, ensure_ascii=False, indent=1)),
                        ("l.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))):
         plain, other = tmp_path / ("u8-" + name), tmp_path / (encoding + name)
@@ -251,7 +253,9 @@ def test_unicode_pairs_files_read_as_the_json_module_does(tmp_path, encoding):
         other.write_text(text, encoding=encoding)
         assert other.read_bytes() != plain.read_bytes()
         got = list(prepare_records(other, root))
-        assert got == list(prepare_records(plain, root)) and [k for k, _ in got] == ["ok", "ok"]
+        assert got == list(prepare_records(plain, root))
+        assert [(k, r["id"], r.get("reason")) for k, r in got] == [("ok", "x", None), ("ok", "y", None), ("ok", "z", None),
+                                                                   ("reject", "n", "control_character")]
         assert got[0][1]["prompt"] == "Qué hay? 🍎"
 
 
