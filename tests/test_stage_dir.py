@@ -259,7 +259,7 @@ def test_open_stage_uses_the_runs_own_paths(tmp_path):
                                live=str(tmp_path / "live"))
     st = open_stage("train", train)
     assert st.path == tmp_path / "m" / "checkpoints"
-    assert st.parts["dep data/reference"] == hashlib.sha256(b"<not used by this run>").hexdigest()
+    assert st.parts["dep data/reference"] == hashlib.sha256(b"lpoi hash_path v2\n<not used by this run>").hexdigest()
 
 
 def test_timings_go_beside_the_metrics_not_into_them(tmp_path):
