@@ -40,7 +40,7 @@ def pipeline(tmp_path_factory):
     # 48x40 scenes: large enough for the tiny detector's fixed-size input, small enough to be quick
     root, cases = build_corpus(tmp, scene_size=(48, 40), budget=True)
     pairs = tmp / "pairs.json"  # the JSON list form of the mDPO data
-    pairs.write_text(json.dumps([r for r, _ in cases]))  # ASCII: the corpus holds lone surrogates (as \u escapes)
+    pairs.write_text(json.dumps([r for r, _ in cases]))  # ASCII: lone surrogates in the corpus as \u escapes
     p = load_params(REPO / "params.yaml")
     p = p.model_copy(update={"prepare": p.prepare.model_copy(update={"max_reject_ratio": 1.0})})
     d = tmp / "data"

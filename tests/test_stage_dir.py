@@ -156,12 +156,12 @@ def test_no_two_folders_or_builder_codes_hash_alike(tmp_path, monkeypatch):
     assert hash_path(one) != hash_path(two)
     assert len({hash_path(one / "a"), hash_path(one), hash_path(tmp_path / "none"), hash_path(None)}) == 4
     codes = []
-    for files in ({"a.py": b"1b.py\0" + b"2"}, {"a.py": b"1", "b.py": b"2"}):  # v1: name NUL bytes, no end mark
+    for files in ({"a.py": b"1b.py\0" + b"2"}, {"a.py": b"1", "b.py": b"2"}):  # v1: name NUL bytes, no end
         models = tmp_path / f"models{len(codes)}"
         models.mkdir()
         for name, data in files.items():
             (models / name).write_bytes(data)
-        shutil.copy(REPO / "lpoi/models/tiny.py", models / "tiny.py")  # TINY_FAMILIES is read from the package
+        shutil.copy(REPO / "lpoi/models/tiny.py", models / "tiny.py")  # TINY_FAMILIES comes from the package
         monkeypatch.setattr(identity, "__file__", str(models / "identity.py"))
         codes.append(model_identity("tiny/llava")["code"])
     assert codes[0] != codes[1]
@@ -259,7 +259,8 @@ def test_open_stage_uses_the_runs_own_paths(tmp_path):
                                live=str(tmp_path / "live"))
     st = open_stage("train", train)
     assert st.path == tmp_path / "m" / "checkpoints"
-    assert st.parts["dep data/reference"] == hashlib.sha256(b"lpoi hash_path v2\n<not used by this run>").hexdigest()
+    unused = hashlib.sha256(b"lpoi hash_path v2\n<not used by this run>").hexdigest()
+    assert st.parts["dep data/reference"] == unused
 
 
 def test_timings_go_beside_the_metrics_not_into_them(tmp_path):

@@ -170,7 +170,8 @@ _PLACEHOLDER = re.compile(r"[ \t]*<image>[ \t]*(?:\r?\n)?", re.IGNORECASE)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # Unicode Cc less tab, LF, CR
 # Cf characters that are drawn (Prepended_Concatenation_Mark): removing them would change what the text says
-_VISIBLE_FORMAT = frozenset(map(chr, (*range(0x600, 0x606), 0x6DD, 0x70F, 0x890, 0x891, 0x8E2, 0x110BD, 0x110CD)))
+_VISIBLE_FORMAT = frozenset(map(chr, (*range(0x600, 0x606), 0x6DD, 0x70F, 0x890, 0x891, 0x8E2, 0x110BD,
+                                      0x110CD)))
 _KEY_VERSION = "prepare-key-v2"
 
 
@@ -332,15 +333,16 @@ def _check_fields(rec: Any) -> tuple[dict[str, str], dict[str, str]]:
     if bad:
         raise _Reject("bad_type", f"field(s) must be strings: {', '.join(bad)}")
     if m := _SURROGATE.search(rec["img_path"]):
-        raise _Reject("invalid_unicode", f"img_path holds a lone surrogate U+{ord(m.group()):04X} at character "
-                                         f"{m.start()} (not valid Unicode; a broken \\u escape in the JSON?)")
+        raise _Reject("invalid_unicode", f"img_path holds a lone surrogate U+{ord(m.group()):04X} at "
+                                         f"character {m.start()} (not valid Unicode; a broken \\u escape in "
+                                         "the JSON?)")
     # normalised before the placeholders go: "<im\u200bage>" is a placeholder too
     texts = {k: normalise_text(rec[k], k) for k in REQUIRED_FIELDS if k != "img_path"}
     fields = {"img_path": rec["img_path"], **{k: strip_placeholders(v) for k, v in texts.items()}}
     empty = [k for k in REQUIRED_FIELDS if not fields[k].strip()]
     if empty:
-        raise _Reject("empty_field", f"empty field(s) (after normalising the text and removing placeholders): "
-                                     f"{', '.join(empty)}")
+        raise _Reject("empty_field", "empty field(s) (after normalising the text and removing placeholders): "
+                                     + ", ".join(empty))
     blank = [k for k in REQUIRED_FIELDS if k != "img_path" and not _visible(fields[k])]
     if blank:
         raise _Reject("empty_field", f"nothing visible in field(s) {', '.join(blank)}: only whitespace and "
@@ -472,12 +474,12 @@ def prepare_records(
     ``params`` bounds sizes and lengths (defaults: :class:`lpoi.config.PrepareParams`); ``budget`` (the
     stage passes one for ``model.name`` and ``reference.max_length``) rejects prompts too long for them.
     ``prepared_row``: ``{"id", "image", "image_path", "prompt", "chosen", "rejected", "width", "height",
-    "image_sha256", "normalised", "placeholders_removed", "text_normalised"}`` — ``image`` is img_path as given (normalised
-    to posix form), ``image_path`` is the file later stages read (the source, or the normalised PNG copy
-    under ``out_dir_images``; see the module docstring), ``width``/``height`` are after EXIF orientation,
-    the texts are normalised (:func:`normalise_text`) and without placeholders; ``text_normalised`` says
-    whether normalising changed a text or the id. ``reject_row``: ``{"index", "id", "reason", "detail"}`` with
-    ``index`` the 0-based input position.
+    "image_sha256", "normalised", "placeholders_removed", "text_normalised"}`` — ``image`` is img_path as
+    given (normalised to posix form), ``image_path`` is the file later stages read (the source, or the
+    normalised PNG copy under ``out_dir_images``; see the module docstring), ``width``/``height`` are after
+    EXIF orientation, the texts are normalised (:func:`normalise_text`) and without placeholders;
+    ``text_normalised`` says whether normalising changed a text or the id. ``reject_row``: ``{"index",
+    "id", "reason", "detail"}`` with ``index`` the 0-based input position.
 
     With ``out_dir_images=None`` nothing is written and ``image_path`` is always the source path
     (validation only; readers must then use :func:`lpoi.io.load_image`). A file that is not a list of

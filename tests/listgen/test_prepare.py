@@ -65,8 +65,9 @@ def test_every_reject_row_carries_the_records_id(corpus):
         given = record.get("id") if isinstance(record, dict) else None
         if isinstance(given, (str, int)) and not isinstance(given, bool):
             assert r["id"] == str(given).encode("utf-8", "backslashreplace").decode(), r  # surrogates escaped
-        elif r["reason"] in ("not_an_object", "missing_field", "bad_type", "invalid_unicode", "control_character",
-                             "empty_field", "text_too_long", "no_preference", "unsafe_path", "missing_image"):
+        elif r["reason"] in ("not_an_object", "missing_field", "bad_type", "invalid_unicode",
+                             "control_character", "empty_field", "text_too_long", "no_preference",
+                             "unsafe_path", "missing_image"):
             assert r["id"] is None, r  # no image bytes read: no derived id
         else:
             assert len(r["id"]) == 16 and int(r["id"], 16) >= 0, r  # derived from the content
@@ -94,7 +95,8 @@ def test_texts_and_ids_are_compared_as_normalised_and_stored_so(corpus):
     tmp_path, root, pairs, cases = corpus
     summary, prepared, rejects = _run(tmp_path, root, pairs)
     row = next(p for p in prepared if p["id"] == "invisible")
-    assert (row["prompt"], row["chosen"], row["rejected"]) == ("What is\u00a0there?", "Caf\u00e9 au lait.", "A dog.")
+    want = ("What is\u00a0there?", "Caf\u00e9 au lait.", "A dog.")
+    assert (row["prompt"], row["chosen"], row["rejected"]) == want
     assert row["text_normalised"] is True and row["placeholders_removed"] is True
     assert next(p for p in prepared if p["id"] == "caf\u00e9")["text_normalised"] is False
     assert summary["texts_normalised"] == 1
@@ -104,7 +106,8 @@ def test_texts_and_ids_are_compared_as_normalised_and_stored_so(corpus):
     for p in prepared:  # nothing invisible is left in what later stages read
         for k in ("id", "prompt", "chosen", "rejected"):
             assert p[k] == unicodedata.normalize("NFC", p[k]), (k, p[k])
-            assert not any(unicodedata.category(c) in ("Cf", "Cc", "Cs") for c in p[k].replace("\n", "")), (k, p[k])
+            invisible = [c for c in p[k].replace("\n", "") if unicodedata.category(c) in ("Cf", "Cc", "Cs")]
+            assert not invisible, (k, p[k])
 
 
 def test_normalise_text_keeps_whitespace_and_visible_format_characters():
@@ -112,7 +115,7 @@ def test_normalise_text_keeps_whitespace_and_visible_format_characters():
 
     assert normalise_text("a\tb\r\nc\n") == "a\tb\r\nc\n"  # tab, CR, LF kept as they are
     assert normalise_text("\u0600\u0661\u0662") == "\u0600\u0661\u0662"  # Arabic number sign: Cf, but drawn
-    assert normalise_text("A\u00ad\u200e\u202e\U000e0041b") == "Ab"  # soft hyphen, bidi marks, a tag character
+    assert normalise_text("A\u00ad\u200e\u202e\U000e0041b") == "Ab"  # soft hyphen, bidi marks, a tag
     assert normalise_text("\u1100\u1161") == "\uac00"  # Hangul jamo compose under NFC
     for text, reason in (("a\x0bb", "control_character"), ("\x7f", "control_character"),
                          ("a\udfffb", "invalid_unicode")):
@@ -142,14 +145,16 @@ def test_a_lone_surrogate_rejects_its_record_only(form, tmp_path):
     root.mkdir()
     rgb(root / "a.png")
     cases = [rec("a.png", id="first"), rec("a.png", chosen="A \ud83c cup.", id="bad-chosen"),
-             rec("a.png", rejected="A \ud83c\udf4e.", id="pair-ok"), rec("a\udc80.png"), rec("a.png", id="bad\udc00")]
+             rec("a.png", rejected="A \ud83c\udf4e.", id="pair-ok"), rec("a\udc80.png"),
+             rec("a.png", id="bad\udc00")]
     pairs = tmp_path / f"p.{form}"
     pairs.write_text(json.dumps(cases) if form == "json" else "".join(json.dumps(r) + "\n" for r in cases))
     assert "\\ud83c\\udf4e" in pairs.read_text()  # a valid surrogate *pair* escape: a real emoji
     summary, prepared, rejects = _run(tmp_path, root, pairs)
     assert [p["id"] for p in prepared] == ["first", "pair-ok"] and prepared[1]["rejected"] == "A \U0001F34E."
     assert [(r["index"], r["id"], r["reason"]) for r in rejects] == [
-        (1, "bad-chosen", "invalid_unicode"), (3, None, "invalid_unicode"), (4, "bad\\udc00", "invalid_unicode")]
+        (1, "bad-chosen", "invalid_unicode"), (3, None, "invalid_unicode"),
+        (4, "bad\\udc00", "invalid_unicode")]
     assert [r["detail"].split(" holds")[0] for r in rejects] == ["chosen", "img_path", "id"]
     assert "U+D83C at character 2" in rejects[0]["detail"]
 
@@ -245,7 +250,8 @@ def test_unicode_pairs_files_read_as_the_json_module_does(tmp_path, encoding):
     root.mkdir()
     rgb(root / "a.png")
     records = [rec("a.png", prompt="Qué hay? 🍎", id="x"), rec("a.png", chosen="Ünïcode.", id="y"),
-               rec("a.png", chosen="One\u2028two\u2029three.", id="z"), rec("a.png", chosen="Four\x85", id="n")]
+               rec("a.png", chosen="One\u2028two\u2029three.", id="z"),
+               rec("a.png", chosen="Four\x85", id="n")]
     for name, text in (("l.json", json.dumps(records, ensure_ascii=False, indent=1)),
                        ("l.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))):
         plain, other = tmp_path / ("u8-" + name), tmp_path / (encoding + name)
@@ -254,8 +260,8 @@ def test_unicode_pairs_files_read_as_the_json_module_does(tmp_path, encoding):
         assert other.read_bytes() != plain.read_bytes()
         got = list(prepare_records(other, root))
         assert got == list(prepare_records(plain, root))
-        assert [(k, r["id"], r.get("reason")) for k, r in got] == [("ok", "x", None), ("ok", "y", None), ("ok", "z", None),
-                                                                   ("reject", "n", "control_character")]
+        assert [(k, r["id"], r.get("reason")) for k, r in got] == [
+            ("ok", "x", None), ("ok", "y", None), ("ok", "z", None), ("reject", "n", "control_character")]
         assert got[0][1]["prompt"] == "Qué hay? 🍎"
 
 
