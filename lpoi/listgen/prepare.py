@@ -218,9 +218,17 @@ def content_key(image_sha256: str, prompt: str, chosen: str, rejected: str) -> s
 
 @cache
 def _format_chars() -> re.Pattern:
-    """Every Cf character of this Python's Unicode database but the visible ones (~80 ms, once)."""
-    chars = [chr(c) for c in range(0x110000) if unicodedata.category(chr(c)) == "Cf"]
-    return re.compile("[" + "".join(re.escape(c) for c in chars if c not in _VISIBLE_FORMAT) + "]")
+    """Every Cf character of this Python's Unicode database but the visible ones (~0.3 s, once), as a class
+    of ranges (7x faster to match than the same class listed one character at a time)."""
+    runs: list[list[int]] = []
+    for c in range(0x110000):
+        if unicodedata.category(chr(c)) == "Cf" and chr(c) not in _VISIBLE_FORMAT:
+            if runs and runs[-1][1] == c - 1:
+                runs[-1][1] = c
+            else:
+                runs.append([c, c])
+    return re.compile("[" + "".join(re.escape(chr(a)) + ("-" + re.escape(chr(b)) if b > a else "")
+                                    for a, b in runs) + "]")
 
 
 def _escape_surrogates(text: str) -> str:
