@@ -203,6 +203,7 @@ def build_corpus(tmp_path: Path, scene_size: tuple[int, int] = (32, 24), budget:
         (rec("ok3.png", chosen="Three."), "duplicate_record"),
         # placeholders removed: the same record as the one above, so a duplicate once cleaned
         (rec("ok3.png", prompt="<image>\nWhat is there?", chosen="Three."), "duplicate_record"),
+        (rec("ok3.png", prompt="What\u200b is there?", chosen="Thre\u00ade."), "duplicate_record"),  # ZWSP, soft hyphen
         (rec("ph.png", prompt="<image>\nWhat is on the <Image> table?", chosen="A red <image> cup.",
              id="ph"), "ok"),
         # answers just under max_answer_chars (reference truncates them); a prompt of ~370 tiny tokens
