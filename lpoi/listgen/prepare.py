@@ -49,7 +49,8 @@ answer of zero-width spaces is no answer): prompt, chosen, rejected and the id a
 (composed: "e" + U+0301 and "é" are one text), and format characters (Unicode Cf: zero-width space/joiners
 U+200B..U+200D, word joiner U+2060, BOM U+FEFF, soft hyphen, bidi marks, tag characters) are removed —
 ZWJ/ZWNJ included, so emoji ZWJ sequences fall apart into their emoji and Persian/Indic ZWNJ spellings
-join; the six Arabic/Syriac number signs that are Cf but visible (Prepended_Concatenation_Mark) stay.
+join; the 13 Cf characters that are drawn (Prepended_Concatenation_Mark: Arabic number signs U+0600..U+0605
+and the like) stay.
 Tab, line feed and carriage return are kept as they are (the texts are compared up to whitespace anyway);
 any other control character rejects the record (``control_character``): it is a sign of a broken export,
 and removing it could join two words. ``img_path`` is not normalised (file names are byte strings),
@@ -66,7 +67,7 @@ hex digits of :func:`content_key`, the sha256 of the JSON array ``["prepare-key-
 chosen, rejected]`` (the texts after normalisation and placeholder removal, as later stages see them; the
 image's hex sha256 of its file bytes) — the same record always gets the same id, wherever it sits in the
 file. The full digest is the duplicate-record key. (v1 joined the fields with NUL, so ``"a\\0b", "c"`` and
-``"a", "b\\0c"`` had one key; ``-v2`` is in the hashed text so no v1 id or key can come back as a v2 one.)
+``"a", "b\\0c"`` had one key; the format's tag is hashed with the fields, so a later format starts afresh.)
 
 Pixels for later stages: every stage must see 8-bit RGB with the EXIF orientation applied. When the
 source already *is* that (mode RGB, no EXIF orientation other than 1), ``image_path`` points at the source
