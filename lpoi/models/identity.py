@@ -64,9 +64,9 @@ def _tiny(family: str, seed: int) -> dict[str, Any]:
 
     if family not in TINY_FAMILIES:
         raise ValueError(f"unknown tiny model 'tiny/{family}'; known: {', '.join('tiny/' + f for f in TINY_FAMILIES)}")
-    h = hashlib.sha256()
+    h = hashlib.sha256(b"code v2\n")  # v1 joined name and bytes by NUL: ambiguous, and never equal to this
     for p in sorted(Path(__file__).parent.glob("*.py")):  # the builders and everything they use
-        h.update(p.name.encode() + b"\0" + p.read_bytes())
+        h.update(hashlib.sha256(p.name.encode()).digest() + hashlib.sha256(p.read_bytes()).digest())
     return {"family": family, "seed": seed, "version": TINY_VERSION, "code": h.hexdigest()}
 
 
