@@ -126,13 +126,14 @@ def test_exp_run_names_the_hand_edits_it_replaces(exp_repo):
 # ---------------------------------------------------------------------------------------------- issue 19 (part B)
 
 def test_exp_run_names_an_unknown_profile_and_lists_the_profiles(exp_repo):
+    before = (exp_repo / "params.yaml").read_text()
     r = _exp_run(exp_repo, "model=nope")
     out = r.stdout + r.stderr
     assert r.returncode != 0
     profiles = ", ".join(sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml")))
     assert f"model=nope is not a profile; profiles: {profiles}" in out, out
     assert "unexpected error" not in out and "Config search path" not in out, out
-    assert (exp_repo / "params.yaml").read_text() == (REPO / "params.yaml").read_text()  # untouched
+    assert (exp_repo / "params.yaml").read_text() == before  # untouched
 
 
 def _bad_params(tmp_path: Path, **changes) -> Path:
