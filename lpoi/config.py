@@ -39,8 +39,12 @@ class _SectionError(ValueError):
     """A check across keys of one section. ``{s}`` in the message stands for the section's dotted path and a
     dot, so a section used in two places (``train``, ``world.train``) names its keys by their full path."""
 
+    def __init__(self, template: str):
+        super().__init__(template.replace("{s}", ""))  # as pydantic shows it for a section validated alone
+        self.template = template
+
     def render(self, section: str) -> str:
-        return str(self).replace("{s}", f"{section}." if section else "")
+        return self.template.replace("{s}", f"{section}." if section else "")
 
 
 _READS: set[str] | None = None  # params read so far, when recording (record_reads)
