@@ -291,3 +291,10 @@ def test_a_really_full_disk_ends_a_stage_in_one_line(tmp_path, full_fs, how):
     """torch.distributed.checkpoint (train's checkpoints) and torch.save into a filesystem that fills up."""
     r = _full_stage(tmp_path, full_fs, how)
     _one_line_error(r, "disk full (ENOSPC", f"writing {full_fs} (")
+
+
+def test_download_stage_answers_bad_params_in_one_line(tmp_path):
+    r = _stage("stages/download.py", "--profile", "data", "--params", str(_bad_params(tmp_path, seed=-1)),
+               "--dest", str(tmp_path / "d"))
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == "seed: input should be greater than or equal to 0, got -1", r.stderr
