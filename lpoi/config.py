@@ -7,12 +7,13 @@ e.g. ``train.beta must be > 0, got -1``.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal, get_args
+import re
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-__all__ = ["BENCHES", "ParamsError", "Params", "YES_NO_RULES", "load_params"]
+__all__ = ["BENCHES", "DEVICES", "METHOD_TERMS", "ParamsError", "Params", "YES_NO_RULES", "load_params"]
 
 BENCHES = ("amber", "objhal", "mmhal")
 """The benchmarks, in the report's order: the sections of :class:`BenchParams` and the score stages."""
@@ -21,8 +22,29 @@ YES_NO_RULES: tuple[str, ...] = get_args(YesNoRule)
 """AMBER's yes/no normalisation rules (``amber.yes_no``, ``stages/score.py amber --yes-no``)."""
 
 
+METHOD_TERMS: dict[str, tuple[str, ...]] = {"lpoi": ("dpo", "list", "anchor"), "mdpo": ("dpo", "list", "anchor"),
+                                            "dpo": ("dpo",)}
+"""The loss terms each ``train.method`` adds up (``lpoi.train.losses.preference_loss``); the others' weights are unused."""
+DEVICES = "auto, cpu, cuda, cuda:<index> or mps"
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # numpy's seed range (accelerate's set_seed seeds numpy too)
+
+
 class ParamsError(ValueError):
     """params.yaml does not validate; the message lists every offending key."""
+
+
+class _SectionError(ValueError):
+    """A check across keys of one section. ``{s}`` in the message stands for the section's dotted path and a
+    dot, so a section used in two places (``train``, ``world.train``) names its keys by their full path."""
+
+    def __init__(self, template: str):
+        super().__init__(template.replace("{s}", ""))  # as pydantic shows it for a section validated alone
+        self.template = template
+
+    def render(self, section: str) -> str:
+        return self.template.replace("{s}", f"{section}." if section else "")
 
 
 _READS: set[str] | None = None  # params read so far, when recording (record_reads)
@@ -30,7 +52,9 @@ _PATHS: dict[int, str] = {}  # id(section object) -> its dotted path ("" for the
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
+    # allow_inf_nan: every float param of every section is finite (``beta: .inf`` would end in a
+    # NonFiniteLossError that blames the data)
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True, allow_inf_nan=False)
     # (what a stage reads is recorded only under LPOI_RECORD_PARAMS: record_reads then installs
     # _recording_getattribute and _recording_model_dump here; a plain attribute read costs nothing extra)
 
@@ -59,7 +83,8 @@ class ModelParams(_Section):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Weights dtype for the inference stages (reference, verify, generate)."""
     device: str = "auto"
-    """``auto`` = cuda when available, else cpu."""
+    """``auto`` = cuda when available, else cpu; ``cpu``, ``cuda``, ``cuda:<index>``, ``mps``. A stage that asks for
+    CUDA on a machine without one stops when it starts (:func:`lpoi.stage.pick_device`)."""
     trust_remote_code: bool = False
     """Off by default: enable only for models you have audited."""
     max_pixels: int | None = Field(None, ge=1)
@@ -68,6 +93,13 @@ class ModelParams(_Section):
     tokens and so the memory per sequence. null = the processor's default. Fixed-size families (LLaVA,
     Gemma 3) accept any budget at or above their input size and refuse a smaller one."""
 
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        if not _DEVICE.fullmatch(v):
+            raise ValueError(f"must be {DEVICES}, got {v!r}")
+        return v
+
 
 class DataParams(_Section):
     name: str = "sample"
@@ -75,6 +107,17 @@ class DataParams(_Section):
     """Pairwise preferences, LPOI/mDPO schema (JSON list or JSONL)."""
     images: str = "data/sample/images"
     """Root that every ``img_path`` is resolved inside."""
+
+    @field_validator("pairs", "images")
+    @classmethod
+    def _under_data(cls, v: str) -> str:
+        # DVC hashes both as dependencies of prepare: a folder outside the repository (/etc, ~) fails in DVC's
+        # hashing with an unrelated error, and ``data`` itself would contain the stages' own outputs
+        parts = PurePosixPath(v.replace("\\", "/")).parts
+        if len(parts) < 2 or parts[0] != "data" or ".." in parts:
+            raise ValueError(f"must be a path under data/ in the repository (DVC hashes it as a dependency; put "
+                             f"outside data under data/external/, a copy or a symlink), got {v!r}")
+        return v
 
 
 class AmberBench(_Section):
@@ -143,8 +186,8 @@ class DetectParams(_Section):
     a folder | an official ``.pth`` (``python stages/download.py groundingdino-swint-ogc``)."""
     box_threshold: float = Field(0.35, ge=0, le=1)
     text_threshold: float = Field(0.25, ge=0, le=1)
-    batch_size: int = Field(8, ge=1)
-    max_candidates: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, le=1024)  # images per forward; a bound that catches a typo (8000 for 8)
+    max_candidates: int = Field(8, ge=1, le=256)  # noun phrases per prompt: a caption names far fewer
     fallback: bool = True
     """No candidate detected -> a random detected COCO object (the paper's fallback)."""
 
@@ -155,38 +198,38 @@ class SegmentParams(_Section):
     model: str = "tiny/segment-anything"
     """``tiny/segment-anything`` | ``tiny/sam`` | a hub id (``facebook/sam-vit-base``) | a folder | an official
     ``.pth`` (``python stages/download.py sam-vit-b``)."""
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, le=1024)  # images per forward (a typo guard, as detect.batch_size)
 
 
 class VerifyParams(_Section):
     enabled: bool = True
     model: str | None = None
     """Verifier VLM; null = the run's base model."""
-    max_tries: int = Field(3, ge=1)
+    max_tries: int = Field(3, ge=1, le=100)  # candidate objects tried per sample; each try is a VLM forward
     on_fail: Literal["keep", "drop"] = "keep"
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, le=1024)  # a typo guard, as detect.batch_size
 
 
 class ListsParams(_Section):
-    size: int = Field(5, ge=2)
+    size: int = Field(5, ge=2, le=16)  # the paper uses 5; every image is one more sequence per sample in train
     """L images per list: image k hides the fraction k/(L-1) of the object."""
     mode: Literal["progressive", "blend"] = "progressive"
     fill: Literal["black", "mean", "blur"] = "black"
     highlight: bool = False
     mask: Literal["sam", "bbox"] = "sam"
-    num_workers: int = Field(2, ge=0)
+    num_workers: int = Field(2, ge=0, le=256)  # processes; more than the cores only costs memory
 
 
 class ReferenceParams(_Section):
-    max_length: int = Field(512, ge=16)
+    max_length: int = Field(512, ge=16, le=131_072)  # beyond every supported model's context window
     """Tokens per sequence (prompt + image tokens + response); longer responses are truncated."""
-    micro_batch_sequences: int = Field(12, ge=1)
+    micro_batch_sequences: int = Field(12, ge=1, le=4096)  # sequences per forward (a typo guard)
 
 
 class LoraParams(_Section):
     """The paper's LoRA: rank 8, alpha 8, every linear layer (the LM head excepted), image side included."""
 
-    r: int = Field(8, ge=1)
+    r: int = Field(8, ge=1, le=4096)  # the rank cannot usefully exceed a layer's width
     alpha: float = Field(8, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: str | list[str] = "all-linear"
@@ -225,13 +268,13 @@ class TrainParams(_Section):
     """``precomputed``: the reference stage's file; ``online``: adapter disabled, every step (the official way)."""
     mdpo_corruption: Literal["hidden", "crop"] = "hidden"
     """mdpo's corrupted image: the fully hidden list image, or mDPO's 1-20 % random crop (reference online)."""
-    lr: float = Field(5e-6, gt=0)
-    epochs: int = Field(1, ge=1)
+    lr: float = Field(5e-6, gt=0, le=1)  # catches 5e6 for 5e-6
+    epochs: int = Field(1, ge=1, le=10_000)
     max_steps: int | None = Field(None, ge=1)
     """Optimizer steps; overrides ``epochs`` when set."""
-    batch_size: int = Field(1, ge=1)
+    batch_size: int = Field(1, ge=1, le=1024)  # each sample brings K + 1 sequences; a typo guard
     """Samples per process per micro-step; the global batch is ``batch_size * processes * grad_accum``."""
-    grad_accum: int = Field(1, ge=1)
+    grad_accum: int = Field(1, ge=1, le=65_536)  # the paper's setups use up to 64
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     """After the linear warmup."""
@@ -239,20 +282,20 @@ class TrainParams(_Section):
     """Base weights in that dtype + autocast; LoRA weights stay float32."""
     gradient_checkpointing: bool = False
     """Trade compute for activation memory (non-reentrant)."""
-    micro_batch_sequences: int = Field(12, ge=1)
+    micro_batch_sequences: int = Field(12, ge=1, le=4096)  # a typo guard, as reference.micro_batch_sequences
     """Most sequences per forward (a micro-batch brings ``batch_size * (K + 1)``)."""
     lora: LoraParams = LoraParams()
     save_steps: int = Field(50, ge=0)
     """Checkpoint every N optimizer steps (0: never); checkpoints are removed when training ends."""
     merge: bool = False
     """Also write ``merged/``: base + adapter merged in float32 (whatever ``precision``)."""
-    seed: int = 0
+    seed: Seed = 0
     """LoRA init, data order, dropout, mDPO crops."""
     max_grad_norm: float = Field(1.0, ge=0)
     """Gradient clipping (0: off)."""
     weight_decay: float = Field(0.0, ge=0)
     """AdamW's."""
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0, le=256)  # processes; more than the cores only costs memory
     """DataLoader workers for image decoding and tokenisation."""
     logging_steps: int = Field(1, ge=1)
     """Log a curve point every N optimizer steps (and at the last)."""
@@ -264,14 +307,31 @@ class TrainParams(_Section):
             raise ValueError(f"must be > 0, got {v:g}")
         return v
 
+    @model_validator(mode="after")
+    def _trains_something(self):
+        _check_objective(self.method, self.weights, "{s}")
+        return self
+
+
+def _check_objective(method: str, weights: WeightsParams, prefix: str, why: str = "") -> None:
+    """Refuse an objective whose every active term weighs 0: it has no gradient, and train would save the
+    identity adapter as if it had learnt something."""
+    terms = METHOD_TERMS[method]
+    if all(getattr(weights, t) == 0 for t in terms):
+        keys = [f"{prefix}weights.{t}" for t in terms]
+        named = keys[0] if len(keys) == 1 else ", ".join(keys[:-1]) + " and " + keys[-1]
+        raise _SectionError(f"{named} {'is' if len(keys) == 1 else 'are all'} 0: method {method!r}{why} would "
+                            f"train nothing (an identity adapter); give {'it' if len(keys) == 1 else 'one of them'} a "
+                            "positive weight")
+
 
 class GenerateParams(_Section):
-    batch_size: int = Field(8, ge=1)
-    max_new_tokens: int = Field(500, ge=1)
+    batch_size: int = Field(8, ge=1, le=1024)  # a typo guard, as detect.batch_size
+    max_new_tokens: int = Field(500, ge=1, le=16_384)  # the benchmarks' answers are a few hundred tokens
     do_sample: bool = False
-    temperature: float | None = Field(None, gt=0)
+    temperature: float | None = Field(None, gt=0, le=100)  # above ~2 sampling is noise already
     top_p: float | None = Field(None, gt=0, le=1)
-    num_beams: int = Field(1, ge=1)
+    num_beams: int = Field(1, ge=1, le=64)  # the cache grows with it: a typo guard
     use_adapter: bool = True
     """False = evaluate the base model (the baseline row of a comparison)."""
 
@@ -301,25 +361,25 @@ class JudgeParams(_Section):
     base_url: str | None = None
     api_key_env: str | None = "OPENAI_API_KEY"
     """Name of the environment variable holding the key (never the key itself); null for keyless local servers."""
-    max_concurrency: int = Field(4, ge=1)
-    timeout: float = Field(60, gt=0)
+    max_concurrency: int = Field(4, ge=1, le=1024)  # open requests to one server; a typo guard
+    timeout: float = Field(60, gt=0, le=86_400)  # s; a day at most (a typo guard)
     """Seconds per socket operation (connect, each read) of the openai backend."""
-    deadline: float = Field(180, gt=0)
+    deadline: float = Field(180, gt=0, le=86_400)  # s
     """Most seconds one request may take in all, however slowly the server sends (each retry gets its own)."""
-    max_retries: int = Field(6, ge=0)
-    max_new_tokens: int = Field(64, ge=1)
-    batch_size: int = Field(1, ge=1)
+    max_retries: int = Field(6, ge=0, le=100)  # retries back off exponentially: 100 is already days
+    max_new_tokens: int = Field(64, ge=1, le=16_384)  # a judgement is a few sentences
+    batch_size: int = Field(1, ge=1, le=1024)  # a typo guard, as detect.batch_size
     """Prompts per forward for the local (hf) judge; MMHal prompts are long, so 1 is fastest on CPU."""
 
     @model_validator(mode="after")
     def _openai_needs_url(self):
         if self.backend == "openai" and not self.base_url:
-            raise ValueError("judge.base_url is required when judge.backend is 'openai'")
+            raise _SectionError("{s}base_url is required when {s}backend is 'openai'")
         return self
 
 
 class ReportParams(_Section):
-    contact_sheet_rows: int = Field(12, ge=1)
+    contact_sheet_rows: int = Field(12, ge=1, le=1000)  # one row per sample in one PNG
 
 
 class WorldModelParams(_Section):
@@ -340,11 +400,12 @@ class WorldModelParams(_Section):
     @model_validator(mode="after")
     def _divisible(self):
         if self.image_size % self.patch_size:
-            raise ValueError(f"world.model.image_size ({self.image_size}) must be a multiple of patch_size "
-                             f"({self.patch_size})")
+            raise _SectionError(f"{{s}}image_size ({self.image_size}) must be a multiple of {{s}}patch_size "
+                                f"({self.patch_size})")
         for key in ("vision_hidden", "text_hidden"):
             if getattr(self, key) % self.heads:
-                raise ValueError(f"world.model.{key} ({getattr(self, key)}) must be a multiple of heads ({self.heads})")
+                raise _SectionError(f"{{s}}{key} ({getattr(self, key)}) must be a multiple of {{s}}heads "
+                                    f"({self.heads})")
         return self
 
 
@@ -352,20 +413,20 @@ class PretrainParams(_Section):
     """Supervised training of the world's base VLM on captions and yes/no questions (all weights, no LoRA)."""
 
     steps: int = Field(600, ge=1)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(2e-3, gt=0)
+    batch_size: int = Field(32, ge=1, le=4096)  # a typo guard
+    lr: float = Field(2e-3, gt=0, le=1)  # catches 2e3 for 2e-3
     warmup_steps: int = Field(30, ge=0)
     weight_decay: float = Field(0.0, ge=0)
     dense_weight: float = Field(1.0, ge=0)
     """Weight of the patch-label loss: the LM head at each image token predicts the class of the object
     covering that patch (0: captions and yes/no answers only)."""
-    seed: int = 0
+    seed: Seed = 0
     """Weight init and example order."""
 
 
 class WorldGridParams(_Section):
     methods: list[Literal["dpo", "mdpo", "lpoi"]] = ["dpo", "mdpo", "lpoi"]
-    seeds: list[int] = [0, 1, 2]
+    seeds: list[Seed] = [0, 1, 2]
     """Each (method, seed) trains from the same base with ``world.train`` (its ``method``/``seed`` replaced)."""
 
     @field_validator("methods", "seeds")
@@ -377,8 +438,8 @@ class WorldGridParams(_Section):
 
 
 class WorldEvalParams(_Section):
-    batch_size: int = Field(32, ge=1)
-    max_new_tokens: int = Field(40, ge=1)
+    batch_size: int = Field(32, ge=1, le=4096)  # a typo guard
+    max_new_tokens: int = Field(40, ge=1, le=16_384)  # a typo guard
     """A six-object caption is ~25 tokens; room for a model that keeps naming objects."""
     heldout_lists: int = Field(100, ge=1)
     """Held-out lists (from test scenes) on which the list-position rewards are measured."""
@@ -389,7 +450,7 @@ class WorldParams(_Section):
     embedded default) turns its stages into no-ops."""
 
     name: Literal["none", "shapes"] = "none"
-    seed: int = 0
+    seed: Seed = 0
     """Scenes are a pure function of (seed, split, index)."""
     canvas: int = Field(64, ge=16)
     """Scene size in px (square)."""
@@ -406,7 +467,7 @@ class WorldParams(_Section):
     detector: Literal["oracle", "pipeline"] = "oracle"
     """How world_lists finds and segments the critical object: ``oracle`` (the generator's boxes and masks) or
     ``pipeline`` (the ``detect``/``segment`` sections' models and settings, as the embedded default runs them)."""
-    threads: int = Field(1, ge=1)
+    threads: int = Field(1, ge=1, le=1024)  # a typo guard
     """torch intra-op threads of the world's stages. Results are bit-reproducible only for a fixed value (the
     order of float reductions follows it); more than one thread gains little on a model this small and, on a
     busy 2-core machine, makes every step many times slower."""
@@ -420,13 +481,20 @@ class WorldParams(_Section):
     @model_validator(mode="after")
     def _sides(self):
         if not self.min_side <= self.max_side <= self.canvas:
-            raise ValueError(f"need world.min_side <= world.max_side <= world.canvas, got {self.min_side}, "
-                             f"{self.max_side}, {self.canvas}")
+            raise _SectionError(f"need {{s}}min_side <= {{s}}max_side <= {{s}}canvas, got {self.min_side}, "
+                                f"{self.max_side}, {self.canvas}")
+        return self
+
+    @model_validator(mode="after")
+    def _grid_trains_something(self):
+        # the grid replaces world.train.method by each of its methods: each must train something
+        for method in self.grid.methods:
+            _check_objective(method, self.train.weights, "{s}train.", why=" (in {s}grid.methods)")
         return self
 
 
 class Params(_Section):
-    seed: int = 0
+    seed: Seed = 0
     model: ModelParams = ModelParams()
     data: DataParams = DataParams()
     bench: BenchParams = BenchParams()
@@ -470,7 +538,9 @@ def _format(err: ValidationError) -> str:
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
+        if isinstance(e.get("ctx", {}).get("error"), _SectionError):  # names its keys itself
+            lines.append(e["ctx"]["error"].render(key))
+        elif e["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown key{_did_you_mean(e['loc'])} (check the spelling; see lpoi/config.py for "
                          "the known ones)")
         elif e["type"] == "missing":

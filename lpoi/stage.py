@@ -356,13 +356,24 @@ def hold_stage(name: str, args, *, models=(), shard: str | None = None) -> Path:
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def pick_device(name: str | None = "auto") -> str:
-    """``"auto"`` (or None / ``""``) -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; anything else unchanged."""
-    if name not in (None, "", "auto"):
-        return str(name)
+def pick_device(name: str | None = "auto", key: str = "model.device") -> str:
+    """``"auto"`` (or None / ``""``) -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; anything else unchanged,
+    once this machine is known to have it (a :class:`StageError` naming ``key`` otherwise: torch's own error
+    comes later, from deep inside a model load, and never names the parameter)."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if name in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    name = str(name)
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(name.partition(":")[2] or 0)
+        if index >= count:
+            have = f"only {count} CUDA device(s)" if count else "no CUDA device (torch.cuda.is_available() is False)"
+            raise StageError(f"{key} is {name!r} but this machine has {have}; use {key}: auto or cpu")
+    elif name == "mps" and not torch.backends.mps.is_available():
+        raise StageError(f"{key} is 'mps' but this machine has no MPS device; use {key}: auto or cpu")
+    return name
 
 
 def write_metrics(path: str | os.PathLike, metrics: dict[str, Any]) -> None:
