@@ -160,11 +160,12 @@ def main() -> None:
         import mkdocs_gen_files
     except ImportError:
         mkdocs_gen_files = None
-    if mkdocs_gen_files is not None and __name__ != "__main__":  # under mkdocs build
+    if mkdocs_gen_files is not None and __name__ == "<run_path>":  # under mkdocs build (runpy.run_path)
         with mkdocs_gen_files.open(PAGE, "w") as f:
             f.write(text)
     else:
         sys.stdout.write(text + "\n")
 
 
-main()
+if __name__ in ("__main__", "<run_path>"):  # imported (the tests): render() only
+    main()
