@@ -40,9 +40,10 @@ from lpoi.download import (
 )
 from lpoi.download.sources import DatasetSpec, ExtractSpec, FileSpec, HubRef
 from lpoi.download.transfer import part_path
+import shared_data
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "benchmarks"
+SHARED = shared_data.SHARED / "benchmarks"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
@@ -569,8 +570,7 @@ def test_shipped_sources_are_valid_and_amber_hashes_match_the_official_files():
             if f.hub is not None:
                 assert f.hub.revision == "main" or re.fullmatch(r"[0-9a-f]{40}", f.hub.revision)
     amber = {f.path: f for f in specs["amber"].files}
-    if not SHARED.is_dir():
-        pytest.skip("../shared/benchmarks not present")
+    shared_data.shared_file("benchmarks")  # the official files (skips, naming ../shared, without them)
     for rel in ["annotations.json", "relation.json", "safe_words.txt", "query/query_all.json",
                 "query/query_discriminative-relation.json"]:
         b = (SHARED / "amber" / rel).read_bytes()
@@ -585,8 +585,7 @@ def test_shipped_sources_are_valid_and_amber_hashes_match_the_official_files():
 def test_amber_fetch_end_to_end_with_the_recorded_hashes(server, tmp_path):
     """The shipped AMBER entry, with its URLs pointed at the loopback server serving the official files:
     the recorded sizes/sha256 must accept the real bytes, and the layout must be the one the scorer reads."""
-    if not SHARED.is_dir():
-        pytest.skip("../shared/benchmarks not present")
+    shared_data.shared_file("benchmarks")  # the official files (skips, naming ../shared, without them)
     spec = load_sources()["amber"]
     files = []
     for f in spec.files:

@@ -15,7 +15,7 @@ import pytest
 
 from headtree import head_tree
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.needs_nltk]  # the DAG extracts objects with NLTK (detect)
 
 LISTGEN_STAGES = {"prepare", "detect", "segment", "verify", "lists", "reference"}
 WORLD_STAGES = {"world_data", "pretrain", "world_lists", "world_grid"}

@@ -14,9 +14,10 @@ import os
 from pathlib import Path
 
 import pytest
+import shared_data
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO.parent / "shared"
+SHARED = shared_data.SHARED
 OFFICIAL = SHARED / "benchmarks" / "amber"
 MINI = REPO / "data" / "sample" / "bench" / "amber"
 os.environ.setdefault("NLTK_DATA", str(SHARED / "nltk_data"))
@@ -32,10 +33,7 @@ if os.environ["NLTK_DATA"] not in nltk.data.path:  # nltk imported earlier by an
 
 @pytest.fixture(scope="module")
 def official() -> Path:
-    if not (OFFICIAL / "annotations.json").is_file():
-        pytest.skip(
-            f"official AMBER files not found at {OFFICIAL} (expected <repo>/../shared/benchmarks/amber)"
-        )
+    shared_data.shared_file("benchmarks", "amber", "annotations.json")  # skips, naming ../shared, without it
     return OFFICIAL
 
 
