@@ -16,7 +16,7 @@ __all__ = ["BENCHES", "ParamsError", "Params", "YES_NO_RULES", "load_params"]
 
 BENCHES = ("amber", "objhal", "mmhal")
 """The benchmarks, in the report's order: the sections of :class:`BenchParams` and the score stages."""
-YesNoRule = Literal["first-word", "lpoi", "exact"]
+YesNoRule = Literal["first-word", "lpoi", "exact", "paper"]
 YES_NO_RULES: tuple[str, ...] = get_args(YesNoRule)
 """AMBER's yes/no normalisation rules (``amber.yes_no``, ``stages/score.py amber --yes-no``)."""
 
@@ -279,10 +279,22 @@ class GenerateParams(_Section):
 class AmberParams(_Section):
     discriminative: Literal["generate", "logits"] = "generate"
     similarity: Literal["auto", "exact", "spacy-lg"] = "auto"
+    """Noun similarity of the generative scorer: ``spacy-lg`` (AMBER's inference.py: spaCy en_core_web_lg,
+    the score stage stops when it is missing), ``auto`` (spacy-lg when installed, else exact -- the
+    metrics' ``similarity`` and REPORT.md's warnings say which ran), ``exact``."""
     yes_no: YesNoRule = "first-word"
     """How generate turns a generated yes/no reply into the stored answer (the raw reply is kept too):
-    ``first-word`` = the first whole word yes/no; ``lpoi`` = the LPOI script's substring rule (to compare
-    with the paper); ``exact`` = unchanged. Not used with ``discriminative: logits`` (already Yes/No)."""
+    ``first-word`` = the first whole word yes/no; ``lpoi`` = the LPOI script's substring rule on the reply;
+    ``paper`` = that rule on what the official script decoded -- the whole sequence, prompt included (kept
+    as ``decoded_full``), from id 1004 on (generate-idefics-lpoi-amber.py); ``exact`` = unchanged. Not used
+    with ``discriminative: logits`` (already Yes/No); ``paper`` requires ``discriminative: generate``."""
+
+    @model_validator(mode="after")
+    def _paper_generates(self):
+        if self.yes_no == "paper" and self.discriminative != "generate":
+            raise ValueError("amber.yes_no 'paper' reads generated text: set amber.discriminative to 'generate' "
+                             f"(got {self.discriminative!r})")
+        return self
 
 
 class ScoreParams(_Section):
