@@ -178,9 +178,28 @@ class ListsParams(_Section):
 
 
 class ReferenceParams(_Section):
+    """How the training sequences are built -- read by the reference *and* train stages, so the precomputed
+    log-probs and the policy's always score identical token ids (``lpoi.train.collate.Tokenization``)."""
+
     max_length: int = Field(512, ge=16)
     """Tokens per sequence (prompt + image tokens + response); longer responses are truncated."""
     micro_batch_sequences: int = Field(12, ge=1)
+    tokenization: Literal["answer", "official"] = "answer"
+    """``answer``: the answer text + end of turn after the generation prompt, the response's tail cut at
+    ``max_length``. ``official``: what the official LPOI trainer scores (lpoi_dpo_trainer_5img.py, TRL 0.11's
+    DPOTrainer) -- the whole assistant turn as the chat template renders it + EOS ("Assistant: A<end_of_utterance>
+    \n</s>" for Idefics2), BOS ensured, ``keep_end`` truncation at ``max_length``/``max_prompt_length``
+    (official defaults 512/128)."""
+    max_prompt_length: int = Field(128, ge=1)
+    """``official`` only: the prompt's last tokens kept when prompt + the pair's longer answer exceed
+    ``max_length`` (TRL's default 128, trainer ~L736-742)."""
+
+    @model_validator(mode="after")
+    def _prompt_fits(self):
+        if self.tokenization == "official" and self.max_prompt_length >= self.max_length:
+            raise ValueError(f"reference.max_prompt_length ({self.max_prompt_length}) must be below "
+                             f"reference.max_length ({self.max_length})")
+        return self
 
 
 class LoraParams(_Section):

@@ -60,7 +60,7 @@ from lpoi.train.checkpoint import (
     remove_partial,
     save_checkpoint,
 )
-from lpoi.train.collate import CROP, SequenceBatch, method_columns
+from lpoi.train.collate import CROP, SequenceBatch, Tokenization, method_columns
 from lpoi.train.curves import Curves
 from lpoi.train.data import load_lists, steps_per_epoch
 from lpoi.train.distributed import (
@@ -162,7 +162,8 @@ class Recipe:
             self.ref_list, self.ref_rej, meta = load_reference(self.paths.reference, self.samples,
                                                                model_name=self.model_cfg.name,
                                                                max_length=self.ref_cfg.max_length,
-                                                               max_pixels=self.model_cfg.max_pixels)
+                                                               max_pixels=self.model_cfg.max_pixels,
+                                                               tokenization=Tokenization.of(self.ref_cfg))
             self.ref_dtype = meta.get("dtype")
             if self.ref_dtype != self.dtype and self.main:
                 warnings.warn(f"reference log-probs were computed in {self.ref_dtype} but training runs in "
@@ -238,7 +239,7 @@ class Recipe:
                                 batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, world=self.world,
                                 rank=self.acc.process_index, seed=cfg.seed)
         loader = iter(step_loader(self.processor, self.samples, self.columns, batches=batches,
-                                  max_length=self.ref_cfg.max_length, seed=cfg.seed,
+                                  tokenization=Tokenization.of(self.ref_cfg), seed=cfg.seed,
                                   num_workers=cfg.num_workers))
         self.n_truncated = 0
         bar = self._progress_bar()
