@@ -12,7 +12,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-__all__ = ["BENCHES", "ParamsError", "Params", "YES_NO_RULES", "load_params"]
+__all__ = ["BENCHES", "OFFICIAL_JUDGES", "ParamsError", "Params", "YES_NO_RULES", "load_params"]
 
 BENCHES = ("amber", "objhal", "mmhal")
 """The benchmarks, in the report's order: the sections of :class:`BenchParams` and the score stages."""
@@ -322,13 +322,26 @@ class ScoreParams(_Section):
     metrics (generation errors, judge/extraction errors): the rest would give a misleading score."""
 
 
+OFFICIAL_JUDGES = {"mmhal": "gpt-4-0314", "objhal": "gpt-3.5-turbo-0613"}
+"""The models the authors' scorers called (OFFICIAL_SETUP.md): LLaVA-RLHF's eval_gpt_mmhal.py judge and RLHF-V's
+eval_gpt_obj_halbench.py --use_gpt object extractor; the openai backend's names when ``judge.model`` is null."""
+
+
 class ObjhalParams(_Section):
     extractor: Literal["rules", "llm"] = "rules"
+    """``rules``: offline CHAIR parsing; ``llm``: RLHF-V's object extraction through the ``judge`` section's
+    client (``eval_gpt_obj_halbench.py --use_gpt``)."""
+    model: str | None = None
+    """The ``llm`` extractor's model; null = ``judge.model``, or when that is null too ``gpt-3.5-turbo-0613``
+    (RLHF-V's; retired by its vendor: any OpenAI-compatible stand-in, named in the report)."""
 
 
 class JudgeParams(_Section):
     backend: Literal["hf", "openai"] = "hf"
-    model: str = "tiny/llama"
+    model: str | None = "tiny/llama"
+    """The judge (and the Object HalBench extractor unless ``objhal.model``): a local causal LM for ``hf``; the
+    served model name for ``openai``, where null = the authors' judges -- ``gpt-4-0314`` for MMHal-Bench,
+    ``gpt-3.5-turbo-0613`` for the object extraction (:data:`OFFICIAL_JUDGES`)."""
     base_url: str | None = None
     api_key_env: str | None = "OPENAI_API_KEY"
     """Name of the environment variable holding the key (never the key itself); null for keyless local servers."""
@@ -346,7 +359,15 @@ class JudgeParams(_Section):
     def _openai_needs_url(self):
         if self.backend == "openai" and not self.base_url:
             raise ValueError("judge.base_url is required when judge.backend is 'openai'")
+        if self.backend == "hf" and self.model is None:
+            raise ValueError("judge.model is required when judge.backend is 'hf' (null names the authors' hosted "
+                             "judges, for the openai backend)")
         return self
+
+    def model_for(self, bench: str, override: str | None = None) -> str:
+        """The model that judges ``bench`` (``mmhal`` or ``objhal``): ``override`` (``objhal.model``), else
+        ``model``, else the authors' (:data:`OFFICIAL_JUDGES`)."""
+        return override or self.model or OFFICIAL_JUDGES[bench]
 
 
 class ReportParams(_Section):
