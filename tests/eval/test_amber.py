@@ -159,7 +159,10 @@ YES_NO_RULE_TABLE = [
 
 @pytest.mark.parametrize(("reply", "expected"), YES_NO_RULE_TABLE)
 def test_yes_no_rules(reply, expected):
-    assert tuple(amber.normalize_yes_no(reply, rule) for rule in amber.YES_NO_RULES) == expected
+    assert tuple(amber.normalize_yes_no(reply, rule) for rule in ("first-word", "lpoi", "exact")) == expected
+    # "paper" is the same substring rule, given the decoded prompt + reply instead (tests below)
+    assert amber.normalize_yes_no(reply, "paper") == expected[1]
+    assert set(amber.YES_NO_RULES) == {"first-word", "lpoi", "exact", "paper"}
 
 
 def test_answer_row_normalizer_keeps_the_raw_reply():
