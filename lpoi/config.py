@@ -13,11 +13,12 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-__all__ = ["BENCHES", "DEVICES", "METHOD_TERMS", "ParamsError", "Params", "YES_NO_RULES", "load_params"]
+__all__ = ["BENCHES", "DEVICES", "METHOD_TERMS", "OFFICIAL_JUDGES", "ParamsError", "Params", "YES_NO_RULES",
+           "load_params"]
 
 BENCHES = ("amber", "objhal", "mmhal")
 """The benchmarks, in the report's order: the sections of :class:`BenchParams` and the score stages."""
-YesNoRule = Literal["first-word", "lpoi", "exact"]
+YesNoRule = Literal["first-word", "lpoi", "exact", "paper"]
 YES_NO_RULES: tuple[str, ...] = get_args(YesNoRule)
 """AMBER's yes/no normalisation rules (``amber.yes_no``, ``stages/score.py amber --yes-no``)."""
 
@@ -221,9 +222,28 @@ class ListsParams(_Section):
 
 
 class ReferenceParams(_Section):
+    """How the training sequences are built -- read by the reference *and* train stages, so the precomputed
+    log-probs and the policy's always score identical token ids (``lpoi.train.collate.Tokenization``)."""
+
     max_length: int = Field(512, ge=16, le=131_072)  # beyond every supported model's context window
     """Tokens per sequence (prompt + image tokens + response); longer responses are truncated."""
     micro_batch_sequences: int = Field(12, ge=1, le=4096)  # sequences per forward (a typo guard)
+    tokenization: Literal["answer", "official"] = "answer"
+    """``answer``: the answer text + end of turn after the generation prompt, the response's tail cut at
+    ``max_length``. ``official``: what the official LPOI trainer scores (lpoi_dpo_trainer_5img.py, TRL 0.11's
+    DPOTrainer) -- the whole assistant turn as the chat template renders it + EOS ("Assistant: A<end_of_utterance>
+    \n</s>" for Idefics2), BOS ensured, ``keep_end`` truncation at ``max_length``/``max_prompt_length``
+    (official defaults 512/128)."""
+    max_prompt_length: int = Field(128, ge=1, le=131_072)
+    """``official`` only: the prompt's last tokens kept when prompt + the pair's longer answer exceed
+    ``max_length`` (TRL's default 128, trainer ~L736-742)."""
+
+    @model_validator(mode="after")
+    def _prompt_fits(self):
+        if self.tokenization == "official" and self.max_prompt_length >= self.max_length:
+            raise _SectionError(f"{{s}}max_prompt_length ({self.max_prompt_length}) must be below "
+                                f"{{s}}max_length ({self.max_length})")
+        return self
 
 
 class LoraParams(_Section):
@@ -339,10 +359,22 @@ class GenerateParams(_Section):
 class AmberParams(_Section):
     discriminative: Literal["generate", "logits"] = "generate"
     similarity: Literal["auto", "exact", "spacy-lg"] = "auto"
+    """Noun similarity of the generative scorer: ``spacy-lg`` (AMBER's inference.py: spaCy en_core_web_lg,
+    the score stage stops when it is missing), ``auto`` (spacy-lg when installed, else exact -- the
+    metrics' ``similarity`` and REPORT.md's warnings say which ran), ``exact``."""
     yes_no: YesNoRule = "first-word"
     """How generate turns a generated yes/no reply into the stored answer (the raw reply is kept too):
-    ``first-word`` = the first whole word yes/no; ``lpoi`` = the LPOI script's substring rule (to compare
-    with the paper); ``exact`` = unchanged. Not used with ``discriminative: logits`` (already Yes/No)."""
+    ``first-word`` = the first whole word yes/no; ``lpoi`` = the LPOI script's substring rule on the reply;
+    ``paper`` = that rule on what the official script decoded -- the whole sequence, prompt included (kept
+    as ``decoded_full``), from id 1004 on (generate-idefics-lpoi-amber.py); ``exact`` = unchanged. Not used
+    with ``discriminative: logits`` (already Yes/No); ``paper`` requires ``discriminative: generate``."""
+
+    @model_validator(mode="after")
+    def _paper_generates(self):
+        if self.yes_no == "paper" and self.discriminative != "generate":
+            raise ValueError("amber.yes_no 'paper' reads generated text: set amber.discriminative to 'generate' "
+                             f"(got {self.discriminative!r})")
+        return self
 
 
 class ScoreParams(_Section):
@@ -351,13 +383,26 @@ class ScoreParams(_Section):
     metrics (generation errors, judge/extraction errors): the rest would give a misleading score."""
 
 
+OFFICIAL_JUDGES = {"mmhal": "gpt-4-0314", "objhal": "gpt-3.5-turbo-0613"}
+"""The models the authors' scorers called (OFFICIAL_SETUP.md): LLaVA-RLHF's eval_gpt_mmhal.py judge and RLHF-V's
+eval_gpt_obj_halbench.py --use_gpt object extractor; the openai backend's names when ``judge.model`` is null."""
+
+
 class ObjhalParams(_Section):
     extractor: Literal["rules", "llm"] = "rules"
+    """``rules``: offline CHAIR parsing; ``llm``: RLHF-V's object extraction through the ``judge`` section's
+    client (``eval_gpt_obj_halbench.py --use_gpt``)."""
+    model: str | None = None
+    """The ``llm`` extractor's model; null = ``judge.model``, or when that is null too ``gpt-3.5-turbo-0613``
+    (RLHF-V's; retired by its vendor: any OpenAI-compatible stand-in, named in the report)."""
 
 
 class JudgeParams(_Section):
     backend: Literal["hf", "openai"] = "hf"
-    model: str = "tiny/llama"
+    model: str | None = "tiny/llama"
+    """The judge (and the Object HalBench extractor unless ``objhal.model``): a local causal LM for ``hf``; the
+    served model name for ``openai``, where null = the authors' judges -- ``gpt-4-0314`` for MMHal-Bench,
+    ``gpt-3.5-turbo-0613`` for the object extraction (:data:`OFFICIAL_JUDGES`)."""
     base_url: str | None = None
     api_key_env: str | None = "OPENAI_API_KEY"
     """Name of the environment variable holding the key (never the key itself); null for keyless local servers."""
@@ -375,7 +420,15 @@ class JudgeParams(_Section):
     def _openai_needs_url(self):
         if self.backend == "openai" and not self.base_url:
             raise _SectionError("{s}base_url is required when {s}backend is 'openai'")
+        if self.backend == "hf" and self.model is None:
+            raise _SectionError("{s}model is required when {s}backend is 'hf' (null names the authors' hosted "
+                                "judges, for the openai backend)")
         return self
+
+    def model_for(self, bench: str, override: str | None = None) -> str:
+        """The model that judges ``bench`` (``mmhal`` or ``objhal``): ``override`` (``objhal.model``), else
+        ``model``, else the authors' (:data:`OFFICIAL_JUDGES`)."""
+        return override or self.model or OFFICIAL_JUDGES[bench]
 
 
 class ReportParams(_Section):

@@ -41,7 +41,7 @@ def main():
         stats = generate_answers(model, proc, items, st.path / "answers.jsonl", batch_size=g.batch_size,
                                  max_new_tokens=g.max_new_tokens, do_sample=g.do_sample, temperature=g.temperature,
                                  top_p=g.top_p, num_beams=g.num_beams, yes_no=yes_no, normalize_yes_no=normalize,
-                                 journal=True)
+                                 journal=True, decoded_full=args.bench == "amber" and p.amber.yes_no == "paper")
         st.finish(args.metrics, {"adapter": bool(adapter), **stats.pop("output")}, stats)
 
 
@@ -51,8 +51,8 @@ def _items(bench: str, p, out, limit):
     if bench == "amber":
         from lpoi.eval.benchmarks import amber
 
-        return (amber.generation_items(b.path("amber", "."), b.path("amber", b.amber.images_dir), limit=limit),
-                p.amber.discriminative)
+        return (amber.generation_items(b.path("amber", "."), b.path("amber", b.amber.images_dir), limit=limit,
+                                       rule=p.amber.yes_no), p.amber.discriminative)
     if bench == "objhal":
         from lpoi.eval.benchmarks import objhal
 

@@ -24,6 +24,7 @@ Answer rows (``answers.jsonl``, one JSON object per line, in input order)::
     {"id", "question", "response", ...extra}                       # generated
     {"id", "question", "response", "logprob_yes", "logprob_no", ...extra}   # yes_no="logits" items
     {"id", "question", "response", "raw_response", ...extra}       # generated yes/no items, normalize_yes_no given
+    {..., "decoded_full", ...}    # generated yes/no items with decoded_full=True (AMBER's paper mode)
     {"id", "question", "response": "", "error", "error_detail", ...extra}    # image could not be used
 
 ``...extra`` are the item's other keys copied through (e.g. ``image_id``, ``task``), except the
@@ -70,7 +71,8 @@ from lpoi.runner import Runner, StageOutput, Tally, Write, summarize
 __all__ = ["AdapterError", "answers_metrics", "answers_tally", "generate_answers", "load_for_generation"]
 
 CONTROL_KEYS = ("id", "question", "image", "yes_no")  # consumed here, not copied into the row
-RESERVED_KEYS = ("response", "raw_response", "error", "error_detail", "logprob_yes", "logprob_no")  # written here
+RESERVED_KEYS = ("response", "raw_response", "decoded_full", "error", "error_detail", "logprob_yes",
+                 "logprob_no")  # written here
 _OWN_GENERATE_KWARGS = ("max_new_tokens", "do_sample", "temperature", "top_p", "num_beams", "pad_token_id")
 
 
@@ -215,6 +217,7 @@ def generate_answers(
     retry_errors: bool = False,
     normalize_yes_no=None,
     journal: bool = False,
+    decoded_full: bool = False,
 ) -> dict[str, Any]:
     """Answer ``items`` into ``out_path`` (append-only JSONL, resumable); return throughput stats.
 
@@ -226,6 +229,10 @@ def generate_answers(
     row format, error rows, resume and ``yes_no``. ``normalize_yes_no(row)`` (e.g.
     :func:`lpoi.eval.benchmarks.amber.answer_row_normalizer`) is applied to the row of every yes/no
     item answered by generation before it is written (it keeps the raw reply as ``raw_response``).
+    ``decoded_full``: those rows also keep ``decoded_full``, the prompt's and the generated ids (up to the
+    first end-of-sequence) decoded together with ``skip_special_tokens=True`` -- the text the official LPOI
+    AMBER script stored (``processor.batch_decode(generated_ids, skip_special_tokens=True)[0]``, batch 1,
+    so no padding: the left pads are left out here).
 
     Stats: ``n_items`` (items considered), ``n_generated`` (rows answered by the model in this call,
     both modes), ``n_logits`` (of which by yes/no logits), ``n_errors`` + ``errors`` (per reason),
@@ -251,7 +258,7 @@ def generate_answers(
             write_jsonl(out_path, kept)
 
     job = _AnswerJob(model, processor, gen_kwargs, _eos_ids(model, gen_kwargs.get("eos_token_id")), id_key,
-                     normalize_yes_no)
+                     normalize_yes_no, decoded_full)
     with StageOutput(out_path, None, "0/1", key=id_key, journal=journal) as out:
         # greedy text is batch-invariant, so a resumed block generates only its unfinished items; the
         # log-probs of yes/no items are floats that depend (in their last bits) on the batch mates, so
@@ -289,9 +296,11 @@ def _generate_kwargs(model, processor, *, max_new_tokens, do_sample, temperature
 class _AnswerJob:
     """The generate stage's two halves for the runner: load a block's images, answer a block."""
 
-    def __init__(self, model, processor, gen_kwargs: dict, eos_ids: set[int], id_key: str, normalize_yes_no=None):
+    def __init__(self, model, processor, gen_kwargs: dict, eos_ids: set[int], id_key: str, normalize_yes_no=None,
+                 decoded_full: bool = False):
         self.model, self.processor, self.gen_kwargs, self.eos_ids, self.id_key = model, processor, gen_kwargs, eos_ids, id_key
         self.normalize_yes_no = normalize_yes_no  # a generated yes/no reply -> the stored answer (raw kept)
+        self.decoded_full = decoded_full
         self._yes_no_ids: tuple[int, int] | None = None  # read at the first logits block (a template's
         # error -- "Yes" merging with the prompt -- concerns the logits mode only)
 
@@ -322,7 +331,8 @@ class _AnswerJob:
         if todo and block[0]["mode"] == "logits":
             _answer_by_logits(self.model, self.processor, todo, self.yes_no_ids())
         elif todo:
-            tokens = _answer_by_generate(self.model, self.processor, todo, self.gen_kwargs, self.eos_ids)
+            full = [self.decoded_full and bool(w["item"].get("yes_no")) for r, w in zip(rows, block) if "_image" in r]
+            tokens = _answer_by_generate(self.model, self.processor, todo, self.gen_kwargs, self.eos_ids, full)
         n_new = {id(r): n for r, n in zip(todo, tokens)}
         for r, w in zip(rows, block):
             r.pop("_image", None)
@@ -363,8 +373,10 @@ def answers_metrics(path: str | os.PathLike) -> dict[str, Any]:
             "errors": dict(sorted(c["errors"].items()))}
 
 
-def _answer_by_generate(model, processor, rows: list[dict], gen_kwargs: dict, eos_ids: set[int]) -> list[int]:
-    """Fill ``response`` of each row by batched generation; return each row's number of new tokens."""
+def _answer_by_generate(model, processor, rows: list[dict], gen_kwargs: dict, eos_ids: set[int],
+                        full: list[bool] | None = None) -> list[int]:
+    """Fill ``response`` of each row by batched generation (and ``decoded_full`` where ``full``); return
+    each row's number of new tokens."""
     import torch
 
     from lpoi.models.chat import tokenizer_of
@@ -376,9 +388,14 @@ def _answer_by_generate(model, processor, rows: list[dict], gen_kwargs: dict, eo
     new = out[:, width:].cpu()  # left padding: every prompt ends at column `width`
     tok = tokenizer_of(processor)
     n_tokens = []
-    for r, ids in zip(rows, new.tolist()):
+    prompt_lengths = enc["attention_mask"].sum(-1).tolist()
+    for i, (r, ids) in enumerate(zip(rows, new.tolist())):
         r["response"] = tok.decode(ids, skip_special_tokens=True).strip()
-        n_tokens.append(_n_until_eos(ids, eos_ids))
+        n = _n_until_eos(ids, eos_ids)
+        n_tokens.append(n)
+        if full and full[i]:  # the prompt's own ids (pads cut off) + the reply up to its end-of-sequence
+            prompt = enc["input_ids"][i, width - int(prompt_lengths[i]):].tolist()
+            r["decoded_full"] = tok.decode(prompt + ids[:n], skip_special_tokens=True)
     return n_tokens
 
 

@@ -98,7 +98,8 @@ def build_report(paths: ReportPaths, p, raw_params: dict[str, Any], rows: int = 
     paper, note = paper_row(p, paper_table)
     page = render(ReportInputs(summary=summary, sources=sources, choices=choices, changes=changes,
                                models=model_names(p), random_roles=roles, method=p.train.method,
-                               yes_no=p.amber.yes_no, paper=paper, paper_note=note, world=_world_table(paths.world)))
+                               yes_no=p.amber.yes_no, discriminative=p.amber.discriminative, paper=paper,
+                               paper_note=note, world=_world_table(paths.world)))
     atomic_write_bytes(paths.out_dir / "REPORT.md", page.encode("utf-8"))
     return summary
 

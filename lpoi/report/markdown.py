@@ -34,6 +34,7 @@ class ReportInputs:
     paper: Mapping[str, Any] | None = None  # summary key -> the paper's value (filled ones only)
     paper_note: str | None = None
     world: str | None = None  # the miniature's comparison table (metrics/world.md) when world=shapes ran
+    discriminative: str = "generate"  # amber.discriminative: how the yes/no items were answered
 
 
 def fmt(value: Any, digits: int) -> str:
@@ -109,12 +110,22 @@ def _warnings(r: ReportInputs) -> list[str]:
 
 
 def _judge_line(r: ReportInputs) -> str:
+    """Who scored what: the judges and extractors that produced the numbers, and AMBER's rules (the authors
+    used MMHal gpt-4-0314, Object HalBench extraction gpt-3.5-turbo-0613, spaCy en_core_web_lg)."""
     parts = []
     for bench, label in (("mmhal", "MMHal-Bench"), ("objhal", "Object HalBench objects")):
         m = r.sources.get(bench) or {}
         if m.get("judge"):
             date = m.get("judge_date") or "local model, no request sent"
             parts.append(f"{label}: `{m['judge']}` ({date})")
+        elif bench == "objhal" and m.get("extractor") == "rules":
+            parts.append(f"{label}: rule-based extraction (objhal.extractor: rules, no LLM)")
+    am = r.sources.get("amber") or {}
+    if am.get("similarity"):
+        nouns = "spaCy en_core_web_lg similarity" if am["similarity"] == "spacy-lg" else "exact noun matching"
+        yes_no = ("yes/no by Yes vs No next-token logits" if r.discriminative == "logits" else
+                  f"generated yes/no replies stored under amber.yes_no: {r.yes_no}")
+        parts.append(f"AMBER: {nouns}, {yes_no}")
     return "; ".join(parts) or "no judge used"
 
 

@@ -116,6 +116,23 @@ def test_report_table_matches_the_summary_and_warns():
     assert len(page.splitlines()) < 70  # one screen
 
 
+def test_report_names_every_judge_extractor_and_amber_rule():
+    """The Judge section says who scored what: the LLM extractor's label, or that rules extracted the objects;
+    AMBER's noun matching and yes/no rule (the authors': spaCy en_core_web_lg, the paper substring rule)."""
+    llm = {**OBJHAL, "extractor": "llm", "judge": "openai-compatible:gpt-3.5-turbo-0613@http://127.0.0.1:9/v1",
+           "judge_date": "2026-12-06"}
+    amber = {**AMBER, "similarity": "spacy-lg"}
+    page = render(_inputs(sources={**SOURCES, "objhal": llm, "amber": amber}, yes_no="paper"))
+    judge = page.split("## Judge", 1)[1].split("## Warnings", 1)[0]
+    assert "Object HalBench objects: `openai-compatible:gpt-3.5-turbo-0613@http://127.0.0.1:9/v1` (2026-12-06)" in judge
+    assert "AMBER: spaCy en_core_web_lg similarity, generated yes/no replies stored under amber.yes_no: paper" in judge
+    rules = render(_inputs(sources={**SOURCES, "objhal": {**OBJHAL, "extractor": "rules"}}))
+    assert "Object HalBench objects: rule-based extraction (objhal.extractor: rules, no LLM)" in rules
+    assert "AMBER: exact noun matching" in rules
+    logits = render(_inputs(discriminative="logits"))
+    assert "AMBER: exact noun matching, yes/no by Yes vs No next-token logits" in logits
+
+
 def test_paper_column_only_for_filled_values_of_paper_profiles_on_full_benchmarks(tmp_path):
     table = json.loads((REPO / "lpoi/report/paper_table1.json").read_text())
     assert set(table["rows"]) == {"HuggingFaceM4/idefics2-8b", "llava-hf/llava-1.5-7b-hf", "llava-hf/llava-1.5-13b-hf"}
