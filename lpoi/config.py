@@ -256,6 +256,10 @@ class TrainParams(_Section):
     """DataLoader workers for image decoding and tokenisation."""
     logging_steps: int = Field(1, ge=1)
     """Log a curve point every N optimizer steps (and at the last)."""
+    disable_dropout: bool = False
+    """Set every ``torch.nn.Dropout`` of the base model to p = 0 before training, as TRL's DPO trainer does
+    (``disable_dropout=True`` in the official LPOI config): the policy and the adapter-disabled reference
+    then see the same network. Off by default (LoRA dropout is ``lora.dropout`` either way)."""
 
     @field_validator("beta")
     @classmethod
