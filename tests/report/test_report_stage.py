@@ -116,22 +116,23 @@ def test_report_table_matches_the_summary_and_warns():
     assert len(page.splitlines()) < 70  # one screen
 
 
-def test_paper_column_only_for_filled_values_of_paper_profiles_on_full_benchmarks(tmp_path):
+def test_paper_column_only_for_real_paper_models_on_full_benchmarks(tmp_path):
     table = json.loads((REPO / "lpoi/report/paper_table1.json").read_text())
     assert set(table["rows"]) == {"HuggingFaceM4/idefics2-8b", "llava-hf/llava-1.5-7b-hf", "llava-hf/llava-1.5-13b-hf"}
     assert paper_row(_params()) == (None, None)  # tiny model: no paper row, no note
     ide = {"model": {"name": "HuggingFaceM4/idefics2-8b"}}
-    row, note = paper_row(_params(**ide))
+    real_judge = {"backend": "openai", "model": "gpt-4-0314", "base_url": "http://127.0.0.1:9/v1"}
+    row, note = paper_row(_params(**ide, judge=real_judge))
     assert row is None and "bench=mini" in note
-    row, note = paper_row(_params(**ide, bench={"name": "full"}))
-    assert row is None and "not transcribed" in note  # the committed table is empty, and says so
-    table["rows"]["HuggingFaceM4/idefics2-8b"]["amber.CHAIR"] = 4.3  # a filled value (made up for the test)
-    (tmp_path / "t.json").write_text(json.dumps(table))
-    row, note = paper_row(_params(**ide, bench={"name": "full"}), tmp_path / "t.json")
-    assert row == {"amber.CHAIR": 4.3} and "Table 1" in note
-    page = render(_inputs(paper=row, paper_note=note))
+    # a real model judged by the tiny random judge: random MMHal numbers never stand beside the paper's
+    assert paper_row(_params(**ide, bench={"name": "full"})) == (None, None)
+    row, note = paper_row(_params(**ide, bench={"name": "full"}, judge=real_judge))
+    assert row["amber.CHAIR"] == 2.6 and row["mmhal.score"] == 2.88 and "Table 1" in note  # the LPOI row
+    row, _ = paper_row(_params(**ide, bench={"name": "full"}, judge=real_judge, generate={"use_adapter": False}))
+    assert row["amber.CHAIR"] == 3.4  # the base model's row
+    page = render(_inputs(paper={"amber.CHAIR": 4.3}, paper_note=note))
     line = next(x for x in page.splitlines() if "| CHAIR ↓ |" in x)
-    assert line.strip().endswith("| 91.7 | 4.3 |") and "paper (Table 1)" in page
+    assert line.strip().endswith("| 91.7 | 4.3 | +87.4 |") and "paper (Table 1) | Δ" in page
 
 
 # ------------------------------------------------------------------------------------------ profile diff
