@@ -668,3 +668,66 @@ def test_malformed_sources_are_refused_naming_the_entry(tmp_path, entry, needle)
     with pytest.raises(ValueError) as ei:
         load_sources(p)
     assert needle in str(ei.value) and "datasets.d.files[0]" in str(ei.value)
+
+
+# ---------------------------------------------------------------------------------------------- real sources (issue 20)
+
+
+def _jpeg(seed: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (24, 16), (seed * 40 % 256, 80, 120)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_shipped_sources_pin_the_working_vlfeedback_zip_and_coco_url():
+    """../shared/paper/DATA_SOURCES.md: VLFeedback replaced its zip at 21072e5; images.cocodataset.org fails TLS."""
+    specs = load_sources()
+    zipf = {f.path: f for f in specs["mdpo-10k"].files}["downloads/merged_images.zip"]
+    assert (zipf.size, zipf.sha256) == (2910186386, "d484076f7fc2f986724c182ef39829a373b66080b70a85f23411d5ab1461e9eb")
+    assert zipf.hub.revision != "9a18ebceacadef27e7287f4ca025bf52d0385346" and zipf.extract.strip_top_dir
+    coco = {f.path: f for f in specs["objhal"].files}["downloads/annotations_trainval2014.zip"]
+    assert coco.url == "https://s3.amazonaws.com/images.cocodataset.org/annotations/annotations_trainval2014.zip"
+    assert (coco.size, coco.sha256) == (252872794, "031296bbc80c45a1d1f76bf9a90ead27e94e99ec629208449507a4917a3bf009")
+
+
+def test_mdpo10k_fixed_zip_layout_and_the_three_img_path_forms_resolve(server, tmp_path, monkeypatch):
+    """The shipped mdpo-10k entry against a loopback hub: the replaced zip's layout (merged_images/<id>.jpg)
+    lands in images/, and records naming their image as images/<id>.jpg, <id>.jpg or data/images/<id>.jpg all
+    resolve by basename (the check says how many, prepare accepts them); a missing one is a reject."""
+    from lpoi.listgen.prepare import prepare_records
+
+    spec = load_sources()["mdpo-10k"]
+    archive = make_zip([(f"merged_images/{i}.jpg", _jpeg(i)) for i in range(3)])
+    pairs = json.dumps([{"img_path": p, "prompt": f"q{i}", "chosen": "c", "rejected": "r"} for i, p in
+                        enumerate(["images/0.jpg", "1.jpg", "data/images/2.jpg", "images/404.jpg"])]).encode()
+    files = []
+    for f in spec.files:
+        body = archive if f.extract else pairs
+        server.hub[f"/datasets/{f.hub.repo_id}/resolve/{f.hub.revision}/{f.hub.filename}"] = body
+        files.append(dataclasses.replace(f, size=len(body), sha256=sha(body)))  # stand-ins for the 2.9 GB zip
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    dest = tmp_path / "mdpo-10k"
+    rep = fetch("mdpo-10k", dest, sources={"mdpo-10k": dataclasses.replace(spec, files=tuple(files))}, progress=False)
+    assert files_under(dest / "images") == ["0.jpg", "1.jpg", "2.jpg"]
+    note = next(n for n in rep.notes if "records find their img_path" in n)
+    assert "3/4 records" in note and "(2 of them by basename only)" in note and "'images/404.jpg'" in note
+    out = list(prepare_records(dest / "sample_10k_llava.json", dest / "images"))
+    assert [kind for kind, _ in out] == ["ok", "ok", "ok", "reject"] and out[3][1]["reason"] == "missing_image"
+    assert [Path(r["image_path"]).name for kind, r in out[:3]] == ["0.jpg", "1.jpg", "2.jpg"]
+
+
+def test_objhal_coco_annotations_layout_from_the_recorded_url_path(server, tmp_path):
+    spec = load_sources()["objhal"]
+    inst, caps = b'{"images": [], "annotations": []}', b'{"annotations": []}'
+    archive = make_zip([("annotations/instances_val2014.json", inst), ("annotations/captions_val2014.json", caps),
+                        ("annotations/instances_train2014.json", b"{}")])
+    f = next(f for f in spec.files if f.extract)
+    path = "/" + f.url.split("://", 1)[1].split("/", 1)[1]  # /images.cocodataset.org/annotations/...
+    server.files[path] = archive
+    only = dataclasses.replace(f, url=server.url + path, size=len(archive), sha256=sha(archive))
+    dest = tmp_path / "objhal"
+    fetch("objhal", dest, sources={"objhal": dataclasses.replace(spec, files=(only,))}, progress=False)
+    assert (dest / "coco" / "instances_val2014.json").read_bytes() == inst
+    assert (dest / "coco" / "captions_val2014.json").read_bytes() == caps

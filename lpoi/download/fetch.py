@@ -361,25 +361,34 @@ def _run_checks(spec: DatasetSpec, dest: Path) -> list[str]:
             notes.append(f"unknown check type {c.get('type')!r} skipped")
             continue
         root = dest / c["root"]
-        n = ok = 0
+        n = ok = by_name = 0
         bad: list[str] = []
+        mode = c.get("basename")  # true: by basename only; "fallback": the path, else its basename (as prepare)
         for rec in read_records(dest / c["records"]):
             n += 1
             v = rec.get(c["field"]) if isinstance(rec, dict) else None
-            rel = v.rsplit("/", 1)[-1] if isinstance(v, str) and c.get("basename") else v
-            try:
-                found = isinstance(rel, str) and safe_join(root, rel).is_file()
-            except ValueError:
-                found = False
+            name = v.replace("\\", "/").rsplit("/", 1)[-1] if isinstance(v, str) else None
+            found = _is_file_under(root, name if mode is True else v)
+            if not found and mode == "fallback" and name != v and _is_file_under(root, name):
+                found, by_name = True, by_name + 1
             if found:
                 ok += 1
             elif len(bad) < 3:
                 bad.append(repr(v))
         msg = f"{c['records']}: {ok}/{n} records find their {c['field']} under {c['root']}/"
+        if by_name:
+            msg += f" ({by_name} of them by basename only)"
         if ok < n:
             msg += f"; missing e.g. {', '.join(bad)} (downstream stages will reject those samples: reason 'missing')"
         notes.append(msg)
     return notes
+
+
+def _is_file_under(root: Path, rel) -> bool:
+    try:
+        return isinstance(rel, str) and bool(rel) and safe_join(root, rel).is_file()
+    except ValueError:
+        return False
 
 
 def _human(n: int | None) -> str:

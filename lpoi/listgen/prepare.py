@@ -73,7 +73,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lpoi.config import PrepareParams
@@ -203,6 +203,22 @@ def _needs_normalising(decoded) -> bool:
     if decoded.mode != "RGB":
         return True
     return decoded.getexif().get(_EXIF_ORIENTATION, 1) not in (1, None)
+
+
+def _resolve_image(root: Path, rel: str) -> Path | None:
+    """``root/rel``, else ``root/<basename of rel>``: the public copies of the 10k pairs write img_path as
+    ``images/<id>.jpg`` (mDPO), ``<id>.jpg`` or ``data/images/<id>.jpg`` (LPOI) over one flat image folder."""
+    path = root / rel  # as the caller gave the root: relative roots stay relative
+    if path.is_file():
+        return path
+    name = PurePosixPath(_norm_rel(rel)).name
+    if not name or name == rel or not (root / name).is_file():
+        return None
+    try:
+        safe_join(root, name)  # a symlink named like the image must not lead out of the root either
+    except UnsafePathError:
+        return None
+    return root / name
 
 
 def _norm_rel(rel: str) -> str:
@@ -406,9 +422,9 @@ def prepare_records(
                 safe_join(root, rel)
             except UnsafePathError as e:
                 raise _Reject("unsafe_path", str(e)) from None
-            path = root / rel  # as the caller gave the root: relative roots stay relative
-            if not path.is_file():
-                raise _Reject("missing_image", f"no such image file: {path}")
+            path = _resolve_image(root, rel)
+            if path is None:
+                raise _Reject("missing_image", f"no such image file: {root / rel} (nor by its basename in {root})")
             img_sha = sha256_file(path)
             key = content_key(img_sha, fields["prompt"], fields["chosen"], fields["rejected"])
             if rid is None:
