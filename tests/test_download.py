@@ -562,7 +562,8 @@ def test_cli_subprocess_with_hf_endpoint_from_the_environment(server, tmp_path):
 
 def test_shipped_sources_are_valid_and_amber_hashes_match_the_official_files():
     specs = load_sources()
-    assert {n for n, s in specs.items() if s.kind == "dataset"} == {"mdpo-10k", "amber", "objhal", "mmhal"}
+    assert {n for n, s in specs.items() if s.kind == "dataset"} == {"mdpo-10k", "amber", "objhal", "mmhal",
+                                                                   "lpoi-official"}
     for spec in specs.values():
         for f in spec.files:
             assert f.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", f.sha256)
@@ -620,7 +621,8 @@ def test_shipped_checkpoints_pin_the_official_files():
     """The three original checkpoints of issue 13: the official URLs, with size and sha256 recorded (values
     published by several independent projects; a download checks them)."""
     ck = {n: s for n, s in load_sources().items() if s.kind == "checkpoint"}
-    assert set(ck) == {"sam-vit-b", "sam-vit-h", "groundingdino-swint-ogc"}
+    assert set(ck) == {"sam-vit-b", "sam-vit-h", "groundingdino-swint-ogc", "lpoi-official-idefics2-8b",
+                       "lpoi-official-llava-1.5-7b", "lpoi-official-llava-1.5-13b"}  # (the last three: Drive)
     expect = {"sam-vit-b": ("sam_vit_b_01ec64.pth", 375042383, "ec2df627"),
               "sam-vit-h": ("sam_vit_h_4b8939.pth", 2564550879, "a7bf3b02"),
               "groundingdino-swint-ogc": ("groundingdino_swint_ogc.pth", 693997677, "3b3ca256")}
@@ -658,7 +660,7 @@ def test_checkpoint_cli_lands_in_models_external_and_refuses_a_wrong_file(server
     "entry, needle",
     [({"path": "a", "url": "https://x/a", "sha256": "abc"}, "64 lowercase hex"),
      ({"path": "../a", "url": "https://x/a", "sha256": TO_BE_FILLED}, "stay inside"),
-     ({"path": "a", "sha256": TO_BE_FILLED}, "exactly one of 'url' or 'hub'"),
+     ({"path": "a", "sha256": TO_BE_FILLED}, "exactly one of 'url', 'hub' or 'gdrive'"),
      ({"path": "a", "url": "file:///etc/passwd", "sha256": TO_BE_FILLED}, "http(s)"),
      ({"path": "a", "url": "https://x/a", "sha256": TO_BE_FILLED, "sha": "typo"}, "unknown key")],
 )
@@ -731,3 +733,73 @@ def test_objhal_coco_annotations_layout_from_the_recorded_url_path(server, tmp_p
     fetch("objhal", dest, sources={"objhal": dataclasses.replace(spec, files=(only,))}, progress=False)
     assert (dest / "coco" / "instances_val2014.json").read_bytes() == inst
     assert (dest / "coco" / "captions_val2014.json").read_bytes() == caps
+
+
+# ---------------------------------------------------------------------------------------------- the authors' Drive files
+
+
+DRIVE_IDS = {"sample_10k_llava.json": "1AzziQDSRVz0c6YqTpPq30JKRccCkwTMc",  # official README, one by one
+             "downloads/images.zip": "1BTmzMuCR40qxCevdmXN7vZ0b6LpjyWlb",
+             "downloads/ours_cmask_until_list5.zip": "19Srx3NzFNedjmp26iqNK3sRr_nX9XSS_"}
+ADAPTER_IDS = {"lpoi-official-idefics2-8b": "1t-_J9Dg-PF25YYtjCsB-U3VBd35gH4_q",
+               "lpoi-official-llava-1.5-7b": "1NNp-giqNjPQhdpNPpJStNmCEkzkCXtPX",
+               "lpoi-official-llava-1.5-13b": "1mqlSxxXiECTi84e3BfwbeWS-_nakEKc4"}
+
+
+def test_lpoi_official_sources_are_the_readme_drive_files():
+    specs = load_sources()
+    assert {f.path: f.gdrive for f in specs["lpoi-official"].files} == DRIVE_IDS
+    for name, fid in ADAPTER_IDS.items():
+        assert specs[name].kind == "checkpoint" and [f.gdrive for f in specs[name].files] == [fid]
+
+
+def test_lpoi_official_offline_names_each_file_its_drive_link_and_where_to_put_it(tmp_path):
+    dest = tmp_path / "lpoi-official"
+    r = subprocess.run([sys.executable, str(REPO / "stages" / "download.py"), "lpoi-official", "--offline",
+                        "--dest", str(dest), "--no-progress"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    for path, fid in DRIVE_IDS.items():
+        assert f"* {path}" in r.stderr and f"https://drive.google.com/file/d/{fid}/view" in r.stderr
+        assert f"put it at: {dest / path}" in r.stderr
+    assert "ours_cmask_until_list5/ours_cmask_until{25,50,75,100}/<img_path>" in r.stderr
+
+
+def test_drive_file_without_gdown_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gdown", None)  # as on a machine without the [official] extra
+    spec = load_sources()["lpoi-official"]
+    only = {"lpoi-official": dataclasses.replace(spec, files=spec.files[:1], checks=())}
+    with pytest.raises(DatasetUnavailable) as ei:
+        fetch("lpoi-official", tmp_path / "d", sources=only, progress=False, offline=False)
+    assert "pip install 'lpoi[official]'" in str(ei.value) and ei.value.missing[0]["reason"] == "missing_dependency"
+
+
+def test_drive_file_fetched_with_gdown_pinned_on_first_download(server, tmp_path, monkeypatch):
+    """gdown against a loopback server with Drive's /uc?id= interface: trust on first use, then pinned."""
+    pytest.importorskip("gdown")
+    body = json.dumps([{"img_path": "data/images/1.jpg", "prompt": "p", "chosen": "c", "rejected": "r"}]).encode()
+    server.files["/uc"] = body
+    monkeypatch.setenv("LPOI_GDRIVE_ENDPOINT", server.url)
+    spec = load_sources()["lpoi-official"]
+    only = {"lpoi-official": dataclasses.replace(spec, files=spec.files[:1], checks=())}
+    dest = tmp_path / "d"
+    rep = fetch("lpoi-official", dest, sources=only, progress=False, offline=False)
+    assert (dest / "sample_10k_llava.json").read_bytes() == body and rep.files[0].status == "downloaded"
+    assert any(sha(body) in n for n in rep.notes)  # the observed hash, to copy into sources.json
+    assert json.loads((dest / LOCK_NAME).read_text())["files"]["sample_10k_llava.json"]["sha256"] == sha(body)
+    n = len(server.log)
+    assert fetch("lpoi-official", dest, sources=only, progress=False).files[0].status == "cached"
+    assert len(server.log) == n
+    (dest / "sample_10k_llava.json").write_bytes(body.replace(b'"p"', b'"P"'))
+    with pytest.raises(ChecksumMismatch):
+        fetch("lpoi-official", dest, sources=only, progress=False)
+
+
+def test_official_checkpoint_zip_placed_by_hand_unpacks_into_adapter(tmp_path):
+    archive = make_zip([("lpoi_llava7b/adapter_config.json", b'{"peft_type": "LORA"}'),
+                        ("lpoi_llava7b/adapter_model.safetensors", b"weights")])
+    dest = tmp_path / "lpoi-official-llava-1.5-7b"
+    (dest / "downloads").mkdir(parents=True)
+    (dest / "downloads" / "checkpoint.zip").write_bytes(archive)
+    rep = fetch("lpoi-official-llava-1.5-7b", dest, progress=False, offline=True)
+    assert files_under(dest / "adapter") == ["adapter_config.json", "adapter_model.safetensors"]
+    assert rep.files[0].status == "placed"
