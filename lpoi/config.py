@@ -75,6 +75,9 @@ class DataParams(_Section):
     """Pairwise preferences, LPOI/mDPO schema (JSON list or JSONL)."""
     images: str = "data/sample/images"
     """Root that every ``img_path`` is resolved inside."""
+    lists: str | None = None
+    """The released list images (``ours_cmask_until{25,50,75,100}/<img_path>``) that ``lists.source: official``
+    adopts; under ``data/external/<name>/`` (the folder the lists stage depends on). null = none."""
 
 
 class AmberBench(_Section):
@@ -175,6 +178,9 @@ class ListsParams(_Section):
     highlight: bool = False
     mask: Literal["sam", "bbox"] = "sam"
     num_workers: int = Field(2, ge=0)
+    source: Literal["generate", "official"] = "generate"
+    """``generate``: detect, segment, verify and interpolate (this pipeline); ``official``: adopt the LPOI
+    authors' released lists (``data.lists``) and skip detect/segment/verify (``lpoi/listgen/official.py``)."""
 
 
 class ReferenceParams(_Section):
@@ -449,6 +455,17 @@ class Params(_Section):
     report: ReportParams = ReportParams()
     world: WorldParams = WorldParams()
 
+    @model_validator(mode="after")
+    def _official_lists(self):
+        if self.lists.source == "official":
+            if not self.data.lists:
+                raise ValueError("lists.source is 'official' but data.lists names no folder (use -S data=lpoi-official)")
+            inside = Path(self.data.lists).as_posix().startswith(f"data/external/{self.data.name}/")
+            if not inside:
+                raise ValueError(f"data.lists must lie under data/external/{self.data.name}/ (the folder the lists "
+                                 f"stage depends on), got {self.data.lists!r}")
+        return self
+
     def section(self, name: str) -> dict[str, Any]:
         """A section as a plain dict (for fingerprints and metrics)."""
         return getattr(self, name).model_dump(mode="json")
@@ -474,7 +491,9 @@ def _format(err: ValidationError) -> str:
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
+        if not e["loc"]:  # a check across sections (Params' own validators): the message names the keys
+            lines.append(msg)
+        elif e["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown key{_did_you_mean(e['loc'])} (check the spelling; see lpoi/config.py for "
                          "the known ones)")
         elif e["type"] == "missing":
