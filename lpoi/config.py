@@ -284,6 +284,10 @@ class GenerateParams(_Section):
     num_beams: int = Field(1, ge=1)
     use_adapter: bool = True
     """False = evaluate the base model (the baseline row of a comparison)."""
+    adapter: str | None = None
+    """A peft adapter folder to evaluate instead of the train stage's (e.g. the LPOI authors' checkpoint,
+    ``models/external/lpoi-official-llava-1.5-7b/adapter``); it may hold the adapter one folder down.
+    null = the trained adapter. Ignored when ``use_adapter`` is false."""
 
 
 class AmberParams(_Section):

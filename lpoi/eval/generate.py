@@ -67,7 +67,7 @@ from typing import Any
 from lpoi.io import ImageRejected, load_image, read_jsonl, to_rgb, write_jsonl
 from lpoi.runner import Runner, StageOutput, Tally, Write, summarize
 
-__all__ = ["AdapterError", "answers_metrics", "answers_tally", "generate_answers", "load_for_generation"]
+__all__ = ["AdapterError", "answers_metrics", "answers_tally", "find_adapter", "generate_answers", "load_for_generation"]
 
 CONTROL_KEYS = ("id", "question", "image", "yes_no")  # consumed here, not copied into the row
 RESERVED_KEYS = ("response", "raw_response", "error", "error_detail", "logprob_yes", "logprob_no")  # written here
@@ -152,6 +152,24 @@ def _load_merged(model_name: str, folder: Path, *, dtype: str, device: str | Non
     if device:
         model.to(device)
     return model.eval(), processor
+
+
+def find_adapter(folder: str | os.PathLike) -> Path:
+    """The peft adapter folder at or below ``folder`` (``generate.adapter``): ``folder`` itself when it holds
+    ``adapter_config.json``, else the single folder below it (at most three levels) that does — a released
+    checkpoint unpacks into a folder of its own, whose name nobody can guess. Raises :class:`AdapterError`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise AdapterError(f"generate.adapter: no such folder: {folder}")
+    if (folder / "adapter_config.json").is_file():
+        return folder
+    found = sorted({p.parent for depth in ("*/", "*/*/", "*/*/*/") for p in folder.glob(depth + "adapter_config.json")})
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise AdapterError(f"generate.adapter: {folder} holds no peft adapter (no adapter_config.json at or below it)")
+    raise AdapterError(f"generate.adapter: {folder} holds {len(found)} adapters ({', '.join(map(str, found[:3]))}); "
+                       "name the one to evaluate")
 
 
 def _apply_adapter(model, folder: Path, *, merge: bool):
