@@ -143,6 +143,12 @@ def test_paper_column_only_for_real_paper_models_on_full_benchmarks(tmp_path):
     (["train.beta=0.2"], {"model": "tiny-idefics2"}, [("train.beta", 0.1, 0.2)]),
     (["model=idefics2-8b", "data=mdpo-10k", "bench=full", "train.beta=0.2"],
      {"model": "idefics2-8b", "data": "mdpo-10k", "bench": "full"}, [("train.beta", 0.1, 0.2)]),
+    (["experiment=paper-llava-1.5-7b", "train.beta=0.2"],  # a paper preset: only the -S change is listed
+     {"model": "llava-1.5-7b", "data": "mdpo-10k", "bench": "full", "experiment": "paper-llava-1.5-7b"},
+     [("train.beta", 0.1, 0.2)]),
+    (["experiment=paper-idefics2-8b", "data=lpoi-official"],  # the released lists under the paper preset
+     {"model": "idefics2-8b", "data": "lpoi-official", "experiment": "paper-idefics2-8b"}, []),
+    (["experiment=paper-llava-1.5-13b"], {"model": "llava-1.5-13b", "experiment": "paper-llava-1.5-13b"}, []),
     (["model=llava-1.5-7b", "train.epochs=3", "bench.amber.limit=3"], {"model": "llava-1.5-7b"},
      [("bench.amber.limit", None, 3), ("train.epochs", 1, 3)]),
 ])
