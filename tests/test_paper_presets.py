@@ -136,3 +136,16 @@ def test_disable_dropout_zeroes_every_dropout():
     x = torch.ones(64, 4)
     assert torch.equal(m(x), m(x))  # no dropout left in training mode
     assert all(d.p == 0 for d in m.modules() if isinstance(d, torch.nn.Dropout))
+
+
+def test_paper_params_file_loads_offline_as_a_stage_reads_it(tmp_path):
+    """What `dvc exp run -S experiment=paper-llava-1.5-7b` writes to params.yaml, read back by load_params."""
+    import yaml
+
+    from lpoi.config import load_params
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(_compose("experiment=paper-llava-1.5-7b"), sort_keys=False))
+    p = load_params(tmp_path / "params.yaml")
+    assert (p.train.lr, p.train.epochs, p.train.scheduler) == (5e-5, 1, "linear")
+    assert (p.lists.mask, p.lists.highlight, p.verify.model) == ("bbox", True, "HuggingFaceM4/idefics2-8b")
+    assert (p.amber.discriminative, p.amber.yes_no) == ("generate", "lpoi")
