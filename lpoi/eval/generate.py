@@ -67,7 +67,8 @@ from typing import Any
 from lpoi.io import ImageRejected, load_image, read_jsonl, to_rgb, write_jsonl
 from lpoi.runner import Runner, StageOutput, Tally, Write, summarize
 
-__all__ = ["AdapterError", "answers_metrics", "answers_tally", "find_adapter", "generate_answers", "load_for_generation"]
+__all__ = ["AdapterError", "answers_metrics", "answers_tally", "find_adapter", "generate_answers",
+           "load_for_generation"]
 
 CONTROL_KEYS = ("id", "question", "image", "yes_no")  # consumed here, not copied into the row
 RESERVED_KEYS = ("response", "raw_response", "error", "error_detail", "logprob_yes", "logprob_no")  # written here

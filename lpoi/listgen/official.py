@@ -14,7 +14,8 @@ their trainer (``lpoi.py``) reads a list as [original, until25, until50, until75
 * Rejects (one row each, with the sample id): ``missing_list_image``, ``undecodable_list_image`` (with the
   decoder's reason), ``list_size_mismatch`` (a list image whose size differs from the original's).
 * ``object.mask_area`` is measured: the share of pixels that differ (by more than ``HIDDEN_LEVELS``) between
-  the original and the fully hidden image (the release records no box or phrase: those are null, ``object.source`` is ``official``).
+  the original and the fully hidden image (the release records no box or phrase: those are null,
+  ``object.source`` is ``official``).
 """
 
 from __future__ import annotations

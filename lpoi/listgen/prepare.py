@@ -436,7 +436,8 @@ def prepare_records(
                 raise _Reject("unsafe_path", str(e)) from None
             path = _resolve_image(root, rel)
             if path is None:
-                raise _Reject("missing_image", f"no such image file: {root / rel} (nor below its images/ folder or by its basename in {root})")
+                raise _Reject("missing_image", f"no such image file: {root / rel} (nor below its images/ folder "
+                                               f"or by its basename in {root})")
             img_sha = sha256_file(path)
             key = content_key(img_sha, fields["prompt"], fields["chosen"], fields["rejected"])
             if rid is None:

@@ -76,7 +76,8 @@ def paper_row(p, table: str | os.PathLike | None = None) -> tuple[dict[str, Any]
     filled = {k: v for k, v in row.items() if v is not None}
     if not filled:
         return None, f"Paper row for `{p.model.name}` / `{method}` reports no value we measure."
-    return filled, f"Paper column: Table 1, `{p.model.name}` / `{method}`; Δ = this run − paper. Source: {ref['source']}."
+    return filled, (f"Paper column: Table 1, `{p.model.name}` / `{method}`; Δ = this run − paper. "
+                    f"Source: {ref['source']}.")
 
 
 def build_report(paths: ReportPaths, p, raw_params: dict[str, Any], rows: int = 12,

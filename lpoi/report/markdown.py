@@ -57,7 +57,8 @@ def results_table(summary: Mapping[str, Any], paper: Mapping[str, Any] | None) -
         cell = f"| {group} | {row.name} {row.better} | {fmt(values.get(row.key), row.digits)} |".replace("  |", " |")
         if paper:
             ours, theirs = values.get(row.key), paper.get(row.key)
-            diff = round(ours - theirs, row.digits) + 0.0 if isinstance(ours, (int, float)) and isinstance(theirs, (int, float)) else None
+            both = isinstance(ours, (int, float)) and isinstance(theirs, (int, float))
+            diff = round(ours - theirs, row.digits) + 0.0 if both else None
             cell += f" {fmt(theirs, row.digits)} | {'–' if diff is None else f'{diff:+.{row.digits}f}'} |"
         lines.append(cell)
     return lines

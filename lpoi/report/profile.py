@@ -75,7 +75,8 @@ def _experiment(flat: dict[str, Any], choices: dict[str, str], conf_dir: Path) -
     best = None
     for path in sorted((conf_dir / "experiment").glob("*.yaml")):
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        overrides = {k.split("/", 1)[-1]: v for e in raw.pop("defaults", []) if isinstance(e, dict) for k, v in e.items()}
+        overrides = {k.split("/", 1)[-1]: v for e in raw.pop("defaults", []) if isinstance(e, dict)
+                     for k, v in e.items()}
         leaves = flatten(raw)
         if not leaves or overrides.get("model") != choices.get("model"):
             continue

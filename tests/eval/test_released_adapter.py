@@ -72,7 +72,7 @@ def test_generate_adapter_param_composes_with_a_paper_preset():
 
     conf = Path(__file__).resolve().parents[2] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base=None):
-        raw = compose(config_name="config", overrides=["experiment=paper-llava-1.5-7b",
-                                                       "generate.adapter=models/external/lpoi-official-llava-1.5-7b/adapter"])
+        adapter = "generate.adapter=models/external/lpoi-official-llava-1.5-7b/adapter"
+        raw = compose(config_name="config", overrides=["experiment=paper-llava-1.5-7b", adapter])
     p = validate(OmegaConf.to_container(raw, resolve=True))
     assert p.generate.adapter == "models/external/lpoi-official-llava-1.5-7b/adapter" and p.generate.use_adapter
