@@ -76,3 +76,31 @@ def test_generate_adapter_param_composes_with_a_paper_preset():
         raw = compose(config_name="config", overrides=["experiment=paper-llava-1.5-7b", adapter])
     p = validate(OmegaConf.to_container(raw, resolve=True))
     assert p.generate.adapter == "models/external/lpoi-official-llava-1.5-7b/adapter" and p.generate.use_adapter
+
+
+def test_an_adapter_saved_under_the_older_llava_layout_loads_renamed(tmp_path):
+    """The authors trained LLaVA under transformers 4.43, whose LlavaForConditionalGeneration held
+    ``language_model.model.layers``, ``vision_tower`` and ``multi_modal_projector`` directly; transformers 5 nests
+    them in ``model``. The same adapter under the old names must give the same model."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    _released(tmp_path / "new")
+    new = load_file(str(tmp_path / "new" / "adapter_model.safetensors"))
+    old_names = {k: k.replace("base_model.model.model.language_model.", "base_model.model.language_model.model.")
+                 .replace("base_model.model.model.vision_tower.", "base_model.model.vision_tower.")
+                 .replace("base_model.model.model.multi_modal_projector.", "base_model.model.multi_modal_projector.")
+                 for k in new}
+    assert sum(a != b for a, b in old_names.items()) == len(new)  # every tensor had a name to change
+    (tmp_path / "old").mkdir()
+    save_file({old_names[k]: v for k, v in new.items()}, str(tmp_path / "old" / "adapter_model.safetensors"))
+    cfg = json.loads((tmp_path / "new" / "adapter_config.json").read_text())
+    (tmp_path / "old" / "adapter_config.json").write_text(json.dumps(cfg))
+    ref, processor = load_for_generation(LLAVA, adapter_dir=tmp_path / "new", device="cpu")
+    old, _ = load_for_generation(LLAVA, adapter_dir=tmp_path / "old", device="cpu")
+    torch.testing.assert_close(_logits(old, processor), _logits(ref, processor), rtol=0, atol=0)
+    # names that no known layout explains still stop with the one-line mismatch
+    save_file({k.replace("layers.", "blocks."): v for k, v in new.items()}, str(tmp_path / "old" / "adapter_model.safetensors"))
+    with pytest.raises(AdapterError, match="does not fit the base model"):
+        load_for_generation(LLAVA, adapter_dir=tmp_path / "old", device="cpu")
