@@ -108,6 +108,9 @@ class DataParams(_Section):
     """Pairwise preferences, LPOI/mDPO schema (JSON list or JSONL)."""
     images: str = "data/sample/images"
     """Root that every ``img_path`` is resolved inside."""
+    lists: str | None = None
+    """The released list images (``ours_cmask_until{25,50,75,100}/<img_path>``) that ``lists.source: official``
+    adopts; under ``data/external/<name>/`` (the folder the lists stage depends on). null = none."""
 
     @field_validator("pairs", "images")
     @classmethod
@@ -219,6 +222,9 @@ class ListsParams(_Section):
     highlight: bool = False
     mask: Literal["sam", "bbox"] = "sam"
     num_workers: int = Field(2, ge=0, le=256)  # processes; more than the cores only costs memory
+    source: Literal["generate", "official"] = "generate"
+    """``generate``: detect, segment, verify and interpolate (this pipeline); ``official``: adopt the LPOI
+    authors' released lists (``data.lists``) and skip detect/segment/verify (``lpoi/listgen/official.py``)."""
 
 
 class ReferenceParams(_Section):
@@ -319,6 +325,10 @@ class TrainParams(_Section):
     """DataLoader workers for image decoding and tokenisation."""
     logging_steps: int = Field(1, ge=1)
     """Log a curve point every N optimizer steps (and at the last)."""
+    disable_dropout: bool = False
+    """Set every ``torch.nn.Dropout`` of the base model to p = 0 before training, as TRL's DPO trainer does
+    (``disable_dropout=True`` in the official LPOI config): the policy and the adapter-disabled reference
+    then see the same network. Off by default (LoRA dropout is ``lora.dropout`` either way)."""
 
     @field_validator("beta")
     @classmethod
@@ -354,6 +364,10 @@ class GenerateParams(_Section):
     num_beams: int = Field(1, ge=1, le=64)  # the cache grows with it: a typo guard
     use_adapter: bool = True
     """False = evaluate the base model (the baseline row of a comparison)."""
+    adapter: str | None = None
+    """A peft adapter folder to evaluate instead of the train stage's (e.g. the LPOI authors' checkpoint,
+    ``models/external/lpoi-official-llava-1.5-7b/adapter``); it may hold the adapter one folder down.
+    null = the trained adapter. Ignored when ``use_adapter`` is false."""
 
 
 class AmberParams(_Section):
@@ -566,6 +580,17 @@ class Params(_Section):
     report: ReportParams = ReportParams()
     world: WorldParams = WorldParams()
 
+    @model_validator(mode="after")
+    def _official_lists(self):
+        if self.lists.source == "official":
+            if not self.data.lists:
+                raise ValueError("lists.source is 'official' but data.lists names no folder (use -S data=lpoi-official)")
+            inside = Path(self.data.lists).as_posix().startswith(f"data/external/{self.data.name}/")
+            if not inside:
+                raise ValueError(f"data.lists must lie under data/external/{self.data.name}/ (the folder the lists "
+                                 f"stage depends on), got {self.data.lists!r}")
+        return self
+
     def section(self, name: str) -> dict[str, Any]:
         """A section as a plain dict (for fingerprints and metrics)."""
         return getattr(self, name).model_dump(mode="json")
@@ -593,6 +618,8 @@ def _format(err: ValidationError) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if isinstance(e.get("ctx", {}).get("error"), _SectionError):  # names its keys itself
             lines.append(e["ctx"]["error"].render(key))
+        elif not e["loc"]:  # a check across sections (Params' own validators): the message names the keys
+            lines.append(msg)
         elif e["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown key{_did_you_mean(e['loc'])} (check the spelling; see lpoi/config.py for "
                          "the known ones)")

@@ -40,6 +40,18 @@ def load(args):
     return params
 
 
+def skipped_for_official_lists(stage: str, args, outputs: tuple[str, ...]) -> None:
+    """``lists.source: official``: the authors' lists are adopted, so this list-generation stage only leaves
+    empty outputs (what the report reads) and a metrics file that says why."""
+    from lpoi.stage import open_stage
+
+    with open_stage(stage, args) as st:
+        for name in outputs:
+            (st.path / name).write_text("")
+        st.finish(args.metrics, {"skipped": True, "samples": 0}, {"skipped": "lists.source: official"})
+    print(f"{stage}: skipped (lists.source: official: the released lists are used)")
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Failures a user fixes from the message alone (missing files or weights, params, too many rejects)
     beside ``ValueError`` (bad input: :class:`lpoi.io.InputError`, unsafe paths, broken images, ...)."""

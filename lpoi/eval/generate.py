@@ -68,7 +68,8 @@ from typing import Any
 from lpoi.io import ImageRejected, load_image, read_jsonl, to_rgb, write_jsonl
 from lpoi.runner import Runner, StageOutput, Tally, Write, summarize
 
-__all__ = ["AdapterError", "answers_metrics", "answers_tally", "generate_answers", "load_for_generation"]
+__all__ = ["AdapterError", "answers_metrics", "answers_tally", "find_adapter", "generate_answers",
+           "legacy_adapter_keys", "load_for_generation"]
 
 CONTROL_KEYS = ("id", "question", "image", "yes_no")  # consumed here, not copied into the row
 RESERVED_KEYS = ("response", "raw_response", "decoded_full", "error", "error_detail", "logprob_yes",
@@ -156,6 +157,24 @@ def _load_merged(model_name: str, folder: Path, *, dtype: str, device: str | Non
     return model.eval(), processor
 
 
+def find_adapter(folder: str | os.PathLike) -> Path:
+    """The peft adapter folder at or below ``folder`` (``generate.adapter``): ``folder`` itself when it holds
+    ``adapter_config.json``, else the single folder below it (at most three levels) that does — a released
+    checkpoint unpacks into a folder of its own, whose name nobody can guess. Raises :class:`AdapterError`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise AdapterError(f"generate.adapter: no such folder: {folder}")
+    if (folder / "adapter_config.json").is_file():
+        return folder
+    found = sorted({p.parent for depth in ("*/", "*/*/", "*/*/*/") for p in folder.glob(depth + "adapter_config.json")})
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise AdapterError(f"generate.adapter: {folder} holds no peft adapter (no adapter_config.json at or below it)")
+    raise AdapterError(f"generate.adapter: {folder} holds {len(found)} adapters ({', '.join(map(str, found[:3]))}); "
+                       "name the one to evaluate")
+
+
 def _apply_adapter(model, folder: Path, *, merge: bool):
     from peft import PeftModel
     from peft.utils import get_peft_model_state_dict
@@ -178,6 +197,9 @@ def _apply_adapter(model, folder: Path, *, merge: bool):
             saved = set(f.keys())
     except Exception as e:  # noqa: BLE001 - safetensors raises assorted errors on corrupt files
         raise AdapterError(f"cannot read adapter weights {weights}: {type(e).__name__}: {e}") from None
+    renamed = legacy_adapter_keys(model, saved)
+    if renamed is not None:  # e.g. the LPOI authors' LLaVA adapters (transformers 4.43 module names)
+        return _apply_renamed(model, folder, weights, renamed, merge=merge)
     try:
         peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
     except Exception as e:  # noqa: BLE001 - peft raises ValueError/KeyError/RuntimeError on mismatches
@@ -192,6 +214,60 @@ def _apply_adapter(model, folder: Path, *, merge: bool):
     if merge:
         return peft_model.merge_and_unload()
     return peft_model
+
+
+LEGACY_MODULE_NAMES = {
+    # transformers < 4.52 nested LLaVA's parts directly under the model; since then they sit in ``model``
+    "llava": ((r"^language_model\.model\.", "model.language_model."), (r"^language_model\.lm_head\.", "lm_head."),
+              (r"^vision_tower\.", "model.vision_tower."), (r"^multi_modal_projector\.", "model.multi_modal_projector.")),
+}
+"""Per ``config.model_type``: (old module-path prefix, current one) for adapters saved under older transformers."""
+_PEFT_PREFIX = "base_model.model."
+
+
+def _module_of(key: str) -> str:
+    import re
+
+    return re.sub(r"\.(lora_[AB]|lora_embedding_[AB]|lora_magnitude_vector)(\.[^.]+)?(\.weight)?$", "",
+                  key.removeprefix(_PEFT_PREFIX))
+
+
+def legacy_adapter_keys(model, keys) -> dict[str, str] | None:
+    """``{saved key: current key}`` when an adapter's LoRA tensors name modules by a layout older transformers
+    used (:data:`LEGACY_MODULE_NAMES`) and every one of them lands on a module once renamed; None when the
+    keys already fit, or when no known renaming makes them fit (then loading reports the mismatch)."""
+    import re
+
+    modules = {name for name, _ in model.named_modules()}
+    if all(_module_of(k) in modules for k in keys):
+        return None
+    rules = LEGACY_MODULE_NAMES.get(getattr(model.config, "model_type", None), ())
+    out = {}
+    for k in keys:
+        rest = k.removeprefix(_PEFT_PREFIX)
+        for old, new in rules:
+            if re.match(old, rest):
+                rest = re.sub(old, new, rest, count=1)
+                break
+        out[k] = _PEFT_PREFIX + rest
+    return out if rules and all(_module_of(v) in modules for v in out.values()) else None
+
+
+def _apply_renamed(model, folder: Path, weights: Path, renamed: dict[str, str], *, merge: bool):
+    """Load an adapter whose keys :func:`legacy_adapter_keys` renamed, from a renamed copy (the folder is left as is)."""
+    import shutil
+    import tempfile
+
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(weights))
+    with tempfile.TemporaryDirectory(prefix="lpoi-adapter-") as tmp:
+        shutil.copyfile(folder / "adapter_config.json", Path(tmp) / "adapter_config.json")
+        save_file({renamed[k]: v for k, v in tensors.items()}, str(Path(tmp) / "adapter_model.safetensors"),
+                  metadata={"format": "pt"})
+        print(f"[generate] {folder}: {len(renamed)} adapter tensors renamed from an older transformers layout "
+              f"({getattr(model.config, 'model_type', '?')})", flush=True)
+        return _apply_adapter(model, Path(tmp), merge=merge)
 
 
 # =============================================================================== generation

@@ -96,7 +96,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterator
 from functools import cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lpoi.config import PrepareParams
@@ -284,6 +284,34 @@ def _needs_normalising(decoded) -> bool:
     if decoded.mode != "RGB":
         return True
     return decoded.getexif().get(_EXIF_ORIENTATION, 1) not in (1, None)
+
+
+def image_candidates(rel: str) -> list[str]:
+    """Where ``img_path`` may sit under an images root, in order: as given; below its last ``images/`` folder
+    (LPOI's ``lpoi.py`` opens ``data/images/<x>`` from the repo root and maps it with
+    ``str.replace("images", ...)``); by its basename (mDPO writes ``images/<id>.jpg``, others ``<id>.jpg``)."""
+    parts = PurePosixPath(_norm_rel(rel)).parts
+    out = ["/".join(parts)]
+    if "images" in parts[:-1]:
+        last = len(parts) - 1 - parts[::-1].index("images")
+        out.append("/".join(parts[last + 1:]))
+    out.append(parts[-1] if parts else "")
+    return list(dict.fromkeys(c for c in out if c))
+
+
+def _resolve_image(root: Path, rel: str) -> Path | None:
+    """The first of :func:`image_candidates` that is a file under ``root`` (symlinks may not lead out)."""
+    path = root / rel  # as the caller gave the root: relative roots stay relative
+    if path.is_file():
+        return path
+    for cand in image_candidates(rel)[1:]:
+        try:
+            safe_join(root, cand)
+        except UnsafePathError:
+            continue
+        if (root / cand).is_file():
+            return root / cand
+    return None
 
 
 def _norm_rel(rel: str) -> str:
@@ -514,9 +542,10 @@ def prepare_records(
                 safe_join(root, rel)
             except UnsafePathError as e:
                 raise _Reject("unsafe_path", str(e)) from None
-            path = root / rel  # as the caller gave the root: relative roots stay relative
-            if not path.is_file():
-                raise _Reject("missing_image", f"no such image file: {path}")
+            path = _resolve_image(root, rel)
+            if path is None:
+                raise _Reject("missing_image", f"no such image file: {root / rel} (nor below its images/ folder "
+                                               f"or by its basename in {root})")
             img_sha = sha256_file(path)
             key = content_key(img_sha, fields["prompt"], fields["chosen"], fields["rejected"])
             sid = given if given is not None else key[:16]

@@ -49,15 +49,18 @@ def fmt(value: Any, digits: int) -> str:
 def results_table(summary: Mapping[str, Any], paper: Mapping[str, Any] | None) -> list[str]:
     """The results table, one row per :data:`~lpoi.report.summary.ROWS` entry, values from ``summary``."""
     values = flat(summary)
-    head = "| | metric | this run |" + (" paper (Table 1) |" if paper else "")
-    lines = [head, "|---|---|---:|" + ("---:|" if paper else "")]
+    head = "| | metric | this run |" + (" paper (Table 1) | Δ |" if paper else "")
+    lines = [head, "|---|---|---:|" + ("---:|---:|" if paper else "")]
     last = None
     for row in ROWS:
         group = f"**{row.group}**" if row.group != last else ""
         last = row.group
         cell = f"| {group} | {row.name} {row.better} | {fmt(values.get(row.key), row.digits)} |".replace("  |", " |")
         if paper:
-            cell += f" {fmt(paper.get(row.key), row.digits)} |"
+            ours, theirs = values.get(row.key), paper.get(row.key)
+            both = isinstance(ours, (int, float)) and isinstance(theirs, (int, float))
+            diff = round(ours - theirs, row.digits) + 0.0 if both else None
+            cell += f" {fmt(theirs, row.digits)} | {'–' if diff is None else f'{diff:+.{row.digits}f}'} |"
         lines.append(cell)
     return lines
 

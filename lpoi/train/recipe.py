@@ -73,7 +73,7 @@ from lpoi.train.distributed import (
 from lpoi.train.guards import STEP0_TOLERANCE, check_finite, check_reference_at_step0
 from lpoi.train.loader import micro_batches, step_loader
 from lpoi.train.logprobs import SequenceLogps
-from lpoi.train.lora import lora_config, merge_adapter, save_adapter
+from lpoi.train.lora import disable_dropout, lora_config, merge_adapter, save_adapter
 from lpoi.train.losses import LOSS_TERMS, preference_loss
 from lpoi.train.reference import load_reference
 
@@ -188,6 +188,8 @@ class Recipe:
         cfg = self.cfg
         model, self.processor = load_vlm(self.model_cfg.name, dtype=self.dtype, max_pixels=self.model_cfg.max_pixels,
                                          trust_remote_code=self.model_cfg.trust_remote_code)
+        if cfg.disable_dropout:
+            disable_dropout(model)
         place_model(self.acc, model)  # FSDP2: left on the CPU, sharded onto the devices by acc.prepare
         if cfg.gradient_checkpointing:
             model.activation_checkpointing_enable({"use_reentrant": False})
