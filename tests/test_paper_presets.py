@@ -61,11 +61,15 @@ OFFICIAL = [
     ("generate.batch_size", 1, 1, 1, "generate-idefics-lpoi-amber.py batch 1"),
     ("generate.use_adapter", True, True, True, "model.load_adapter"),
     ("amber.discriminative", "generate", "generate", "generate", "generate-idefics-lpoi-amber.py"),
-    ("amber.yes_no", "lpoi", "lpoi", "lpoi", "generate-idefics-lpoi-amber.py substring rule"),
+    ("amber.yes_no", "paper", "paper", "paper", "generate-idefics-lpoi-amber.py substring rule, prompt included"),
     ("amber.similarity", "spacy-lg", "spacy-lg", "spacy-lg", "AMBER inference.py"),
     ("objhal.extractor", "llm", "llm", "llm", "RLHF-V eval_gpt_obj_halbench.py --use_gpt"),
     ("judge.backend", "openai", "openai", "openai", "LLaVA-RLHF eval_gpt_mmhal.py"),
-    ("judge.model", "gpt-4-0314", "gpt-4-0314", "gpt-4-0314", "LLaVA-RLHF eval_gpt_mmhal.py"),
+    ("judge.model", None, None, None, "null: the authors' judges (LLaVA-RLHF eval_gpt_mmhal.py gpt-4-0314)"),
+    ("objhal.model", None, None, None, "null: RLHF-V --use_gpt's gpt-3.5-turbo-0613"),
+    ("reference.tokenization", "official", "official", "official", "lpoi.py ~L96-98, trainer _build_tokenized_answer"),
+    ("reference.max_length", 512, 512, 512, "trainer default max_length ~L723-742"),
+    ("reference.max_prompt_length", 128, 128, 128, "trainer default max_prompt_length ~L723-742"),
 ]
 PRESETS = ("paper-idefics2-8b", "paper-llava-1.5-7b", "paper-llava-1.5-13b")
 TINY = ("model=tiny-llava", "data=sample", "bench=mini", "verify.model=null", "judge.backend=hf",
@@ -148,4 +152,7 @@ def test_paper_params_file_loads_offline_as_a_stage_reads_it(tmp_path):
     p = load_params(tmp_path / "params.yaml")
     assert (p.train.lr, p.train.epochs, p.train.scheduler) == (5e-5, 1, "linear")
     assert (p.lists.mask, p.lists.highlight, p.verify.model) == ("bbox", True, "HuggingFaceM4/idefics2-8b")
-    assert (p.amber.discriminative, p.amber.yes_no) == ("generate", "lpoi")
+    assert (p.amber.discriminative, p.amber.yes_no) == ("generate", "paper")
+    assert (p.reference.tokenization, p.train.reference) == ("official", "online")
+    assert p.judge.model_for("mmhal") == "gpt-4-0314"
+    assert p.judge.model_for("objhal", p.objhal.model) == "gpt-3.5-turbo-0613"
