@@ -34,6 +34,6 @@ def head_tree() -> Path:
     return dst
 
 
-def head(rel: str) -> Path:
+def committed(rel: str) -> Path:
     """``rel`` as committed: a path inside :func:`head_tree`."""
     return head_tree() / rel

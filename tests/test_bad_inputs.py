@@ -18,6 +18,7 @@ from badfiles import build_corpus
 
 from lpoi.config import load_params
 from lpoi.io import read_jsonl
+from headtree import committed  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,7 +42,7 @@ def pipeline(tmp_path_factory):
     root, cases = build_corpus(tmp, scene_size=(48, 40), budget=True)
     pairs = tmp / "pairs.json"  # the JSON list form of the mDPO data
     pairs.write_text(json.dumps([r for r, _ in cases]))  # ASCII: lone surrogates in the corpus as \u escapes
-    p = load_params(REPO / "params.yaml")
+    p = load_params(committed("params.yaml"))
     p = p.model_copy(update={"prepare": p.prepare.model_copy(update={"max_reject_ratio": 1.0})})
     d = tmp / "data"
     dev, dt = "cpu", p.model.dtype

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from headtree import committed  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,7 +75,7 @@ def exp_repo(tmp_path_factory) -> Path:
     shutil.copytree(REPO / "hydra_plugins", dst / "hydra_plugins", ignore=shutil.ignore_patterns("__pycache__"))
     (dst / "lpoi").mkdir(parents=True)
     shutil.copy(REPO / "lpoi" / "config.py", dst / "lpoi" / "config.py")
-    shutil.copy(REPO / "params.yaml", dst / "params.yaml")
+    shutil.copy(committed("params.yaml"), dst / "params.yaml")
     (dst / "dvc.yaml").write_text(
         "stages:\n  t:\n    cmd: python -c \"import yaml; print(yaml.safe_load(open('params.yaml'))['train']['beta'])\""
         " > out.txt\n    params: [train.beta]\n    outs: [out.txt]\n")
@@ -110,7 +111,7 @@ def test_exp_run_answers_bad_keys_with_the_projects_message(exp_repo, setting, m
     assert message in out, out
     assert "To append to your config" not in out and "unexpected error" not in out, out
     assert "Running stage" not in out
-    assert (exp_repo / "params.yaml").read_text() == (REPO / "params.yaml").read_text()  # untouched
+    assert (exp_repo / "params.yaml").read_text() == committed("params.yaml").read_text()  # untouched
 
 
 def test_exp_run_names_the_hand_edits_it_replaces(exp_repo):
@@ -139,7 +140,7 @@ def test_exp_run_names_an_unknown_profile_and_lists_the_profiles(exp_repo):
 def _bad_params(tmp_path: Path, **changes) -> Path:
     import yaml
 
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = yaml.safe_load(committed("params.yaml").read_text())
     for dotted, value in changes.items():
         *head, last = dotted.split("__")
         d = raw
@@ -173,7 +174,7 @@ def test_a_bad_params_yaml_under_dvc_repro_keeps_the_outputs(tmp_path):
     for rel in ("stages/check_params.py", "stages/_common.py", "lpoi/__init__.py", "lpoi/config.py", "lpoi/io.py"):
         (repo / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / rel, repo / rel)
-    shutil.copy(REPO / "params.yaml", repo / "params.yaml")
+    shutil.copy(committed("params.yaml"), repo / "params.yaml")
     check = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["check_params"]
     check["deps"] = [d for d in check["deps"] if (repo / d).exists()]
     train = {"cmd": "python -c \"import yaml; open('adapter.txt', 'w').write(str(yaml.safe_load(open('params.yaml'))"

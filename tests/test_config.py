@@ -9,6 +9,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from lpoi.config import ParamsError, load_params, validate
+from headtree import committed  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,7 +20,7 @@ def _compose(*overrides):
 
 
 def _committed():
-    return yaml.safe_load((REPO / "params.yaml").read_text())
+    return yaml.safe_load(committed("params.yaml").read_text())
 
 
 def test_committed_params_equal_the_default_composition():
@@ -88,7 +89,7 @@ def test_load_params_errors(tmp_path):
     (tmp_path / "p.yaml").write_text("- a list\n")
     with pytest.raises(ParamsError, match="expected a mapping"):
         load_params(tmp_path / "p.yaml")
-    assert load_params(REPO / "params.yaml").train.method == "lpoi"
+    assert load_params(committed("params.yaml")).train.method == "lpoi"
 
 
 # ---------------------------------------------------------------------------------------------- issue 19 (part B)

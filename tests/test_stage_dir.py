@@ -16,12 +16,13 @@ import yaml
 
 from lpoi.models import identity, model_identity
 from lpoi.stage import StageDir, StageError, fingerprint_parts, open_stage, stage_entry, timings_path, write_timings
+from headtree import committed  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _params(tmp_path: Path, **changes) -> Path:
-    p = yaml.safe_load((REPO / "params.yaml").read_text())
+    p = yaml.safe_load(committed("params.yaml").read_text())
     for dotted, value in changes.items():
         d = p
         *head, last = dotted.split(".")

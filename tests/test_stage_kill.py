@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from headtree import committed  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,7 +86,7 @@ def ws(tmp_path_factory) -> Path:
     from lpoi.listgen.prepare import run_prepare
 
     ws = tmp_path_factory.mktemp("kill")
-    p = yaml.safe_load((REPO / "params.yaml").read_text())
+    p = yaml.safe_load(committed("params.yaml").read_text())
     for section in ("detect", "segment", "verify", "generate"):
         p[section]["batch_size"] = 2  # small blocks: several blocks per stage, kills land mid-run
     p["lists"]["num_workers"] = 0

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from lpoi.stage import write_metrics
+from headtree import committed  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = sorted(p.name for p in (REPO / "stages").glob("*.py") if not p.name.startswith("_"))
@@ -49,7 +50,7 @@ def test_write_metrics_rounds_floats(tmp_path):
 
 
 def test_bad_params_stop_a_stage_with_the_key(tmp_path):
-    bad = yaml.safe_load((REPO / "params.yaml").read_text())
+    bad = yaml.safe_load(committed("params.yaml").read_text())
     bad["prepare"]["max_reject_ratio"] = 2
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(bad))
     r = subprocess.run([sys.executable, "stages/prepare.py", "--params", str(tmp_path / "p.yaml"), "--pairs", "x",

@@ -26,6 +26,7 @@ import nltk  # noqa: E402  (after NLTK_DATA is set: nltk reads it at import)
 
 from lpoi.eval.benchmarks import amber  # noqa: E402
 from lpoi.io import load_image  # noqa: E402
+from headtree import committed  # noqa: E402
 
 if os.environ["NLTK_DATA"] not in nltk.data.path:  # nltk imported earlier by another test module
     nltk.data.path.insert(0, os.environ["NLTK_DATA"])
@@ -963,7 +964,7 @@ def test_generate_keeps_the_decoded_full_sequence_in_paper_mode(tmp_path):
 def _params_with(tmp_path, **amber_keys) -> Path:
     import yaml
 
-    p = yaml.safe_load((REPO / "params.yaml").read_text())
+    p = yaml.safe_load(committed("params.yaml").read_text())
     p["amber"].update(amber_keys)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(p))

@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 os.environ.setdefault("NLTK_DATA", str(shared_data.SHARED / "nltk_data"))
 # nltk reads NLTK_DATA once, at import; another test module may have imported it before this line
 import nltk
+from headtree import committed  # noqa: E402
 
 if os.environ["NLTK_DATA"] not in nltk.data.path:
     nltk.data.path.append(os.environ["NLTK_DATA"])
@@ -604,7 +605,7 @@ def _score_params(server: ChatServer, judge_model, objhal_model=None):
 
     from lpoi.config import validate
 
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = yaml.safe_load(committed("params.yaml").read_text())
     raw["judge"].update(backend="openai", base_url=server.base_url, model=judge_model, api_key_env=KEY_ENV)
     raw["objhal"] = {"extractor": "llm", "model": objhal_model}
     return validate(raw)

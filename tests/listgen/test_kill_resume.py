@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from headtree import committed  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,7 +24,7 @@ def _detect(cwd: Path, out: str) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = yaml.safe_load(committed("params.yaml").read_text())
     params["detect"]["batch_size"] = 2  # small blocks, so rows land on disk one block at a time
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     from lpoi.listgen.prepare import run_prepare

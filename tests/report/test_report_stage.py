@@ -19,6 +19,7 @@ from lpoi.report.labels import RANDOM_MODEL_KEY, label, random_models
 from lpoi.report.markdown import ReportInputs, render, table_mismatches, table_values
 from lpoi.report.profile import changed_params, compose
 from lpoi.report.summary import ROWS, build_summary, flat
+from headtree import committed  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "conf"
@@ -39,7 +40,7 @@ SOURCES = {"amber": AMBER, "objhal": OBJHAL, "mmhal": MMHAL, "train": TRAIN, "li
 
 
 def _params(**sections):
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = yaml.safe_load(committed("params.yaml").read_text())
     for name, values in sections.items():
         raw[name] = {**raw[name], **values}
     return validate(raw)

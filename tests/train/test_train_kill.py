@@ -21,6 +21,7 @@ from lpoi.config import validate
 from lpoi.train.data import write_synthetic_lists
 from lpoi.train.recipe import TrainPaths, train
 from lpoi.train.reference import run_reference
+from headtree import committed  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS, SAVE = 10, 2
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.slow
 
 
 def _params() -> dict:
-    p = yaml.safe_load((REPO / "params.yaml").read_text())
+    p = yaml.safe_load(committed("params.yaml").read_text())
     p["model"]["name"] = "tiny/llava"
     p["train"].update(max_steps=STEPS, save_steps=SAVE, batch_size=2, lr=3e-3, warmup_ratio=0.2)
     p["train"]["lora"]["dropout"] = 0.1  # the RNG state must survive the kills too

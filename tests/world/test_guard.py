@@ -17,6 +17,7 @@ from world_helpers import ParamReads, covered
 
 from lpoi.config import PretrainParams, load_params
 from lpoi.io import read_json, read_jsonl
+from headtree import committed  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,7 +30,7 @@ def _binomial_tail(k: int, n: int) -> float:
 
 
 def _guard_params():
-    p = load_params(REPO / "params.yaml")
+    p = load_params(committed("params.yaml"))
     w = p.world
     world = w.model_copy(update={
         "name": "shapes", "n_pretrain": 1000, "n_pairs": 160, "n_test": 60,

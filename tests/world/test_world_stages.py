@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from lpoi.config import ParamsError, validate
+from headtree import committed  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 WORLD_STAGES = {
@@ -56,7 +57,7 @@ def test_bad_world_values_name_the_key(change, message):
 def test_world_stages_are_no_ops_by_default(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     for stage, argv in WORLD_STAGES.items():
-        cmd = [sys.executable, str(REPO / "stages" / f"{stage}.py"), "--params", str(REPO / "params.yaml"),
+        cmd = [sys.executable, str(REPO / "stages" / f"{stage}.py"), "--params", str(committed("params.yaml")),
                *(a.format(t=tmp_path) for a in argv)]
         r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
         assert r.returncode == 0, r.stderr[-2000:]
