@@ -11,8 +11,13 @@ API one item at a time, keep nothing on disk until the very end, and take the ke
 line (where it lands in shell history and process lists). Here:
 
 - **Disk cache**: one JSON file per reply, keyed by sha256 of (endpoint, model, messages,
-  temperature, max_tokens), written atomically. A re-run costs no API calls; a killed run resumes
-  where it stopped. Errors are never cached (a re-run retries them).
+  temperature, max_tokens), written atomically, and journalled (sha256 of each file's bytes): a reply
+  file that is not what the cache wrote (a hand-edited rating) is asked for again and stored afresh,
+  never scored. A re-run costs no API calls; a killed run resumes where it stopped. Errors are never
+  cached (a re-run retries them).
+- **Interrupts**: Ctrl-C (and SIGTERM, in the main thread) stops sending at once -- queued requests are
+  cancelled, retry waits end, the sockets of the requests in flight are shut -- and propagates; the
+  replies received so far are already cached.
 - **Retries** with exponential backoff and jitter on HTTP 408, 429, 5xx, timeouts and connection errors
   (a connection closed before the whole body arrived included), honouring ``Retry-After`` (seconds or
   an HTTP date, capped at ``retry_after_max``), at most ``max_retries`` retries; then the item is

@@ -104,10 +104,11 @@ def row_key(sample: ListSample, model_digest: str, max_length: int | None, code_
 
 
 def sequence_digests(batch: SequenceBatch) -> list[str]:
-    """Per sequence of ``batch``, sha256 of its exact token ids and response positions (padding excluded)."""
+    """Per sequence of ``batch``, sha256 of its exact token ids and response positions, both taken without the
+    padding: the same whatever the batch mates (training's batches are not the reference stage's)."""
     ids, att, resp = batch.inputs["input_ids"], batch.inputs["attention_mask"].bool(), batch.response_mask
-    return [hashlib.sha256(json.dumps([ids[i][att[i]].tolist(), resp[i].nonzero().flatten().tolist()]).encode())
-            .hexdigest() for i in range(ids.shape[0])]
+    return [hashlib.sha256(json.dumps([ids[i][att[i]].tolist(), resp[i][att[i]].nonzero().flatten().tolist()])
+                           .encode()).hexdigest() for i in range(ids.shape[0])]
 
 
 def row_seal(seqs: list[str], lst: list[float], rejected: float) -> str:
