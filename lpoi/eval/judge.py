@@ -101,13 +101,14 @@ class JudgeFailed(JudgeConfigError):
 def all_failed(what: str, judge: Any, n: int, errors: Counter, first: str) -> JudgeFailed:
     """The error for ``n`` items that all failed (``errors``: reason -> count; ``first``: the first one)."""
     name = getattr(judge, "label", type(judge).__name__)
-    endpoint = getattr(judge, "endpoint", None) or "a local model"
-    where = "" if endpoint in name else f" at {endpoint}"
+    endpoint = getattr(judge, "endpoint", None)  # already without its query string (it may hold credentials)
+    where = f" at {endpoint}" if endpoint and endpoint not in name else ""
+    hint = "judge.base_url, judge.model and the API key variable" if endpoint else "judge.model"
     first = " ".join(str(first).split())  # one line, whatever the server put in its error body
     if len(first) > 300:
         first = first[:300] + "..."
     return JudgeFailed(f"{what}: the judge {name}{where} failed on all {n} items ({dict(errors)}); "
-                       f"first error: {first}. Check judge.base_url, judge.model and the API key variable")
+                       f"first error: {first}. Check {hint}")
 
 
 @dataclass(frozen=True)
@@ -444,8 +445,10 @@ class OpenAIJudge:
         bar = _progress_bar(len(todo), "judge", self.progress)
         # not a ``with`` block: its exit waits for every queued request, which kept Ctrl-C waiting for minutes
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(todo)))
+        futs: dict[concurrent.futures.Future, str] = {}
         try:
-            futs = {pool.submit(self._complete_uncached, key, messages[idx[0]]): key for key, idx in todo.items()}
+            for key, idx in todo.items():
+                futs[pool.submit(self._complete_uncached, key, messages[idx[0]])] = key
             for fut in concurrent.futures.as_completed(futs):
                 reply = fut.result()
                 for i in todo[futs[fut]]:
@@ -454,6 +457,9 @@ class OpenAIJudge:
         except BaseException:
             self.abort()
             pool.shutdown(wait=False, cancel_futures=True)
+            # the cut requests end at once; a short wait lets them (and a reply being cached) finish before the
+            # caller reports, bounded because a worker still connecting cannot be cut
+            concurrent.futures.wait(futs, timeout=2.0)
             raise
         finally:
             bar.close()
@@ -475,6 +481,8 @@ class OpenAIJudge:
 
     def _complete_uncached(self, key: str, messages: Messages) -> JudgeReply:
         reply = self._request(messages)
+        if reply.error == "interrupted":  # not a failure of the judge: nothing to count or log
+            return reply
         if reply.ok:
             self._count("replies")
             if self.cache is not None:
