@@ -459,7 +459,7 @@ class OpenAIJudge:
             pool.shutdown(wait=False, cancel_futures=True)
             # the cut requests end at once; a short wait lets them (and a reply being cached) finish before the
             # caller reports, bounded because a worker still connecting cannot be cut
-            concurrent.futures.wait(futs, timeout=2.0)
+            concurrent.futures.wait([f for f in futs if not f.cancelled()], timeout=2.0)  # cancelled: never 'done'
             raise
         finally:
             bar.close()
