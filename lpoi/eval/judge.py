@@ -279,14 +279,14 @@ class _ReplyCache:
 
     def put(self, key: str, record: dict) -> None:
         data = (json.dumps({"format": CACHE_FORMAT, **record}, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+        digest = hashlib.sha256(data).hexdigest()
         atomic_write_bytes(self._path(key), data)
-        line = json.dumps({"key": key, "sha256": hashlib.sha256(data).hexdigest()}) + "\n"
         with self._lock:  # worker threads store replies concurrently
             with open(self.root / self.JOURNAL, "a", encoding="utf-8") as f:
-                f.write(line)
+                f.write(json.dumps({"key": key, "sha256": digest}) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
-            self._journal[key] = hashlib.sha256(data).hexdigest()
+            self._journal[key] = digest
 
 
 class _Transient(Exception):
@@ -414,9 +414,10 @@ class OpenAIJudge:
     def complete_many(self, prompts: Sequence[Prompt]) -> list[JudgeReply]:
         """Replies in the order of ``prompts``; cached ones are served without a request.
 
-        Identical prompts in one call are sent once. An interrupt (``KeyboardInterrupt``; SIGTERM too while this runs in the main thread) stops it at
-        once: queued requests are cancelled, retries stop, the sockets of the requests in flight are shut,
-        and the interrupt is re-raised. Replies that arrived before it are already in the cache.
+        Identical prompts in one call are sent once. An interrupt (``KeyboardInterrupt``; SIGTERM too while
+        this runs in the main thread) stops it at once: queued requests are cancelled, retries stop, the
+        sockets of the requests in flight are shut, and the interrupt is re-raised. Replies that arrived
+        before it are already in the cache.
         """
         messages = [to_messages(p) for p in prompts]
         keys = [self.cache_key(m) for m in messages]
