@@ -57,6 +57,10 @@ class DatedJudge:
     def stats(self):
         return self.judge.stats
 
+    @property
+    def endpoint(self) -> str:
+        return self.judge.endpoint
+
     def _info(self) -> dict:
         try:
             info = read_json(self.info_path)
@@ -75,11 +79,15 @@ class DatedJudge:
 
     def complete_many(self, prompts):
         before = self.judge.stats["requests"]
-        replies = self.judge.complete_many(prompts)
+        try:
+            return self.judge.complete_many(prompts)
+        finally:  # an interrupted run keeps the replies it got: their date is kept with them
+            self._record(before)
+
+    def _record(self, before: int) -> None:
         if self.judge.stats["requests"] > before:
             today = datetime.now(timezone.utc).date().isoformat()
             info = self._info()
             atomic_write_json(self.info_path, {"endpoint": self.judge.endpoint, "model": self.judge.model,
                                                "first_request": info.get("first_request") or today,
                                                "last_request": today})
-        return replies

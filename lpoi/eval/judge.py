@@ -11,8 +11,13 @@ API one item at a time, keep nothing on disk until the very end, and take the ke
 line (where it lands in shell history and process lists). Here:
 
 - **Disk cache**: one JSON file per reply, keyed by sha256 of (endpoint, model, messages,
-  temperature, max_tokens), written atomically. A re-run costs no API calls; a killed run resumes
-  where it stopped. Errors are never cached (a re-run retries them).
+  temperature, max_tokens), written atomically, and journalled (sha256 of each file's bytes): a reply
+  file that is not what the cache wrote (a hand-edited rating) is asked for again and stored afresh,
+  never scored. A re-run costs no API calls; a killed run resumes where it stopped. Errors are never
+  cached (a re-run retries them).
+- **Interrupts**: Ctrl-C (and SIGTERM, in the main thread) stops sending at once -- queued requests are
+  cancelled, retry waits end, the sockets of the requests in flight are shut -- and propagates; the
+  replies received so far are already cached.
 - **Retries** with exponential backoff and jitter on HTTP 408, 429, 5xx, timeouts and connection errors
   (a connection closed before the whole body arrived included), honouring ``Retry-After`` (seconds or
   an HTTP date, capped at ``retry_after_max``), at most ``max_retries`` retries; then the item is
@@ -38,6 +43,7 @@ line (where it lands in shell history and process lists). Here:
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import email.utils
 import hashlib
 import http.client
@@ -46,9 +52,9 @@ import logging
 import math
 import os
 import random
+import signal
 import socket
 import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -59,15 +65,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
-from lpoi.io import atomic_write_json
+from lpoi.io import atomic_write_bytes
 
 __all__ = [
     "HFJudge",
     "Judge",
     "JudgeConfigError",
+    "JudgeFailed",
     "JudgeReply",
     "Messages",
     "OpenAIJudge",
+    "all_failed",
     "parse_retry_after",
     "to_messages",
 ]
@@ -83,6 +91,24 @@ MAX_RESPONSE_BYTES = 16 * 1024 * 1024  # a chat completion is a few kB; refuse a
 
 class JudgeConfigError(RuntimeError):
     """The judge cannot be used as configured (missing key variable, bad URL, bad numbers)."""
+
+
+class JudgeFailed(JudgeConfigError):
+    """The judge failed on every item, so there is nothing to score (a wrong URL, model or key, a server
+    down): one line naming the judge, its endpoint and the first error (see :func:`all_failed`)."""
+
+
+def all_failed(what: str, judge: Any, n: int, errors: Counter, first: str) -> JudgeFailed:
+    """The error for ``n`` items that all failed (``errors``: reason -> count; ``first``: the first one)."""
+    name = getattr(judge, "label", type(judge).__name__)
+    endpoint = getattr(judge, "endpoint", None)  # already without its query string (it may hold credentials)
+    where = f" at {endpoint}" if endpoint and endpoint not in name else ""
+    hint = "judge.base_url, judge.model and the API key variable" if endpoint else "judge.model"
+    first = " ".join(str(first).split())  # one line, whatever the server put in its error body
+    if len(first) > 300:
+        first = first[:300] + "..."
+    return JudgeFailed(f"{what}: the judge {name}{where} failed on all {n} items ({dict(errors)}); "
+                       f"first error: {first}. Check {hint}")
 
 
 @dataclass(frozen=True)
@@ -196,10 +222,31 @@ class _Secret:
 
 
 class _ReplyCache:
-    """One JSON file per key under ``root/<key[:2]>/<key>.json``, written atomically."""
+    """One JSON file per key under ``root/<key[:2]>/<key>.json``, written atomically, and a journal.
+
+    The journal (``root/journal.jsonl``, one fsynced line per stored reply: key and sha256 of the file's
+    bytes) is what makes a cached reply trustworthy: a file whose bytes are not the ones this cache wrote
+    (a hand-edited rating, a reply written by an older version without a journal, a file from another
+    cache) is not served; the reply is asked for again and stored afresh, so the cache heals itself.
+    Written after the reply file: a kill between the two leaves an unjournalled file, asked for again.
+    """
+
+    JOURNAL = "journal.jsonl"
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
+        self._lock = threading.Lock()
+        self._journal: dict[str, str] = {}
+        path = self.root / self.JOURNAL
+        if path.is_file():
+            raw = path.read_bytes()
+            for line in raw[: raw.rfind(b"\n") + 1].splitlines():  # a kill may leave a partial last line
+                try:
+                    e = json.loads(line)
+                    self._journal[str(e["key"])] = str(e["sha256"])  # a later line wins: the reply was re-stored
+                except (ValueError, KeyError, TypeError):
+                    continue
+        self.rejected: list[Path] = []  # entries found edited (or unjournalled) since this cache was opened
 
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.json"
@@ -207,19 +254,39 @@ class _ReplyCache:
     def get(self, key: str) -> str | None:
         path = self._path(key)
         try:
-            with open(path, encoding="utf-8") as f:
-                rec = json.load(f)
+            data = path.read_bytes()
         except FileNotFoundError:
             return None
-        except (OSError, ValueError):
-            log.warning("judge cache: unreadable entry %s, ignoring it", path.name)
+        except OSError:
+            log.warning("judge cache: unreadable entry %s, asking again", path.name)
+            return None
+        with self._lock:
+            stored = self._journal.get(key)
+        if stored != hashlib.sha256(data).hexdigest():
+            log.debug("judge cache: %s is not the reply this cache stored; asking again", path)
+            with self._lock:
+                self.rejected.append(path)
+            return None
+        try:
+            rec = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
             return None
         if not isinstance(rec, dict) or rec.get("format") != CACHE_FORMAT or not isinstance(rec.get("text"), str):
+            return None
+        if rec.get("key", key) != key:  # a journalled file copied under another key's name
             return None
         return rec["text"]
 
     def put(self, key: str, record: dict) -> None:
-        atomic_write_json(self._path(key), {"format": CACHE_FORMAT, **record})
+        data = (json.dumps({"format": CACHE_FORMAT, **record}, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+        digest = hashlib.sha256(data).hexdigest()
+        atomic_write_bytes(self._path(key), data)
+        with self._lock:  # worker threads store replies concurrently
+            with open(self.root / self.JOURNAL, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"key": key, "sha256": digest}) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            self._journal[key] = digest
 
 
 class _Transient(Exception):
@@ -313,8 +380,13 @@ class OpenAIJudge:
         self._rng = random.Random(seed)
         self._rng_lock = threading.Lock()
         self._stats_lock = threading.Lock()
-        self.stats: Counter = Counter()  # requests, retries, cache_hits, errors, replies
-        self._sleep = time.sleep
+        self.stats: Counter = Counter()  # requests, retries, cache_hits, cache_rejected, errors, replies
+        # set by an interrupt (Ctrl-C, SIGTERM): no request starts after it, retries stop waiting, and the
+        # sockets of the requests in flight are shut; it stays set (an interrupted judge answers no more)
+        self._stop = threading.Event()
+        self._active: set[_Deadline] = set()
+        self._active_lock = threading.Lock()
+        self._sleep = self._stop.wait  # a retry's wait ends at once on an interrupt
 
     def __repr__(self) -> str:
         return (
@@ -342,12 +414,16 @@ class OpenAIJudge:
     def complete_many(self, prompts: Sequence[Prompt]) -> list[JudgeReply]:
         """Replies in the order of ``prompts``; cached ones are served without a request.
 
-        Identical prompts in one call are sent once.
+        Identical prompts in one call are sent once. An interrupt (``KeyboardInterrupt``; SIGTERM too while
+        this runs in the main thread) stops it at once: queued requests are cancelled, retries stop, the
+        sockets of the requests in flight are shut, and the interrupt is re-raised. Replies that arrived
+        before it are already in the cache.
         """
         messages = [to_messages(p) for p in prompts]
         keys = [self.cache_key(m) for m in messages]
         out: list[JudgeReply | None] = [None] * len(prompts)
         todo: dict[str, list[int]] = {}
+        rejected_before = len(self.cache.rejected) if self.cache is not None else 0
         for i, key in enumerate(keys):
             text = self.cache.get(key) if self.cache is not None else None
             if text is not None:  # scrubbed again: a cache written before replies were scrubbed
@@ -355,17 +431,48 @@ class OpenAIJudge:
                 self._count("cache_hits")
             else:
                 todo.setdefault(key, []).append(i)
+        if self.cache is not None and len(self.cache.rejected) > rejected_before:
+            n = len(self.cache.rejected) - rejected_before
+            self._count("cache_rejected", n)
+            log.warning("judge cache: %d cached repl%s in %s %s not what this judge stored (edited by hand, or "
+                        "written without a journal), e.g. %s; asking the judge again", n, "y" if n == 1 else "ies",
+                        self.cache.root, "is" if n == 1 else "are", self.cache.rejected[rejected_before].name)
         if todo:
-            bar = _progress_bar(len(todo), "judge", self.progress)
-            with concurrent.futures.ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(todo))) as pool:
-                futs = {pool.submit(self._complete_uncached, key, messages[idx[0]]): key for key, idx in todo.items()}
-                for fut in concurrent.futures.as_completed(futs):
-                    reply = fut.result()
-                    for i in todo[futs[fut]]:
-                        out[i] = reply
-                    bar.update(1)
-            bar.close()
+            with _interrupt_on_sigterm():
+                self._run_pool(todo, messages, out)
         return [r for r in out if r is not None]
+
+    def _run_pool(self, todo: dict[str, list[int]], messages: list[Messages], out: list) -> None:
+        bar = _progress_bar(len(todo), "judge", self.progress)
+        # not a ``with`` block: its exit waits for every queued request, which kept Ctrl-C waiting for minutes
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(todo)))
+        futs: dict[concurrent.futures.Future, str] = {}
+        try:
+            for key, idx in todo.items():
+                futs[pool.submit(self._complete_uncached, key, messages[idx[0]])] = key
+            for fut in concurrent.futures.as_completed(futs):
+                reply = fut.result()
+                for i in todo[futs[fut]]:
+                    out[i] = reply
+                bar.update(1)
+        except BaseException:
+            self.abort()
+            pool.shutdown(wait=False, cancel_futures=True)
+            # the cut requests end at once; a short wait lets them (and a reply being cached) finish before the
+            # caller reports, bounded because a worker still connecting cannot be cut
+            concurrent.futures.wait([f for f in futs if not f.cancelled()], timeout=2.0)  # cancelled: never 'done'
+            raise
+        finally:
+            bar.close()
+        pool.shutdown(wait=True)
+
+    def abort(self) -> None:
+        """Stop sending: no request starts after this, waits end, the sockets of requests in flight are shut."""
+        self._stop.set()
+        with self._active_lock:
+            active = list(self._active)
+        for deadline in active:
+            deadline.abort()
 
     # ------------------------------------------------------------------------------------ internals
 
@@ -375,6 +482,8 @@ class OpenAIJudge:
 
     def _complete_uncached(self, key: str, messages: Messages) -> JudgeReply:
         reply = self._request(messages)
+        if reply.error == "interrupted":  # not a failure of the judge: nothing to count or log
+            return reply
         if reply.ok:
             self._count("replies")
             if self.cache is not None:
@@ -407,6 +516,8 @@ class OpenAIJudge:
         data = json.dumps(body, ensure_ascii=False).encode("utf-8")
         attempt = 0
         while True:
+            if self._stop.is_set():
+                return JudgeReply(None, "interrupted", "scoring was interrupted before this reply", attempts=attempt)
             attempt += 1
             self._count("requests")
             try:
@@ -416,6 +527,9 @@ class OpenAIJudge:
                     None, "response_too_large", f"reply body exceeds {MAX_RESPONSE_BYTES} bytes", attempts=attempt
                 )
             except _Transient as e:
+                if self._stop.is_set():  # the interrupt shut this request's socket
+                    return JudgeReply(None, "interrupted", "scoring was interrupted during this request",
+                                      attempts=attempt)
                 if attempt > self.max_retries:
                     return JudgeReply(
                         text=None,
@@ -441,13 +555,18 @@ class OpenAIJudge:
 
     def _post(self, data: bytes) -> tuple[int, bytes]:
         expired = _Transient("deadline", f"no complete reply within the {self.deadline:g} s deadline")
-        with _Deadline(self.deadline) as deadline:
+        with _Deadline(self.deadline, self._stop) as deadline:
+            with self._active_lock:
+                self._active.add(deadline)
             try:
                 status, raw = self._post_once(data, deadline)
             except _Transient:
                 if deadline.expired:  # the timer shut the socket: say why, not "connection reset"
                     raise expired from None
                 raise
+            finally:
+                with self._active_lock:
+                    self._active.discard(deadline)
         if deadline.expired:  # cut inside the headers, http.client sees a reply without Content-Length
             raise expired
         return status, raw
@@ -506,6 +625,24 @@ class _TooLarge(Exception):
     pass
 
 
+@contextlib.contextmanager
+def _interrupt_on_sigterm():
+    """SIGTERM raises ``KeyboardInterrupt`` meanwhile (main thread, default handler only), so a ``kill``
+    stops the requests as Ctrl-C does and the stage ends with its usual "interrupted" line."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 class _Deadline:
     """Shuts down the sockets of one request when ``seconds`` have passed since it started (a timer thread).
 
@@ -513,9 +650,10 @@ class _Deadline:
     :meth:`OpenAIJudge._post` reports as the deadline. Sockets connected after expiry are shut at once.
     """
 
-    def __init__(self, seconds: float):
+    def __init__(self, seconds: float, stop: threading.Event | None = None):
         self.seconds = seconds
         self.expired = False
+        self._stop = stop
         self._socks: list[socket.socket] = []
         self._lock = threading.Lock()
         self._timer = threading.Timer(seconds, self._expire)
@@ -524,7 +662,13 @@ class _Deadline:
     def watch(self, sock: socket.socket) -> None:
         with self._lock:
             self._socks.append(sock)
-            if self.expired:
+            if self.expired or (self._stop is not None and self._stop.is_set()):
+                _shutdown(sock)  # connected after an interrupt: nothing is sent on it
+
+    def abort(self) -> None:
+        """Shut the sockets now (an interrupt), without calling it the deadline."""
+        with self._lock:
+            for sock in self._socks:
                 _shutdown(sock)
 
     def _expire(self) -> None:

@@ -75,7 +75,7 @@ from lpoi.train.loader import micro_batches, step_loader
 from lpoi.train.logprobs import SequenceLogps
 from lpoi.train.lora import disable_dropout, lora_config, merge_adapter, save_adapter
 from lpoi.train.losses import LOSS_TERMS, preference_loss
-from lpoi.train.reference import load_reference
+from lpoi.train.reference import load_reference_rows
 
 __all__ = ["Recipe", "TrainPaths", "train"]
 
@@ -157,14 +157,14 @@ class Recipe:
         cfg = self.cfg
         self.samples = load_lists(self.paths.lists, min_k=1 if cfg.method == "dpo" else 2)
         self.columns = method_columns(cfg.method, self.samples[0].k, cfg.mdpo_corruption)
-        self.ref_list = self.ref_rej = self.ref_dtype = None
+        self.ref_list = self.ref_rej = self.ref_dtype = self.ref_rows = None
         if cfg.reference == "precomputed":
-            self.ref_list, self.ref_rej, meta = load_reference(self.paths.reference, self.samples,
-                                                               model_name=self.model_cfg.name,
-                                                               max_length=self.ref_cfg.max_length,
-                                                               max_pixels=self.model_cfg.max_pixels,
-                                                               tokenization=Tokenization.of(self.ref_cfg))
-            self.ref_dtype = meta.get("dtype")
+            self.ref_rows = load_reference_rows(self.paths.reference, self.samples, model_name=self.model_cfg.name,
+                                                max_length=self.ref_cfg.max_length,
+                                                max_pixels=self.model_cfg.max_pixels,
+                                                tokenization=Tokenization.of(self.ref_cfg))
+            self.ref_list, self.ref_rej = self.ref_rows.list, self.ref_rows.rejected
+            self.ref_dtype = self.ref_rows.meta.get("dtype")
             if self.dtype != "float32" and self.main:
                 warnings.warn(f"train.reference 'precomputed' in {self.dtype}: the step-0 check allows "
                               f"{STEP0_TOLERANCE[self.dtype][0]:g} nats + {STEP0_TOLERANCE[self.dtype][1]:.1%} of "
@@ -273,6 +273,8 @@ class Recipe:
         acc, sums = self.acc, {}
         for _ in range(self.cfg.grad_accum):
             idx, batch = next(loader)
+            if self.ref_rows is not None:  # every row, every step: the step-0 check sees only the first batch
+                self.ref_rows.check_batch(batch, idx, self.columns)
             batch = batch.to(acc.device)
             self.n_truncated += batch.n_truncated
             # no gradient all-reduce until the last micro-step; the loss is scaled by 1/grad_accum in backward

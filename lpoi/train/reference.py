@@ -7,14 +7,17 @@ computes each once, and ``dvc exp run`` over training params never recomputes th
 
 File format (JSONL, diff-able, resumable): the first line is ``{"meta": {...}}`` with the model
 name, K, ``max_length``, dtype and format version; then one line per sample,
-``{"id", "digest", "key", "tokens", "list": [K floats], "rejected": float}`` -- ``list[k]`` is
+``{"id", "digest", "key", "seqs", "list": [K floats], "rejected": float, "seal"}`` -- ``list[k]`` is
 log pi_ref(chosen | image k, prompt), ``rejected`` is log pi_ref(rejected | original image, prompt),
 both summed over the response tokens. Rows are keyed by content, never by id alone: ``key``
 (:func:`row_key`) hashes the model identity, the tokenisation (code, library versions,
 ``max_length``), the texts and the bytes of every list image, and a stored row is reused only under
-the same key (so ``lists.fill=mean`` recomputes every row); ``tokens`` hashes the exact token ids the
-row was computed from (checked whenever a row's block is recomputed; training can check it too);
-``digest`` ties a row to the manifest row's text and image paths (what :func:`load_reference` checks).
+the same key (so ``lists.fill=mean`` recomputes every row); ``seqs`` holds, per sequence (K list
+columns, then the rejected answer), the sha256 of the exact token ids and response positions it was
+computed from (:func:`sequence_digests`; checked whenever a row's block is recomputed, and by training
+against every batch it builds); ``seal`` hashes ``seqs`` with the values, so a value edited by hand
+is caught when the file is loaded (:func:`load_reference_rows`); ``digest`` ties a row to the manifest
+row's text and image paths.
 A killed run resumes; blocks of ``batch_size`` samples are computed whole, so resumed values are
 byte-identical to an uninterrupted run's.
 """
@@ -31,13 +34,14 @@ import torch
 
 from lpoi.io import atomic_write_text, parse_jsonl_line, sha256_file
 from lpoi.runner import Runner, StageOutput
-from lpoi.train.collate import Tokenization, collate_samples
+from lpoi.train.collate import CROP, SequenceBatch, Tokenization, collate_samples
 from lpoi.train.data import ListSample, load_lists
 from lpoi.train.logprobs import sequence_logps
 
-__all__ = ["FORMAT_VERSION", "ReferenceError", "load_reference", "reference_meta", "row_key", "run_reference"]
+__all__ = ["FORMAT_VERSION", "ReferenceError", "ReferenceRows", "load_reference", "load_reference_rows",
+           "reference_meta", "row_key", "row_seal", "run_reference", "sequence_digests"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-sequence token digests and a seal over them and the values
 
 
 class ReferenceError(ValueError):
@@ -69,7 +73,8 @@ def reference_meta(*, model_name: str, k: int, max_length: int | None, dtype: st
     return meta
 
 
-def _read(path: Path) -> tuple[dict | None, list[dict]]:
+def _read(path: Path, lines: list[int] | None = None) -> tuple[dict | None, list[dict]]:
+    """The meta and the rows; ``lines`` (when given) gets each row's 1-based line number."""
     meta, rows = None, []
     raw = path.read_bytes()
     cut = raw.rfind(b"\n") + 1  # a partial last line (killed mid-write) is ignored
@@ -81,6 +86,8 @@ def _read(path: Path) -> tuple[dict | None, list[dict]]:
             meta = obj["meta"]
         else:
             rows.append(obj)
+            if lines is not None:
+                lines.append(i + 1)
     return meta, rows
 
 
@@ -113,16 +120,17 @@ def row_key(sample: ListSample, model_digest: str, max_length: int | None, code_
     return h.hexdigest()
 
 
-def _tokens_digests(batch, n: int, k: int) -> list[str]:
-    """Per sample, sha256 of the exact token ids and response positions of its ``k + 1`` sequences."""
+def sequence_digests(batch: SequenceBatch) -> list[str]:
+    """Per sequence of ``batch``, sha256 of its exact token ids and response positions, both taken without the
+    padding: the same whatever the batch mates (training's batches are not the reference stage's)."""
     ids, att, resp = batch.inputs["input_ids"], batch.inputs["attention_mask"].bool(), batch.response_mask
-    out = []
-    for b in range(n):
-        h = hashlib.sha256()
-        for i in range(b * (k + 1), (b + 1) * (k + 1)):
-            h.update(json.dumps([ids[i][att[i]].tolist(), resp[i].nonzero().flatten().tolist()]).encode())
-        out.append(h.hexdigest())
-    return out
+    return [hashlib.sha256(json.dumps([ids[i][att[i]].tolist(), resp[i][att[i]].nonzero().flatten().tolist()])
+                           .encode()).hexdigest() for i in range(ids.shape[0])]
+
+
+def row_seal(seqs: list[str], lst: list[float], rejected: float) -> str:
+    # json's float repr round-trips, so a row read back seals to the same digest it was written with
+    return hashlib.sha256(json.dumps([seqs, lst, rejected]).encode()).hexdigest()
 
 
 def _drop_stale(out_path: Path, meta: dict, samples: list[ListSample], key) -> dict[str, dict]:
@@ -223,21 +231,22 @@ def run_reference(
             chunk = [r["sample"] for r in block]
             batch = collate_samples(processor, chunk, columns=tuple(range(k)), max_length=max_length,
                                     tokenization=tokenization)
-            return batch, [key(s) for s in chunk], _tokens_digests(batch, len(chunk), k)
+            d = sequence_digests(batch)
+            return batch, [key(s) for s in chunk], [d[b * (k + 1) : (b + 1) * (k + 1)] for b in range(len(chunk))]
 
         def process(loaded, block: list[dict]) -> list:
-            batch, keys, tokens = loaded
-            for r, t in zip(block, tokens):
+            batch, keys, seqs = loaded
+            for r, t in zip(block, seqs):
                 old = stored.get(r["id"]) if out.done(r["id"]) else None
-                if old is not None and old.get("tokens") != t:
+                if old is not None and old.get("seqs") != t:
                     raise ReferenceError(f"{out_path}: the stored row of sample {r['id']!r} was computed from other "
                                          "token ids than its key promises; delete the file and re-run the stage")
             with torch.no_grad():
                 logps = sequence_logps(model, batch.to(device), micro_batch_sequences=micro_batch_sequences)
             counts["n_truncated"] += batch.n_truncated
             logps = logps.view(len(block), k + 1).cpu().tolist()
-            return [{"id": r["id"], "digest": r["sample"].digest, "key": kk, "tokens": t, "list": v[:k],
-                     "rejected": v[k]} for r, kk, t, v in zip(block, keys, tokens, logps)]
+            return [{"id": r["id"], "digest": r["sample"].digest, "key": kk, "seqs": t, "list": v[:k],
+                     "rejected": v[k], "seal": row_seal(t, v[:k], v[k])} for r, kk, t, v in zip(block, keys, seqs, logps)]
 
         runner = Runner(out, batch_size, workers=1, progress=progress, desc="reference")
         stats = runner.run(rows, load, process, total=len(rows))
@@ -249,11 +258,56 @@ def load_reference(
     path: str | Path, samples: list[ListSample], *, model_name: str, max_length: int | None,
     max_pixels: int | None = None, tokenization: Tokenization | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Reference log-probs aligned with ``samples``: ``(list (N, K) float64, rejected (N,), meta)``.
+    """Reference log-probs aligned with ``samples``: ``(list (N, K) float64, rejected (N,), meta)``
+    (:func:`load_reference_rows` without the per-batch check)."""
+    ref = load_reference_rows(path, samples, model_name=model_name, max_length=max_length, max_pixels=max_pixels,
+                              tokenization=tokenization)
+    return ref.list, ref.rejected, ref.meta
+
+
+class ReferenceRows:
+    """The reference rows of a training run, aligned with its samples, and the check of every batch.
+
+    ``list`` (N, K) and ``rejected`` (N,) float64; ``seqs[i]``: sample i's K + 1 sequence digests.
+    """
+
+    def __init__(self, path: Path, samples: list[ListSample], rows: list[dict], lines: list[int], meta: dict):
+        self.path, self.samples, self.meta, self.lines = path, samples, meta, lines
+        self.seqs = [r["seqs"] for r in rows]
+        self.list = torch.tensor([r["list"] for r in rows], dtype=torch.float64)
+        self.rejected = torch.tensor([r["rejected"] for r in rows], dtype=torch.float64)
+
+    def check_batch(self, batch: SequenceBatch, idx: list[int], columns) -> None:
+        """Each sample's built sequences (``columns`` + the rejected answer, as :func:`collate_samples`
+        lays them out) must be the ones its row was computed from: one hash per sequence.
+
+        Raises:
+            ReferenceError: naming the file, line and sample.
+        """
+        digests, c1 = sequence_digests(batch), len(columns) + 1
+        for b, i in enumerate(idx):
+            want = self.seqs[i]
+            for j, col in enumerate((*columns, "rejected")):
+                if col == CROP:  # mDPO's crop is not in the file: computed online
+                    continue
+                if digests[b * c1 + j] != want[-1 if col == "rejected" else int(col)]:
+                    what = "the rejected answer" if col == "rejected" else f"list image {col}"
+                    raise ReferenceError(
+                        f"{self.path}:{self.lines[i]}: sample {self.samples[i].id!r}: the tokens training built for "
+                        f"{what} are not those its reference row was computed from (the row was edited, or the "
+                        "tokenisation changed since); re-run the reference stage")
+
+
+def load_reference_rows(
+    path: str | Path, samples: list[ListSample], *, model_name: str, max_length: int | None,
+    max_pixels: int | None = None, tokenization: Tokenization | None = None,
+) -> ReferenceRows:
+    """The reference rows of ``samples``, each checked against its seal (one hash per row).
 
     Raises:
-        ReferenceError: the file was made for another model, K or ``max_length``, or a sample has no
-            row (or a row made from a different manifest row) -- each message names what to re-run.
+        ReferenceError: the file was made for another model, K or ``max_length``, a sample has no
+            row (or a row made from a different manifest row), or a row is not what the reference stage
+            wrote (an edited value or digest) -- each message names the file, the row and what to re-run.
     """
     path = Path(path)
     if not path.exists():
@@ -261,9 +315,13 @@ def load_reference(
             f"reference log-probs not found: {path} (run the reference stage first, "
             "or use train.reference: online)"
         )
-    meta, rows = _read(path)
+    linenos: list[int] = []
+    meta, rows = _read(path, linenos)
     if meta is None:
         raise ReferenceError(f"{path}: no meta header line; re-run the reference stage")
+    if meta.get("format") != FORMAT_VERSION:
+        raise ReferenceError(f"{path}: reference format {meta.get('format')!r}, this code reads format "
+                             f"{FORMAT_VERSION}; re-run the reference stage")
     k = samples[0].k
     want = {"model_name": model_name, "k": k, "max_length": max_length, "max_pixels": max_pixels,
             "tokenization": _tokenization_tag(tokenization)}
@@ -273,21 +331,28 @@ def load_reference(
                 f"{path}: reference log-probs were computed with {key}={meta.get(key)!r} but training uses "
                 f"{key}={value!r}; re-run the reference stage with the training run's model and lists"
             )
-    by_id = {r["id"]: r for r in rows}
-    lst, rej = [], []
+    by_id = {r["id"]: (r, n) for r, n in zip(rows, linenos)}
+    picked, lines = [], []
     for s in samples:
-        r = by_id.get(s.id)
+        r, n = by_id.get(s.id, (None, None))
         if r is None:
             raise ReferenceError(
                 f"{path}: no reference log-probs for sample {s.id!r}; re-run the reference stage"
             )
         if r.get("digest") != s.digest:
             raise ReferenceError(
-                f"{path}: the reference row of sample {s.id!r} was computed from a different "
+                f"{path}:{n}: the reference row of sample {s.id!r} was computed from a different "
                 "manifest row (text or images changed); re-run the reference stage"
             )
-        if len(r["list"]) != k:
-            raise ReferenceError(f"{path}: sample {s.id!r} has {len(r['list'])} list log-probs, expected {k}")
-        lst.append(r["list"])
-        rej.append(r["rejected"])
-    return torch.tensor(lst, dtype=torch.float64), torch.tensor(rej, dtype=torch.float64), meta
+        lst, rej, seqs = r.get("list"), r.get("rejected"), r.get("seqs")
+        if not (isinstance(lst, list) and len(lst) == k and isinstance(seqs, list) and len(seqs) == k + 1):
+            raise ReferenceError(f"{path}:{n}: sample {s.id!r} has {len(lst) if isinstance(lst, list) else 'no'} "
+                                 f"list log-probs and {len(seqs) if isinstance(seqs, list) else 'no'} sequence "
+                                 f"digests, expected {k} and {k + 1}; re-run the reference stage")
+        if r.get("seal") != row_seal(seqs, lst, rej):
+            raise ReferenceError(
+                f"{path}:{n}: the reference row of sample {s.id!r} is not what the reference stage wrote (a "
+                "log-prob or a token digest was edited); re-run the reference stage")
+        picked.append(r)
+        lines.append(n)
+    return ReferenceRows(path, samples, picked, lines, meta)

@@ -50,6 +50,8 @@ class ChatServer:
         self.max_in_flight = 0
         self.attempts: dict[str, int] = {}
         self.reply_for = None  # optional callable(content) -> str, for benchmark integration tests
+        self.delay = 0.0  # seconds a "sleepy" request takes
+        self.replied = 0  # "sleepy" replies sent in full
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -161,6 +163,14 @@ class ChatServer:
                     time.sleep(0.05)
             except OSError:  # the client gave up and shut the socket
                 pass
+        elif script == "sleepy":  # a slow judge (a paid API under load): Rating: 4 after ``delay`` seconds
+            time.sleep(self.delay)
+            try:
+                ok("Rating: 4")
+            except OSError:  # the client shut the socket (an interrupt)
+                return
+            with self.lock:
+                self.replied += 1
         elif script == "echoheaders":  # a debugging proxy that echoes the request into the reply
             ok(f"you sent {dict(h.headers)!r} Rating: 4")
         else:
@@ -647,6 +657,155 @@ def test_a_local_judge_needs_a_model_name():
     with pytest.raises(ParamsError, match="judge.model is required when judge.backend is 'hf'"):
         validate({"judge": {"backend": "hf", "model": None}})
     assert validate({}).judge.model == "tiny/llama"  # the embedded default is unchanged
+
+
+# ---------------------------------------------------------------------------------------------- cache integrity
+
+
+MINI_TEMPLATE = REPO / "data/sample/bench/mmhal/mmhal-bench_answer_template.json"
+
+
+def _cache_file(judge: OpenAIJudge, prompt) -> Path:
+    return judge.cache.root / judge.cache_key(prompt)[:2] / f"{judge.cache_key(prompt)}.json"
+
+
+def test_an_edited_cached_reply_is_asked_for_again(server, key, tmp_path, caplog):
+    """A rating edited in the cache would change mmhal.score; it is detected (the cache's journal holds the
+    sha256 of every file it wrote), asked for again and stored afresh: the score is the judge's."""
+    from lpoi.eval.benchmarks import mmhal
+
+    server.reply_for = lambda content: "Rating: 2"
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps({"id": i, "response": f"answer {i}"}) + "\n" for i in range(4)))
+    m = mmhal.score_file(answers, MINI_TEMPLATE, tmp_path / "m.json", make_judge(server, tmp_path))
+    assert m["score"] == 2 and len(server.requests) == 4
+    judge = make_judge(server, tmp_path)
+    f = _cache_file(judge, mmhal.build_prompt(json.loads(MINI_TEMPLATE.read_text())[1], "answer 1"))
+    rec = json.loads(f.read_text())
+    rec["text"] = "Rating: 6"  # a hand edit that would lift the score
+    f.write_text(json.dumps(rec, indent=2) + "\n")
+    caplog.set_level(logging.WARNING, logger="lpoi.eval.judge")
+    m2 = mmhal.score_file(answers, MINI_TEMPLATE, tmp_path / "m2.json", judge)
+    assert m2["score"] == 2 and len(server.requests) == 5  # the edited reply only, asked for again
+    assert judge.stats["cache_hits"] == 3 and judge.stats["cache_rejected"] == 1
+    assert "1 cached reply" in caplog.text and f.name in caplog.text
+    assert json.loads(f.read_text())["text"] == "Rating: 2"  # healed
+    mmhal.score_file(answers, MINI_TEMPLATE, tmp_path / "m3.json", make_judge(server, tmp_path))
+    assert len(server.requests) == 5  # and trusted again
+
+
+def test_a_cache_file_without_a_journal_entry_is_not_trusted(server, key, tmp_path):
+    """A reply file the cache did not write (copied in, or from a cache without a journal) is asked for again."""
+    judge = make_judge(server, tmp_path)
+    [first] = judge.complete_many(["q SCRIPT:normal"])
+    (tmp_path / "judge_cache" / "journal.jsonl").unlink()
+    [again] = make_judge(server, tmp_path).complete_many(["q SCRIPT:normal"])
+    assert not again.cached and again.text == first.text and len(server.requests) == 2
+    [third] = make_judge(server, tmp_path).complete_many(["q SCRIPT:normal"])
+    assert third.cached and len(server.requests) == 2
+
+
+# ---------------------------------------------------------------------------------------------- Ctrl-C, all-fail
+
+
+def _score_cmd(tmp_path: Path, server: ChatServer, answers: Path, template: Path, max_concurrency: int) -> list[str]:
+    import sys
+
+    import yaml
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["judge"].update({"api_key_env": KEY_ENV, "max_concurrency": max_concurrency, "max_retries": 0,
+                            "timeout": 30, "deadline": 60})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return [sys.executable, str(REPO / "stages/score.py"), "mmhal", "--answers", str(answers), "--template",
+            str(template), "--out", str(tmp_path / "mmhal.json"), "--work", str(tmp_path / "work"),
+            "--judge-base-url", server.base_url, "--judge-model", "judge-model", "--params", str(tmp_path / "params.yaml")]
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_an_interrupt_stops_the_requests_at_once_and_keeps_the_replies(server, key, tmp_path, sig):
+    """Ctrl-C (or a kill) while a slow HTTP judge scores 40 items, two at a time: no new request goes out,
+    the stage ends within seconds with the usual line, the replies it got are cached, and the re-run asks
+    only for the rest. (Before: the thread pool's exit sent every queued request first, for minutes.)"""
+    import signal
+    import subprocess
+
+    items = json.loads(MINI_TEMPLATE.read_text())
+    template = tmp_path / "template.json"
+    template.write_text(json.dumps([items[i % len(items)] for i in range(40)]))
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps({"id": i, "response": f"answer {i} SCRIPT:sleepy"}) + "\n"
+                               for i in range(40)))
+    cmd = _score_cmd(tmp_path, server, answers, template, max_concurrency=2)
+    server.delay = 1.0
+    env = {**os.environ, "LPOI_DEBUG": ""}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        t_end = time.monotonic() + 120  # the start-up (imports) on a loaded machine
+        while server.replied < 3 and proc.poll() is None and time.monotonic() < t_end:
+            time.sleep(0.02)
+        assert server.replied >= 3, proc.communicate(timeout=5)
+        with server.lock:
+            sent, replied = len(server.requests), server.replied
+        proc.send_signal(getattr(signal, sig))
+        try:
+            _, err = proc.communicate(timeout=10)  # a hang guard: it takes well under a second
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"score did not stop within 10 s of {sig}; {len(server.requests) - sent} requests since")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert len(server.requests) - sent <= 2  # at most those already on their way (max_concurrency = 2)
+    assert proc.returncode != 0
+    assert err.rstrip().splitlines()[-1] == "interrupted (finished work is kept; re-run to resume)", err
+    assert "Traceback" not in err
+    cached = list((tmp_path / "work" / "judge_cache").glob("??/*.json"))
+    assert replied - 2 <= len(cached) <= len(server.requests)  # what arrived is kept (bar any cut mid-read)
+    assert not (tmp_path / "mmhal.json").exists()
+
+    server.delay = 0.0
+    n_before = len(server.requests)
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert len(server.requests) - n_before == 40 - len(cached)  # only the rest
+    assert json.loads((tmp_path / "mmhal.json").read_text())["n"] == 40
+
+
+def test_a_judge_that_fails_on_every_item_is_one_line(server, key, tmp_path):
+    """Every item fails (here a 400 whose body echoes the key): one line naming the judge, its endpoint and
+    the first error, the key scrubbed; before, a RuntimeError traceback."""
+    import subprocess
+
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps({"id": i, "response": f"r{i} SCRIPT:echokey400"}) + "\n" for i in range(8)))
+    cmd = _score_cmd(tmp_path, server, answers, MINI_TEMPLATE, max_concurrency=4)
+    done = subprocess.run(cmd, cwd=REPO, env={**os.environ, "LPOI_DEBUG": ""}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    last = done.stderr.rstrip().splitlines()[-1]
+    assert last.startswith("error: MMHal-Bench: the judge openai-compatible:judge-model@" + server.base_url)
+    assert "failed on all 8 items ({'http_400': 8})" in last
+    assert "first error: http_400: HTTP 400:" in last and "bad request from key [REDACTED]" in last
+    assert SECRET not in done.stderr and SECRET[:12] not in done.stderr
+
+
+def test_objhal_extraction_that_fails_on_every_item_is_one_clear_error(server, key, tmp_path):
+    from lpoi.eval.benchmarks import objhal
+    from lpoi.eval.judge import JudgeFailed
+
+    server.reply_for = lambda content: "I would rather not."
+    path = tmp_path / "answers.jsonl"
+    path.write_text("".join(json.dumps({"image_id": i, "question": "Describe the image.",
+                                        "response": "A dog and a cat play with a frisbee."}) + "\n"
+                            for i in (900000001, 900000003)))
+    judge = make_judge(server)
+    with pytest.raises(JudgeFailed) as e:
+        objhal.score_file(path, REPO / "data/sample/bench/objhal", tmp_path / "m.json", extractor="llm", judge=judge,
+                          cache_dir=tmp_path / "gt")
+    msg = str(e.value)
+    assert "\n" not in msg and judge.label in msg and "failed on all 2 items" in msg
+    assert "first error: unparsable_object_list: 'I would rather not.'" in msg
 
 
 # ---------------------------------------------------------------------------------------------- local HF judge

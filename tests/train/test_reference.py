@@ -38,7 +38,7 @@ def test_values_equal_one_sequence_at_a_time(lists, full_ref):
     out, stats = full_ref
     meta, rows = _rows(out)
     assert meta == {
-        "meta": {"format": 1, "model_name": MODEL, "k": 3, "max_length": None, "dtype": "float32", "max_pixels": None}
+        "meta": {"format": 2, "model_name": MODEL, "k": 3, "max_length": None, "dtype": "float32", "max_pixels": None}
     }
     assert stats["n_samples"] == stats["n_computed"] == 5 and stats["n_resumed"] == 0 and stats["k"] == 3
     model, processor = load_vlm(MODEL)
@@ -141,5 +141,5 @@ def test_rows_are_keyed_by_content_not_by_id(lists, full_ref, tmp_path):
     assert by_id(path) == by_id(tmp_path / "cold.jsonl")  # every row, bit for bit
     old, now = by_id(out), by_id(path)
     assert old["s002"]["key"] != now["s002"]["key"] and old["s002"]["list"] != now["s002"]["list"]
-    assert old["s002"]["tokens"] == now["s002"]["tokens"]  # same token ids; the pixels made the difference
+    assert old["s002"]["seqs"] == now["s002"]["seqs"]  # same token ids; the pixels made the difference
     assert all(old[i] == now[i] for i in old if i != "s002")

@@ -21,7 +21,7 @@ from lpoi.train.data import ManifestError, step_sample_indices, write_synthetic_
 from lpoi.train.guards import NonFiniteLossError
 from lpoi.train.loader import micro_batches as _micro_batches
 from lpoi.train.lora import VISION_MODULES, lora_config
-from lpoi.train.reference import ReferenceError, run_reference
+from lpoi.train.reference import ReferenceError, row_seal, run_reference
 from trainkw import MAX_LENGTH
 from trainkw import run_train as train
 
@@ -338,10 +338,46 @@ def test_bad_inputs_fail_naming_the_row(data, tmp_path):
     check(rows, ValueError, r"unknown train.lora key", "m8.jsonl", lora={"rank": 4})
 
 
+def _resealed(row: dict) -> dict:
+    """``row`` as the reference stage would have written it with these values and digests."""
+    return {**row, "seal": row_seal(row["seqs"], row["list"], row["rejected"])}
+
+
+def test_an_edited_reference_row_stops_training_naming_it(data, tmp_path):
+    """The step-0 check compares policy and reference on the first batch only, so a log-prob edited in the
+    row of a sample first used later was trained on. Now every row's seal is checked when the file is
+    loaded, and every built sequence against its row's token digest at every step."""
+    lists, ref = data
+    first = set(step_sample_indices(0, n_samples=8, global_batch=2, seed=0))
+    later = min(set(range(8)) - first)  # a sample the step-0 check never sees
+    lines = ref.read_text().splitlines(keepends=True)
+    row = json.loads(lines[1 + later])
+
+    def with_row(name: str, new: dict) -> Path:
+        path = tmp_path / name
+        path.write_text("".join(lines[: 1 + later]) + json.dumps(new) + "\n" + "".join(lines[2 + later :]))
+        return path
+
+    edited = with_row("ref_value.jsonl", {**row, "list": [v + 5.0 for v in row["list"]]})
+    with pytest.raises(ReferenceError, match=rf"{edited}:{later + 2}: the reference row of sample 's{later:03d}' "
+                                             "is not what the reference stage wrote"):
+        _run((lists, edited), tmp_path / "o1", max_steps=4)
+    # a token digest changed and the row re-sealed (as if made under another tokenisation): caught in the
+    # step whose batch holds the sample, naming the sequence
+    seqs = list(row["seqs"])
+    seqs[2] = "0" * 64
+    resealed = with_row("ref_seqs.jsonl", _resealed({**row, "seqs": seqs}))
+    step = next(t for t in range(8) if later in step_sample_indices(t, n_samples=8, global_batch=2, seed=0))
+    assert step > 0
+    with pytest.raises(ReferenceError, match=rf"{resealed}:{later + 2}: sample 's{later:03d}': the tokens training "
+                                             "built for list image 2 are not those its reference row"):
+        _run((lists, resealed), tmp_path / "o2", max_steps=step + 1)
+
+
 def test_nan_loss_stops_naming_the_batch(data, tmp_path):
     lists, ref = data
     lines = ref.read_text().splitlines()
-    bad = [lines[0]] + [json.dumps({**json.loads(x), "rejected": float("nan")}) for x in lines[1:]]
+    bad = [lines[0]] + [json.dumps(_resealed({**json.loads(x), "rejected": float("nan")})) for x in lines[1:]]
     nan_ref = tmp_path / "ref_nan.jsonl"
     nan_ref.write_text("\n".join(bad) + "\n")
     first = step_sample_indices(0, n_samples=8, global_batch=2, seed=0)

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from lpoi.eval.answers import answer_rows, check_error_ratio, reject, require_usable
-from lpoi.eval.judge import Judge
+from lpoi.eval.judge import Judge, all_failed
 from lpoi.io import UnsafePathError, atomic_write_json, read_json, safe_join, write_jsonl
 
 __all__ = [
@@ -347,10 +347,8 @@ def score_file(
         )
     n_err = sum(errors.values())
     if n_err == len(rows):
-        raise RuntimeError(
-            f"MMHal-Bench: the judge failed on all {n_err} items ({dict(errors)}); "
-            f"first error: {rows[0]['judge_detail']}"
-        )
+        first = rows[0]
+        raise all_failed("MMHal-Bench", judge, n_err, errors, f"{first['judge_error']}: {first['judge_detail']}")
     check_error_ratio(answers_path, n_rows, max_error_ratio, generation=generation_errors, judge=errors)
     metrics = aggregate(rows)
     metrics.update(

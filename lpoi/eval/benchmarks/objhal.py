@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from lpoi.eval.answers import answer_rows, check_error_ratio, reject, require_usable
-from lpoi.eval.judge import Judge
+from lpoi.eval.judge import Judge, all_failed
 from lpoi.io import (
     MAX_PIXELS,
     ImageRejected,
@@ -705,16 +705,19 @@ def _llm_mentions(answers, judge, vocab, questions_path, answers_path, rejects: 
     for a in kept:
         a["extracted"] = []
     replies = judge.complete_many([extract_prompt(a["question"], a["response"]) for a in to_ask])
+    first_error = None
     for a, reply in zip(to_ask, replies):
         if not reply.ok:
             a["error"] = reply.error
             extract_errors[reply.error or "judge_error"] += 1
+            first_error = first_error or f"{reply.error}: {reply.detail}"
             continue
         try:
             a["extracted"] = parse_object_list(reply.text or "")
         except ValueError:
             a["error"] = "unparsable_object_list"
             extract_errors["unparsable_object_list"] += 1
+            first_error = first_error or f"unparsable_object_list: {(reply.text or '')[:120]!r}"
     answers_ok = []
     for a in kept:
         if "error" in a:
@@ -722,5 +725,5 @@ def _llm_mentions(answers, judge, vocab, questions_path, answers_path, rejects: 
         a["mentions"] = objects_to_coco(refine_extracted_objects(a["extracted"], vocab), vocab)
         answers_ok.append(a)
     if not answers_ok:
-        raise RuntimeError(f"objhal: object extraction failed for every response ({dict(extract_errors)})")
+        raise all_failed("objhal (llm object extraction)", judge, len(to_ask), extract_errors, first_error)
     return answers_ok
