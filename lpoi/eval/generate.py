@@ -386,7 +386,7 @@ def _answer_by_logits(model, processor, rows: list[dict], yes_no_ids: tuple[int,
     """Fill ``response`` ("Yes"/"No") and the two log-probs from one forward at the first answer position."""
     import torch
 
-    from lpoi.train.logprobs import last_logits
+    from lpoi.models.logits import last_logits
 
     yes_id, no_id = yes_no_ids
     enc = _encode(model, processor, rows)

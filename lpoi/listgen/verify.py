@@ -87,7 +87,7 @@ def verify_scores(model, processor, images: Sequence, questions: Sequence[str], 
     import torch
 
     from lpoi.models.chat import encode_prompts, prompt_text, yes_no_token_ids
-    from lpoi.train.logprobs import last_logits
+    from lpoi.models.logits import last_logits
 
     if not (len(images) == len(questions) == len(answers)):
         raise ValueError(f"got {len(images)} images, {len(questions)} questions, {len(answers)} answers")

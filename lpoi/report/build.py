@@ -16,7 +16,7 @@ from typing import Any
 from lpoi.config import BENCHES
 from lpoi.io import atomic_write_bytes, read_json, read_jsonl
 from lpoi.report import figures
-from lpoi.report.labels import label, model_names, random_models
+from lpoi.labels import label, model_names, random_models
 from lpoi.report.markdown import ReportInputs, render
 from lpoi.report.profile import changed_params
 from lpoi.report.summary import build_summary
@@ -72,7 +72,7 @@ def paper_row(p, table: str | os.PathLike | None = None) -> tuple[dict[str, Any]
 def build_report(paths: ReportPaths, p, raw_params: dict[str, Any], rows: int = 12,
                  paper_table: str | os.PathLike | None = None) -> dict[str, Any]:
     """Write every output of the report stage; returns the summary."""
-    from lpoi.listgen.report import run_report
+    from lpoi.report.listgen import run_report
 
     d = paths.listgen_dirs
     listgen = run_report(prepared_dir=d["prepare"], detect_dir=d["detect"], segment_dir=d["segment"],

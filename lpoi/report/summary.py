@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from lpoi.config import BENCHES
-from lpoi.report.labels import RANDOM_MODEL_KEY
+from lpoi.labels import RANDOM_MODEL_KEY
 
 
 class Row(NamedTuple):

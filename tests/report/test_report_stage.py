@@ -15,7 +15,7 @@ from PIL import Image
 from lpoi.config import validate
 from lpoi.report import figures
 from lpoi.report.build import ReportPaths, build_report, paper_row
-from lpoi.report.labels import RANDOM_MODEL_KEY, label, random_models
+from lpoi.labels import RANDOM_MODEL_KEY, label, random_models
 from lpoi.report.markdown import ReportInputs, render, table_mismatches, table_values
 from lpoi.report.profile import changed_params, compose
 from lpoi.report.summary import ROWS, build_summary, flat
