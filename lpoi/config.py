@@ -8,7 +8,7 @@ e.g. ``train.beta must be > 0, got -1``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -19,6 +19,9 @@ BENCHES = ("amber", "objhal", "mmhal")
 YesNoRule = Literal["first-word", "lpoi", "exact"]
 YES_NO_RULES: tuple[str, ...] = get_args(YesNoRule)
 """AMBER's yes/no normalisation rules (``amber.yes_no``, ``stages/score.py amber --yes-no``)."""
+
+
+_S = TypeVar("_S", bound="_Section")
 
 
 class ParamsError(ValueError):
@@ -507,6 +510,32 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if os.environ.get("LPOI_RECORD_PARAMS"):
         record_reads(params, os.environ["LPOI_RECORD_PARAMS"])
     return params
+
+
+def section_of(cls: type[_S], params: _S | None, settings: dict, **renames: str) -> _S:
+    """The validated section a library function runs with.
+
+    Stages pass their section whole (``run_detect(..., params=p.detect)``); callers without a params.yaml
+    (tests, benchmarks, the miniature) may instead give single settings as keywords, named as the fields
+    or by ``renames`` (keyword -> field), validated exactly as params.yaml is. Both at once is an error:
+    one call must not mix a section with settings that silently override it.
+    """
+    if params is not None:
+        if settings:
+            raise TypeError(f"pass the {cls.__name__} section or single settings ({', '.join(sorted(settings))}), "
+                            "not both")
+        if not isinstance(params, cls):
+            raise TypeError(f"expected a {cls.__name__}, got {type(params).__name__}")
+        return params
+    fields = {renames.get(k, k): v for k, v in settings.items()}
+    unknown = sorted(k for k in fields if k not in cls.model_fields)
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s) {', '.join(unknown)} (settings of {cls.__name__}: "
+                        f"{', '.join(sorted(set(cls.model_fields) | set(renames)))})")
+    try:
+        return cls(**fields)
+    except ValidationError as e:
+        raise ParamsError(f"invalid {cls.__name__} settings:\n" + _format(e)) from None
 
 
 # ---------------------------------------------------------------------------------------------- recording reads

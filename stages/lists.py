@@ -13,15 +13,13 @@ def main():
     ap.add_argument("--metrics", help="metrics JSON to write (timings go beside it, to <name>.timings.json)")
     args = ap.parse_args()
     p = _common.load(args)
-    li = p.lists
 
     from lpoi.listgen.lists import run_lists
     from lpoi.stage import open_stage
 
     with open_stage("lists", args) as st:
-        stats = run_lists(f"{args.prepared}/prepared.jsonl", f"{args.verify}/verify.jsonl", st.path, size=li.size,
-                          mode=li.mode, fill=li.fill, highlight=li.highlight, mask_kind=li.mask,
-                          num_workers=li.num_workers, journal=True)
+        stats = run_lists(f"{args.prepared}/prepared.jsonl", f"{args.verify}/verify.jsonl", st.path, p.lists,
+                          journal=True)
         st.finish(args.metrics, stats.pop("output"), stats)
 
 

@@ -64,6 +64,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from lpoi.config import GenerateParams, section_of
 from lpoi.io import ImageRejected, load_image, read_jsonl, to_rgb, write_jsonl
 from lpoi.runner import Runner, StageOutput, Tally, Write, summarize
 
@@ -200,13 +201,8 @@ def generate_answers(
     processor,
     items: Iterable[dict],
     out_path: str | os.PathLike,
+    params: GenerateParams | None = None,
     *,
-    batch_size: int = 8,
-    max_new_tokens: int = 500,
-    do_sample: bool = False,
-    temperature: float | None = None,
-    top_p: float | None = None,
-    num_beams: int = 1,
     limit: int | None = None,
     yes_no: str | None = None,
     id_key: str = "id",
@@ -215,8 +211,13 @@ def generate_answers(
     retry_errors: bool = False,
     normalize_yes_no=None,
     journal: bool = False,
+    **settings: Any,
 ) -> dict[str, Any]:
     """Answer ``items`` into ``out_path`` (append-only JSONL, resumable); return throughput stats.
+
+    ``params``: the ``generate`` section (``batch_size``, ``max_new_tokens``, ``do_sample``, ``temperature``,
+    ``top_p``, ``num_beams``); without it, those settings as keywords, validated the same way
+    (:func:`lpoi.config.section_of`).
 
     ``items``: dicts ``{"id", "image": path | PIL.Image, "question", ["yes_no": bool], ...extra}``
     (``id_key`` names the id field). ``limit``: only the first N items (done or not). Decoding:
@@ -236,7 +237,9 @@ def generate_answers(
     prefetch thread; a resumed block generates only its unfinished items; ``journal`` as in
     :class:`lpoi.runner.StageOutput`).
     """
-    _check_int("batch_size", batch_size, 1)
+    g = section_of(GenerateParams, params, settings)
+    batch_size, max_new_tokens, do_sample = g.batch_size, g.max_new_tokens, g.do_sample
+    temperature, top_p, num_beams = g.temperature, g.top_p, g.num_beams
     if limit is not None:
         _check_int("limit", limit, 0)
     if yes_no not in (None, "generate", "logits"):

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from lpoi.config import SegmentParams, section_of
 from lpoi.io import ImageRejected, load_image
 from lpoi.models.sam import select_best_masks
 from lpoi.runner import Reject, StageOutput, Tally, Write, parse_shard, run_file
@@ -196,9 +197,8 @@ def run_segment(
     detect_path: str | os.PathLike,
     out_path: str | os.PathLike,
     masks_dir: str | os.PathLike,
+    params: SegmentParams | None = None,
     *,
-    model_name: str = "facebook/sam-vit-base",
-    batch_size: int = 4,
     max_masks_per_sample: int = 3,
     mask_kind: str = "sam",
     shard: str = "0/1",
@@ -212,8 +212,12 @@ def run_segment(
     processor=None,
     backend=None,
     journal: bool = False,
+    **settings: Any,
 ) -> dict[str, Any]:
     """Stream ``detect.jsonl`` -> ``segment.jsonl`` + mask PNGs (resumable, shardable).
+
+    ``params``: the ``segment`` section (``model``, ``batch_size``); without it, those settings as
+    keywords (``model_name`` for ``model``), validated the same way (:func:`lpoi.config.section_of`).
 
     For each sample, the first ``max_masks_per_sample`` *detected* candidates (pass ``verify.max_tries``:
     verify never looks further) get a mask PNG at :func:`mask_file` (written atomically). Output rows:
@@ -232,6 +236,8 @@ def run_segment(
     ``sam_masks``, ``mask_fallback``; ``backend`` names the implementation that ran).
     """
     parse_shard(shard)
+    s = section_of(SegmentParams, params, settings, model_name="model")
+    model_name, batch_size = s.model, s.batch_size
     if mask_kind not in MASK_KINDS:
         raise ValueError(f"mask kind must be one of {MASK_KINDS}, got {mask_kind!r}")
     if batch_size < 1 or max_masks_per_sample < 1:
