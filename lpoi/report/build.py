@@ -36,6 +36,7 @@ class ReportPaths:
     summary_out: Path
     out_dir: Path  # REPORT.md and the PNGs
     world: Path | None = None  # the world_grid stage's table (a placeholder line unless world=shapes)
+    world_metrics: Path | None = None  # its numbers (``{}`` unless world=shapes): means go into the summary
 
 
 def _read(path: Path) -> dict | None:
@@ -82,6 +83,7 @@ def build_report(paths: ReportPaths, p, raw_params: dict[str, Any], rows: int = 
     sources = {b: _read(paths.scores[b]) for b in BENCHES}
     sources["train"] = _read(paths.train / "metrics.json")
     sources["listgen"] = listgen
+    sources["world"] = _read(paths.world_metrics) if paths.world_metrics else None
     roles = random_models(p)
     summary = build_summary(sources, bool(roles))
     write_metrics(paths.summary_out, summary)
