@@ -10,12 +10,6 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # the lpoi next to this script, even when another copy is installed
     sys.path.insert(0, str(REPO))
 
-import warnings  # noqa: E402
-
-# peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing` on every PeftModel it builds:
-# a FutureWarning in every train/generate stage that nobody running the pipeline can act on.
-warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-
 
 def parser(doc: str) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -181,7 +181,10 @@ def _apply_adapter(model, folder: Path, *, merge: bool):
         peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
     except Exception as e:  # noqa: BLE001 - peft raises ValueError/KeyError/RuntimeError on mismatches
         raise AdapterError(f"cannot load adapter {folder} onto the base model: {type(e).__name__}: {e}") from None
-    have = set(get_peft_model_state_dict(peft_model).keys())
+    # save_embedding_layers="auto" (peft's default) would look the base model's name up on the Hub (a request,
+    # and two warnings for a local or tiny/ model) to decide whether full embedding matrices belong in the
+    # state dict; with True they always do, which can only make `have` larger and this check no stricter
+    have = set(get_peft_model_state_dict(peft_model, save_embedding_layers=True).keys())
     unused = sorted(saved - have)
     if unused:
         raise AdapterError(

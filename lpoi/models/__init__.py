@@ -8,9 +8,16 @@ asks for it explicitly.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from .identity import model_digest, model_identity
+
+# peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing` on every PeftModel it builds around
+# a model loaded here: a FutureWarning (raised in transformers.modeling_utils) in every train and generate
+# stage that nobody running the pipeline can act on. Silenced by its message and raising module only.
+warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning,
+                        module=r"transformers\.modeling_utils")
 
 __all__ = [
     "ModelNotFound",

@@ -22,12 +22,19 @@ import os
 import random
 import re
 import shutil
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from lpoi.io import atomic_write_json, atomic_write_text
+
+# A one-process run saves with `dcp.save(..., no_dist=True)`, which is exactly what torch.distributed.checkpoint
+# then warns it "assumes" (once per checkpoint); the message is for callers who forgot to initialise a
+# process group, which a one-process run has no need of. Silenced by its message and raising module only.
+warnings.filterwarnings("ignore", message=r"torch\.distributed is disabled, unavailable or uninitialized",
+                        category=UserWarning, module=r"torch\.distributed\.checkpoint")
 
 __all__ = ["config_fingerprint", "latest_checkpoint", "load_checkpoint", "read_state", "remove_checkpoints",
            "remove_partial", "save_checkpoint"]
