@@ -45,6 +45,13 @@ def fmt(value: Any, digits: int) -> str:
     return f"{value:d}" if digits == 0 and isinstance(value, int) else f"{value:.{digits}f}"
 
 
+def cell(row, value: Any) -> str:
+    """A results-table cell for one :data:`~lpoi.report.summary.ROWS` entry: rates as percentages."""
+    if row.unit == "%" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{100 * value:.1f} %"
+    return fmt(value, row.digits)
+
+
 def results_table(summary: Mapping[str, Any], paper: Mapping[str, Any] | None) -> list[str]:
     """The results table, one row per :data:`~lpoi.report.summary.ROWS` entry, values from ``summary``."""
     values = flat(summary)
@@ -54,10 +61,10 @@ def results_table(summary: Mapping[str, Any], paper: Mapping[str, Any] | None) -
     for row in ROWS:
         group = f"**{row.group}**" if row.group != last else ""
         last = row.group
-        cell = f"| {group} | {row.name} {row.better} | {fmt(values.get(row.key), row.digits)} |".replace("  |", " |")
+        line = f"| {group} | {row.name} {row.better} | {cell(row, values.get(row.key))} |".replace("  |", " |")
         if paper:
-            cell += f" {fmt(paper.get(row.key), row.digits)} |"
-        lines.append(cell)
+            line += f" {cell(row, paper.get(row.key))} |"
+        lines.append(line)
     return lines
 
 
@@ -77,7 +84,7 @@ def table_mismatches(page: str, summary: Mapping[str, Any]) -> list[str]:
     bad = []
     for row in ROWS:
         name = f"{row.name} {row.better}".strip()
-        want = fmt(values.get(row.key), row.digits)
+        want = cell(row, values.get(row.key))
         if cells.get(name) != want:
             bad.append(f"{row.key}: table {cells.get(name)!r}, summary {want!r}")
     return bad

@@ -25,6 +25,7 @@ class Row(NamedTuple):
     better: str  # "↓", "↑" or "" (a count)
     source: tuple[str, ...]  # path inside the source file (first element: which file)
     digits: int  # rounding in summary.json
+    unit: str = ""  # "%": a rate in [0, 1] that the report shows as a percentage (summary.json keeps the rate)
 
 
 ROWS: tuple[Row, ...] = (
@@ -43,10 +44,10 @@ ROWS: tuple[Row, ...] = (
     Row("train.ranking_accuracy", "Training", "ranking accuracy", "↑", ("train", "ranking_accuracy"), 3),
     Row("train.margin", "Training", "reward margin (chosen − rejected)", "↑", ("train", "margin"), 4),
     Row("lists.lists", "Lists", "lists built", "", ("listgen", "lists_out"), 0),
-    Row("lists.reject_rate", "Lists", "records rejected", "↓", ("listgen", "_reject_rate"), 3),
-    Row("lists.detection_rate", "Lists", "object detected", "↑", ("listgen", "detection_rate"), 3),
-    Row("lists.sam_mask_rate", "Lists", "SAM mask", "↑", ("listgen", "sam_mask_rate"), 3),
-    Row("lists.verify_pass_rate", "Lists", "verified hard negative", "↑", ("listgen", "verify_pass_rate"), 3),
+    Row("lists.reject_rate", "Lists", "share of records rejected", "↓", ("listgen", "_reject_rate"), 3, "%"),
+    Row("lists.detection_rate", "Lists", "samples with an object detected", "↑", ("listgen", "detection_rate"), 3, "%"),
+    Row("lists.sam_mask_rate", "Lists", "objects masked by SAM", "↑", ("listgen", "sam_mask_rate"), 3, "%"),
+    Row("lists.verify_pass_rate", "Lists", "objects verified critical", "↑", ("listgen", "verify_pass_rate"), 3, "%"),
     Row("errors.generation", "Errors", "generation errors (all benchmarks)", "↓", ("_errors", "generation"), 0),
     Row("errors.judge", "Errors", "judge / extraction errors", "↓", ("_errors", "judge"), 0),
 )
