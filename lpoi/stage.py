@@ -323,7 +323,7 @@ _KINDS = (("param", "params"), ("code", "code"), ("data", "input data"), ("model
 
 def describe_changes(before: dict[str, str], after: dict[str, str], most: int = 3) -> str:
     """What differs between two fingerprints' parts, grouped the way a user set them up: ``params
-    train.beta, code lpoi/train/recipe.py and model tiny/idefics2`` (``dep`` parts are code under
+    train.beta; code lpoi/train/recipe.py; model tiny/idefics2`` (``dep`` parts are code under
     ``lpoi/``, ``stages/``, ``conf/`` and ``hydra_plugins/``, input data otherwise); at most ``most``
     names per group, then a count."""
     groups: dict[str, list[str]] = {k: [] for k, _ in _KINDS}
@@ -342,9 +342,7 @@ def describe_changes(before: dict[str, str], after: dict[str, str], most: int = 
     words = dict(_KINDS)
     out = [f"{words.get(k, k)} " + ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
            for k, names in groups.items() if names]
-    if not out:
-        return "nothing"
-    return out[0] if len(out) == 1 else ", ".join(out[:-1]) + " and " + out[-1]
+    return "; ".join(out) or "nothing"
 
 
 def _fmt(v: Any) -> str:

@@ -250,11 +250,11 @@ def test_the_message_says_which_part_changed_in_the_words_of_params_and_dvc_yaml
     before = {"dep lpoi/train/recipe.py": "1", "dep stages/train.py": "1", "dep data/lists": "1",
               "param train.beta": "1", "param train.lr": "1", "model tiny/idefics2": "1", "param train.seed": "1"}
     after = {**before, "param train.beta": "2", "param train.lr": "2", "dep lpoi/train/recipe.py": "2"}
-    assert describe_changes(before, after) == "params train.beta, train.lr and code lpoi/train/recipe.py"
+    assert describe_changes(before, after) == "params train.beta, train.lr; code lpoi/train/recipe.py"
     after = {**before, "dep data/lists": "2", "model tiny/idefics2": "2", "param train.epochs": "1"}
     del after["param train.seed"]
-    assert describe_changes(before, after) == ("params train.epochs (newly declared), train.seed (no longer declared), "
-                                               "input data data/lists and model tiny/idefics2")
+    assert describe_changes(before, after) == ("params train.epochs (newly declared), train.seed (no longer declared); "
+                                               "input data data/lists; model tiny/idefics2")
     many = {f"param p{i}": "2" for i in range(5)}
     assert describe_changes({k: "1" for k in many}, many) == "params p0, p1, p2 and 2 more"
 
