@@ -7,19 +7,29 @@ e.g. ``train.beta must be > 0, got -1``.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args
+import re
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-__all__ = ["BENCHES", "ParamsError", "Params", "YES_NO_RULES", "load_params"]
+__all__ = ["BENCHES", "DEVICES", "METHOD_TERMS", "OFFICIAL_JUDGES", "ParamsError", "Params", "YES_NO_RULES",
+           "load_params"]
 
 BENCHES = ("amber", "objhal", "mmhal")
 """The benchmarks, in the report's order: the sections of :class:`BenchParams` and the score stages."""
-YesNoRule = Literal["first-word", "lpoi", "exact"]
+YesNoRule = Literal["first-word", "lpoi", "exact", "paper"]
 YES_NO_RULES: tuple[str, ...] = get_args(YesNoRule)
 """AMBER's yes/no normalisation rules (``amber.yes_no``, ``stages/score.py amber --yes-no``)."""
 
+
+METHOD_TERMS: dict[str, tuple[str, ...]] = {"lpoi": ("dpo", "list", "anchor"), "mdpo": ("dpo", "list", "anchor"),
+                                            "dpo": ("dpo",)}
+"""The loss terms each ``train.method`` adds up (``lpoi.train.losses.preference_loss``); the others' weights are unused."""
+DEVICES = "auto, cpu, cuda, cuda:<index> or mps"
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # numpy's seed range (accelerate's set_seed seeds numpy too)
 
 _S = TypeVar("_S", bound="_Section")
 
@@ -28,12 +38,26 @@ class ParamsError(ValueError):
     """params.yaml does not validate; the message lists every offending key."""
 
 
+class _SectionError(ValueError):
+    """A check across keys of one section. ``{s}`` in the message stands for the section's dotted path and a
+    dot, so a section used in two places (``train``, ``world.train``) names its keys by their full path."""
+
+    def __init__(self, template: str):
+        super().__init__(template.replace("{s}", ""))  # as pydantic shows it for a section validated alone
+        self.template = template
+
+    def render(self, section: str) -> str:
+        return self.template.replace("{s}", f"{section}." if section else "")
+
+
 _READS: set[str] | None = None  # params read so far, when recording (record_reads)
 _PATHS: dict[int, str] = {}  # id(section object) -> its dotted path ("" for the root)
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
+    # allow_inf_nan: every float param of every section is finite (``beta: .inf`` would end in a
+    # NonFiniteLossError that blames the data)
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True, allow_inf_nan=False)
     # (what a stage reads is recorded only under LPOI_RECORD_PARAMS: record_reads then installs
     # _recording_getattribute and _recording_model_dump here; a plain attribute read costs nothing extra)
 
@@ -62,7 +86,8 @@ class ModelParams(_Section):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Weights dtype for the inference stages (reference, verify, generate)."""
     device: str = "auto"
-    """``auto`` = cuda when available, else cpu."""
+    """``auto`` = cuda when available, else cpu; ``cpu``, ``cuda``, ``cuda:<index>``, ``mps``. A stage that asks for
+    CUDA on a machine without one stops when it starts (:func:`lpoi.stage.pick_device`)."""
     trust_remote_code: bool = False
     """Off by default: enable only for models you have audited."""
     max_pixels: int | None = Field(None, ge=1)
@@ -71,6 +96,13 @@ class ModelParams(_Section):
     tokens and so the memory per sequence. null = the processor's default. Fixed-size families (LLaVA,
     Gemma 3) accept any budget at or above their input size and refuse a smaller one."""
 
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        if not _DEVICE.fullmatch(v):
+            raise ValueError(f"must be {DEVICES}, got {v!r}")
+        return v
+
 
 class DataParams(_Section):
     name: str = "sample"
@@ -78,6 +110,20 @@ class DataParams(_Section):
     """Pairwise preferences, LPOI/mDPO schema (JSON list or JSONL)."""
     images: str = "data/sample/images"
     """Root that every ``img_path`` is resolved inside."""
+    lists: str | None = None
+    """The released list images (``ours_cmask_until{25,50,75,100}/<img_path>``) that ``lists.source: official``
+    adopts; under ``data/external/<name>/`` (the folder the lists stage depends on). null = none."""
+
+    @field_validator("pairs", "images")
+    @classmethod
+    def _under_data(cls, v: str) -> str:
+        # DVC hashes both as dependencies of prepare: a folder outside the repository (/etc, ~) fails in DVC's
+        # hashing with an unrelated error, and ``data`` itself would contain the stages' own outputs
+        parts = PurePosixPath(v.replace("\\", "/")).parts
+        if len(parts) < 2 or parts[0] != "data" or ".." in parts:
+            raise ValueError(f"must be a path under data/ in the repository (DVC hashes it as a dependency; put "
+                             f"outside data under data/external/, a copy or a symlink), got {v!r}")
+        return v
 
 
 class AmberBench(_Section):
@@ -146,8 +192,8 @@ class DetectParams(_Section):
     a folder | an official ``.pth`` (``python stages/download.py groundingdino-swint-ogc``)."""
     box_threshold: float = Field(0.35, ge=0, le=1)
     text_threshold: float = Field(0.25, ge=0, le=1)
-    batch_size: int = Field(8, ge=1)
-    max_candidates: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, le=1024)  # images per forward; a bound that catches a typo (8000 for 8)
+    max_candidates: int = Field(8, ge=1, le=256)  # noun phrases per prompt: a caption names far fewer
     fallback: bool = True
     """No candidate detected -> a random detected COCO object (the paper's fallback)."""
 
@@ -158,38 +204,60 @@ class SegmentParams(_Section):
     model: str = "tiny/segment-anything"
     """``tiny/segment-anything`` | ``tiny/sam`` | a hub id (``facebook/sam-vit-base``) | a folder | an official
     ``.pth`` (``python stages/download.py sam-vit-b``)."""
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, le=1024)  # images per forward (a typo guard, as detect.batch_size)
 
 
 class VerifyParams(_Section):
     enabled: bool = True
     model: str | None = None
     """Verifier VLM; null = the run's base model."""
-    max_tries: int = Field(3, ge=1)
+    max_tries: int = Field(3, ge=1, le=100)  # candidate objects tried per sample; each try is a VLM forward
     on_fail: Literal["keep", "drop"] = "keep"
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, le=1024)  # a typo guard, as detect.batch_size
 
 
 class ListsParams(_Section):
-    size: int = Field(5, ge=2)
+    size: int = Field(5, ge=2, le=16)  # the paper uses 5; every image is one more sequence per sample in train
     """L images per list: image k hides the fraction k/(L-1) of the object."""
     mode: Literal["progressive", "blend"] = "progressive"
     fill: Literal["black", "mean", "blur"] = "black"
     highlight: bool = False
     mask: Literal["sam", "bbox"] = "sam"
-    num_workers: int = Field(2, ge=0)
+    num_workers: int = Field(2, ge=0, le=256)  # processes; more than the cores only costs memory
+    source: Literal["generate", "official"] = "generate"
+    """``generate``: detect, segment, verify and interpolate (this pipeline); ``official``: adopt the LPOI
+    authors' released lists (``data.lists``) and skip detect/segment/verify (``lpoi/listgen/official.py``)."""
 
 
 class ReferenceParams(_Section):
-    max_length: int = Field(512, ge=16)
+    """How the training sequences are built -- read by the reference *and* train stages, so the precomputed
+    log-probs and the policy's always score identical token ids (``lpoi.train.collate.Tokenization``)."""
+
+    max_length: int = Field(512, ge=16, le=131_072)  # beyond every supported model's context window
     """Tokens per sequence (prompt + image tokens + response); longer responses are truncated."""
-    micro_batch_sequences: int = Field(12, ge=1)
+    micro_batch_sequences: int = Field(12, ge=1, le=4096)  # sequences per forward (a typo guard)
+    tokenization: Literal["answer", "official"] = "answer"
+    """``answer``: the answer text + end of turn after the generation prompt, the response's tail cut at
+    ``max_length``. ``official``: what the official LPOI trainer scores (lpoi_dpo_trainer_5img.py, TRL 0.11's
+    DPOTrainer) -- the whole assistant turn as the chat template renders it + EOS ("Assistant: A<end_of_utterance>
+    \n</s>" for Idefics2), BOS ensured, ``keep_end`` truncation at ``max_length``/``max_prompt_length``
+    (official defaults 512/128)."""
+    max_prompt_length: int = Field(128, ge=1, le=131_072)
+    """``official`` only: the prompt's last tokens kept when prompt + the pair's longer answer exceed
+    ``max_length`` (TRL's default 128, trainer ~L736-742)."""
+
+    @model_validator(mode="after")
+    def _prompt_fits(self):
+        if self.tokenization == "official" and self.max_prompt_length >= self.max_length:
+            raise _SectionError(f"{{s}}max_prompt_length ({self.max_prompt_length}) must be below "
+                                f"{{s}}max_length ({self.max_length})")
+        return self
 
 
 class LoraParams(_Section):
     """The paper's LoRA: rank 8, alpha 8, every linear layer (the LM head excepted), image side included."""
 
-    r: int = Field(8, ge=1)
+    r: int = Field(8, ge=1, le=4096)  # the rank cannot usefully exceed a layer's width
     alpha: float = Field(8, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: str | list[str] = "all-linear"
@@ -228,13 +296,13 @@ class TrainParams(_Section):
     """``precomputed``: the reference stage's file; ``online``: adapter disabled, every step (the official way)."""
     mdpo_corruption: Literal["hidden", "crop"] = "hidden"
     """mdpo's corrupted image: the fully hidden list image, or mDPO's 1-20 % random crop (reference online)."""
-    lr: float = Field(5e-6, gt=0)
-    epochs: int = Field(1, ge=1)
+    lr: float = Field(5e-6, gt=0, le=1)  # catches 5e6 for 5e-6
+    epochs: int = Field(1, ge=1, le=10_000)
     max_steps: int | None = Field(None, ge=1)
     """Optimizer steps; overrides ``epochs`` when set."""
-    batch_size: int = Field(1, ge=1)
+    batch_size: int = Field(1, ge=1, le=1024)  # each sample brings K + 1 sequences; a typo guard
     """Samples per process per micro-step; the global batch is ``batch_size * processes * grad_accum``."""
-    grad_accum: int = Field(1, ge=1)
+    grad_accum: int = Field(1, ge=1, le=65_536)  # the paper's setups use up to 64
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     """After the linear warmup."""
@@ -242,23 +310,27 @@ class TrainParams(_Section):
     """Base weights in that dtype + autocast; LoRA weights stay float32."""
     gradient_checkpointing: bool = False
     """Trade compute for activation memory (non-reentrant)."""
-    micro_batch_sequences: int = Field(12, ge=1)
+    micro_batch_sequences: int = Field(12, ge=1, le=4096)  # a typo guard, as reference.micro_batch_sequences
     """Most sequences per forward (a micro-batch brings ``batch_size * (K + 1)``)."""
     lora: LoraParams = LoraParams()
     save_steps: int = Field(50, ge=0)
     """Checkpoint every N optimizer steps (0: never); checkpoints are removed when training ends."""
     merge: bool = False
     """Also write ``merged/``: base + adapter merged in float32 (whatever ``precision``)."""
-    seed: int = 0
+    seed: Seed = 0
     """LoRA init, data order, dropout, mDPO crops."""
     max_grad_norm: float = Field(1.0, ge=0)
     """Gradient clipping (0: off)."""
     weight_decay: float = Field(0.0, ge=0)
     """AdamW's."""
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0, le=256)  # processes; more than the cores only costs memory
     """DataLoader workers for image decoding and tokenisation."""
     logging_steps: int = Field(1, ge=1)
     """Log a curve point every N optimizer steps (and at the last)."""
+    disable_dropout: bool = False
+    """Set every ``torch.nn.Dropout`` of the base model to p = 0 before training, as TRL's DPO trainer does
+    (``disable_dropout=True`` in the official LPOI config): the policy and the adapter-disabled reference
+    then see the same network. Off by default (LoRA dropout is ``lora.dropout`` either way)."""
 
     @field_validator("beta")
     @classmethod
@@ -267,25 +339,58 @@ class TrainParams(_Section):
             raise ValueError(f"must be > 0, got {v:g}")
         return v
 
+    @model_validator(mode="after")
+    def _trains_something(self):
+        _check_objective(self.method, self.weights, "{s}")
+        return self
+
+
+def _check_objective(method: str, weights: WeightsParams, prefix: str, why: str = "") -> None:
+    """Refuse an objective whose every active term weighs 0: it has no gradient, and train would save the
+    identity adapter as if it had learnt something."""
+    terms = METHOD_TERMS[method]
+    if all(getattr(weights, t) == 0 for t in terms):
+        keys = [f"{prefix}weights.{t}" for t in terms]
+        named = keys[0] if len(keys) == 1 else ", ".join(keys[:-1]) + " and " + keys[-1]
+        raise _SectionError(f"{named} {'is' if len(keys) == 1 else 'are all'} 0: method {method!r}{why} would "
+                            f"train nothing (an identity adapter); give {'it' if len(keys) == 1 else 'one of them'} a "
+                            "positive weight")
+
 
 class GenerateParams(_Section):
-    batch_size: int = Field(8, ge=1)
-    max_new_tokens: int = Field(500, ge=1)
+    batch_size: int = Field(8, ge=1, le=1024)  # a typo guard, as detect.batch_size
+    max_new_tokens: int = Field(500, ge=1, le=16_384)  # the benchmarks' answers are a few hundred tokens
     do_sample: bool = False
-    temperature: float | None = Field(None, gt=0)
+    temperature: float | None = Field(None, gt=0, le=100)  # above ~2 sampling is noise already
     top_p: float | None = Field(None, gt=0, le=1)
-    num_beams: int = Field(1, ge=1)
+    num_beams: int = Field(1, ge=1, le=64)  # the cache grows with it: a typo guard
     use_adapter: bool = True
     """False = evaluate the base model (the baseline row of a comparison)."""
+    adapter: str | None = None
+    """A peft adapter folder to evaluate instead of the train stage's (e.g. the LPOI authors' checkpoint,
+    ``models/external/lpoi-official-llava-1.5-7b/adapter``); it may hold the adapter one folder down.
+    null = the trained adapter. Ignored when ``use_adapter`` is false."""
 
 
 class AmberParams(_Section):
     discriminative: Literal["generate", "logits"] = "generate"
     similarity: Literal["auto", "exact", "spacy-lg"] = "auto"
+    """Noun similarity of the generative scorer: ``spacy-lg`` (AMBER's inference.py: spaCy en_core_web_lg,
+    the score stage stops when it is missing), ``auto`` (spacy-lg when installed, else exact -- the
+    metrics' ``similarity`` and REPORT.md's warnings say which ran), ``exact``."""
     yes_no: YesNoRule = "first-word"
     """How generate turns a generated yes/no reply into the stored answer (the raw reply is kept too):
-    ``first-word`` = the first whole word yes/no; ``lpoi`` = the LPOI script's substring rule (to compare
-    with the paper); ``exact`` = unchanged. Not used with ``discriminative: logits`` (already Yes/No)."""
+    ``first-word`` = the first whole word yes/no; ``lpoi`` = the LPOI script's substring rule on the reply;
+    ``paper`` = that rule on what the official script decoded -- the whole sequence, prompt included (kept
+    as ``decoded_full``), from id 1004 on (generate-idefics-lpoi-amber.py); ``exact`` = unchanged. Not used
+    with ``discriminative: logits`` (already Yes/No); ``paper`` requires ``discriminative: generate``."""
+
+    @model_validator(mode="after")
+    def _paper_generates(self):
+        if self.yes_no == "paper" and self.discriminative != "generate":
+            raise ValueError("amber.yes_no 'paper' reads generated text: set amber.discriminative to 'generate' "
+                             f"(got {self.discriminative!r})")
+        return self
 
 
 class ScoreParams(_Section):
@@ -294,35 +399,56 @@ class ScoreParams(_Section):
     metrics (generation errors, judge/extraction errors): the rest would give a misleading score."""
 
 
+OFFICIAL_JUDGES = {"mmhal": "gpt-4-0314", "objhal": "gpt-3.5-turbo-0613"}
+"""The models the authors' scorers called (OFFICIAL_SETUP.md): LLaVA-RLHF's eval_gpt_mmhal.py judge and RLHF-V's
+eval_gpt_obj_halbench.py --use_gpt object extractor; the openai backend's names when ``judge.model`` is null."""
+
+
 class ObjhalParams(_Section):
     extractor: Literal["rules", "llm"] = "rules"
+    """``rules``: offline CHAIR parsing; ``llm``: RLHF-V's object extraction through the ``judge`` section's
+    client (``eval_gpt_obj_halbench.py --use_gpt``)."""
+    model: str | None = None
+    """The ``llm`` extractor's model; null = ``judge.model``, or when that is null too ``gpt-3.5-turbo-0613``
+    (RLHF-V's; retired by its vendor: any OpenAI-compatible stand-in, named in the report)."""
 
 
 class JudgeParams(_Section):
     backend: Literal["hf", "openai"] = "hf"
-    model: str = "tiny/llama"
+    model: str | None = "tiny/llama"
+    """The judge (and the Object HalBench extractor unless ``objhal.model``): a local causal LM for ``hf``; the
+    served model name for ``openai``, where null = the authors' judges -- ``gpt-4-0314`` for MMHal-Bench,
+    ``gpt-3.5-turbo-0613`` for the object extraction (:data:`OFFICIAL_JUDGES`)."""
     base_url: str | None = None
     api_key_env: str | None = "OPENAI_API_KEY"
     """Name of the environment variable holding the key (never the key itself); null for keyless local servers."""
-    max_concurrency: int = Field(4, ge=1)
-    timeout: float = Field(60, gt=0)
+    max_concurrency: int = Field(4, ge=1, le=1024)  # open requests to one server; a typo guard
+    timeout: float = Field(60, gt=0, le=86_400)  # s; a day at most (a typo guard)
     """Seconds per socket operation (connect, each read) of the openai backend."""
-    deadline: float = Field(180, gt=0)
+    deadline: float = Field(180, gt=0, le=86_400)  # s
     """Most seconds one request may take in all, however slowly the server sends (each retry gets its own)."""
-    max_retries: int = Field(6, ge=0)
-    max_new_tokens: int = Field(64, ge=1)
-    batch_size: int = Field(1, ge=1)
+    max_retries: int = Field(6, ge=0, le=100)  # retries back off exponentially: 100 is already days
+    max_new_tokens: int = Field(64, ge=1, le=16_384)  # a judgement is a few sentences
+    batch_size: int = Field(1, ge=1, le=1024)  # a typo guard, as detect.batch_size
     """Prompts per forward for the local (hf) judge; MMHal prompts are long, so 1 is fastest on CPU."""
 
     @model_validator(mode="after")
     def _openai_needs_url(self):
         if self.backend == "openai" and not self.base_url:
-            raise ValueError("judge.base_url is required when judge.backend is 'openai'")
+            raise _SectionError("{s}base_url is required when {s}backend is 'openai'")
+        if self.backend == "hf" and self.model is None:
+            raise _SectionError("{s}model is required when {s}backend is 'hf' (null names the authors' hosted "
+                                "judges, for the openai backend)")
         return self
+
+    def model_for(self, bench: str, override: str | None = None) -> str:
+        """The model that judges ``bench`` (``mmhal`` or ``objhal``): ``override`` (``objhal.model``), else
+        ``model``, else the authors' (:data:`OFFICIAL_JUDGES`)."""
+        return override or self.model or OFFICIAL_JUDGES[bench]
 
 
 class ReportParams(_Section):
-    contact_sheet_rows: int = Field(12, ge=1)
+    contact_sheet_rows: int = Field(12, ge=1, le=1000)  # one row per sample in one PNG
 
 
 class WorldModelParams(_Section):
@@ -343,11 +469,12 @@ class WorldModelParams(_Section):
     @model_validator(mode="after")
     def _divisible(self):
         if self.image_size % self.patch_size:
-            raise ValueError(f"world.model.image_size ({self.image_size}) must be a multiple of patch_size "
-                             f"({self.patch_size})")
+            raise _SectionError(f"{{s}}image_size ({self.image_size}) must be a multiple of {{s}}patch_size "
+                                f"({self.patch_size})")
         for key in ("vision_hidden", "text_hidden"):
             if getattr(self, key) % self.heads:
-                raise ValueError(f"world.model.{key} ({getattr(self, key)}) must be a multiple of heads ({self.heads})")
+                raise _SectionError(f"{{s}}{key} ({getattr(self, key)}) must be a multiple of {{s}}heads "
+                                    f"({self.heads})")
         return self
 
 
@@ -355,20 +482,20 @@ class PretrainParams(_Section):
     """Supervised training of the world's base VLM on captions and yes/no questions (all weights, no LoRA)."""
 
     steps: int = Field(600, ge=1)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(2e-3, gt=0)
+    batch_size: int = Field(32, ge=1, le=4096)  # a typo guard
+    lr: float = Field(2e-3, gt=0, le=1)  # catches 2e3 for 2e-3
     warmup_steps: int = Field(30, ge=0)
     weight_decay: float = Field(0.0, ge=0)
     dense_weight: float = Field(1.0, ge=0)
     """Weight of the patch-label loss: the LM head at each image token predicts the class of the object
     covering that patch (0: captions and yes/no answers only)."""
-    seed: int = 0
+    seed: Seed = 0
     """Weight init and example order."""
 
 
 class WorldGridParams(_Section):
     methods: list[Literal["dpo", "mdpo", "lpoi"]] = ["dpo", "mdpo", "lpoi"]
-    seeds: list[int] = [0, 1, 2]
+    seeds: list[Seed] = [0, 1, 2]
     """Each (method, seed) trains from the same base with ``world.train`` (its ``method``/``seed`` replaced)."""
 
     @field_validator("methods", "seeds")
@@ -380,8 +507,8 @@ class WorldGridParams(_Section):
 
 
 class WorldEvalParams(_Section):
-    batch_size: int = Field(32, ge=1)
-    max_new_tokens: int = Field(40, ge=1)
+    batch_size: int = Field(32, ge=1, le=4096)  # a typo guard
+    max_new_tokens: int = Field(40, ge=1, le=16_384)  # a typo guard
     """A six-object caption is ~25 tokens; room for a model that keeps naming objects."""
     heldout_lists: int = Field(100, ge=1)
     """Held-out lists (from test scenes) on which the list-position rewards are measured."""
@@ -392,7 +519,7 @@ class WorldParams(_Section):
     embedded default) turns its stages into no-ops."""
 
     name: Literal["none", "shapes"] = "none"
-    seed: int = 0
+    seed: Seed = 0
     """Scenes are a pure function of (seed, split, index)."""
     canvas: int = Field(64, ge=16)
     """Scene size in px (square)."""
@@ -409,7 +536,7 @@ class WorldParams(_Section):
     detector: Literal["oracle", "pipeline"] = "oracle"
     """How world_lists finds and segments the critical object: ``oracle`` (the generator's boxes and masks) or
     ``pipeline`` (the ``detect``/``segment`` sections' models and settings, as the embedded default runs them)."""
-    threads: int = Field(1, ge=1)
+    threads: int = Field(1, ge=1, le=1024)  # a typo guard
     """torch intra-op threads of the world's stages. Results are bit-reproducible only for a fixed value (the
     order of float reductions follows it); more than one thread gains little on a model this small and, on a
     busy 2-core machine, makes every step many times slower."""
@@ -423,13 +550,20 @@ class WorldParams(_Section):
     @model_validator(mode="after")
     def _sides(self):
         if not self.min_side <= self.max_side <= self.canvas:
-            raise ValueError(f"need world.min_side <= world.max_side <= world.canvas, got {self.min_side}, "
-                             f"{self.max_side}, {self.canvas}")
+            raise _SectionError(f"need {{s}}min_side <= {{s}}max_side <= {{s}}canvas, got {self.min_side}, "
+                                f"{self.max_side}, {self.canvas}")
+        return self
+
+    @model_validator(mode="after")
+    def _grid_trains_something(self):
+        # the grid replaces world.train.method by each of its methods: each must train something
+        for method in self.grid.methods:
+            _check_objective(method, self.train.weights, "{s}train.", why=" (in {s}grid.methods)")
         return self
 
 
 class Params(_Section):
-    seed: int = 0
+    seed: Seed = 0
     model: ModelParams = ModelParams()
     data: DataParams = DataParams()
     bench: BenchParams = BenchParams()
@@ -447,6 +581,17 @@ class Params(_Section):
     score: ScoreParams = ScoreParams()
     report: ReportParams = ReportParams()
     world: WorldParams = WorldParams()
+
+    @model_validator(mode="after")
+    def _official_lists(self):
+        if self.lists.source == "official":
+            if not self.data.lists:
+                raise ValueError("lists.source is 'official' but data.lists names no folder (use -S data=lpoi-official)")
+            inside = Path(self.data.lists).as_posix().startswith(f"data/external/{self.data.name}/")
+            if not inside:
+                raise ValueError(f"data.lists must lie under data/external/{self.data.name}/ (the folder the lists "
+                                 f"stage depends on), got {self.data.lists!r}")
+        return self
 
     def section(self, name: str) -> dict[str, Any]:
         """A section as a plain dict (for fingerprints and metrics)."""
@@ -473,7 +618,11 @@ def _format(err: ValidationError) -> str:
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
+        if isinstance(e.get("ctx", {}).get("error"), _SectionError):  # names its keys itself
+            lines.append(e["ctx"]["error"].render(key))
+        elif not e["loc"]:  # a check across sections (Params' own validators): the message names the keys
+            lines.append(msg)
+        elif e["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown key{_did_you_mean(e['loc'])} (check the spelling; see lpoi/config.py for "
                          "the known ones)")
         elif e["type"] == "missing":

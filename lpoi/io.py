@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import secrets
 import sys
 import tempfile
@@ -273,13 +274,18 @@ def _decode(path: Path, raw: bytes) -> str:
         ) from None
 
 
+_NEWLINE = re.compile(r"\r\n?|\n")
+
+
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
     """``(lineno, text)`` of every line. UTF-8 (the normal case) is streamed and decoded line by line, so
     an error names its line; UTF-16/32 files (rare: Windows tools) are decoded whole."""
     with open(path, "rb") as f:
         enc = _encoding(f.read(4))
     if enc not in ("utf-8", "utf-8-sig"):
-        yield from enumerate(_decode(path, path.read_bytes()).splitlines(), 1)
+        # not str.splitlines: it also splits at U+2028/9, U+0085 and more, which JSON strings may hold as
+        # they are; a raw CR or LF cannot be inside a JSON string, so only they end a line
+        yield from enumerate(_NEWLINE.split(_decode(path, path.read_bytes())), 1)
         return
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):

@@ -139,28 +139,36 @@ def actual_path(entry: StageEntry, path: str, args) -> Path | None:
 
 
 def hash_path(path: Path | None) -> str:
-    """sha256 of a file, or of a folder's relative names and file bytes (``__pycache__`` skipped)."""
-    h = hashlib.sha256()
+    """sha256 of a file, or of a folder's relative names and file bytes (``__pycache__`` skipped).
+
+    Every name and every file's bytes go in as their own sha256 (fixed length), so no arrangement of names
+    and bytes hashes like another: v1 separated them by NUL, and a file ``a`` holding ``1\\0b\\0`` + ``2``
+    hashed like the two files ``a`` = ``1``, ``b`` = ``2``. The ``v2`` tag changes every fingerprint once, so
+    folders made under v1 are emptied rather than reused.
+    """
+    h = hashlib.sha256(b"lpoi hash_path v2\n")
     if path is None:
         h.update(b"<not used by this run>")
     elif path.is_dir():
+        h.update(b"folder")
         for p in sorted(path.rglob("*")):
             rel = p.relative_to(path)
             if p.is_file() and not any(part in _SKIP for part in rel.parts) and p.suffix != ".pyc":
-                h.update(rel.as_posix().encode() + b"\0")
-                _hash_file(h, p)
+                h.update(hashlib.sha256(rel.as_posix().encode("utf-8", "surrogateescape")).digest())
+                h.update(_file_digest(p))
     elif path.is_file():
-        _hash_file(h, path)
+        h.update(b"file" + _file_digest(path))
     else:
         h.update(b"<missing>")
     return h.hexdigest()
 
 
-def _hash_file(h, path: Path) -> None:
+def _file_digest(path: Path) -> bytes:
+    h = hashlib.sha256()
     with open(path, "rb") as f:
         while b := f.read(1 << 20):
             h.update(b)
-    h.update(b"\0")
+    return h.digest()
 
 
 def _lookup(params: dict, dotted: str) -> Any:
@@ -379,13 +387,24 @@ def hold_stage(name: str, args, *, models=(), shard: str | None = None) -> Path:
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def pick_device(name: str | None = "auto") -> str:
-    """``"auto"`` (or None / ``""``) -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; anything else unchanged."""
-    if name not in (None, "", "auto"):
-        return str(name)
+def pick_device(name: str | None = "auto", key: str = "model.device") -> str:
+    """``"auto"`` (or None / ``""``) -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; anything else unchanged,
+    once this machine is known to have it (a :class:`StageError` naming ``key`` otherwise: torch's own error
+    comes later, from deep inside a model load, and never names the parameter)."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if name in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    name = str(name)
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(name.partition(":")[2] or 0)
+        if index >= count:
+            have = f"only {count} CUDA device(s)" if count else "no CUDA device (torch.cuda.is_available() is False)"
+            raise StageError(f"{key} is {name!r} but this machine has {have}; use {key}: auto or cpu")
+    elif name == "mps" and not torch.backends.mps.is_available():
+        raise StageError(f"{key} is 'mps' but this machine has no MPS device; use {key}: auto or cpu")
+    return name
 
 
 def write_metrics(path: str | os.PathLike, metrics: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-import _common  # noqa: F401  (puts this checkout's lpoi first on sys.path, as in every stage)
+import _common  # (puts this checkout's lpoi first on sys.path, as in every stage)
 
 import lpoi.download as dl
 
@@ -62,4 +62,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _common.run(lambda: sys.exit(main()))  # bad params, a full disk: one line, as in every stage

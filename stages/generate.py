@@ -14,7 +14,8 @@ def main():
     ap = parser(__doc__)
     ap.add_argument("bench", choices=BENCHES)
     ap.add_argument("--out", required=True, help="output folder (answers.jsonl)")
-    ap.add_argument("--adapter", help="LoRA adapter from the train stage (ignored when generate.use_adapter is false)")
+    ap.add_argument("--adapter", help="LoRA adapter from the train stage (generate.adapter, when set, replaces it; "
+                    "ignored when generate.use_adapter is false)")
     ap.add_argument("--merged", help="a folder of merged weights instead of base + adapter")
     ap.add_argument("--limit", type=int, help="only the first N items (a quick subset)")
     ap.add_argument("--metrics", help="metrics JSON to write (timings go beside it, to <name>.timings.json)")
@@ -26,8 +27,12 @@ def main():
     from lpoi.stage import open_stage, pick_device
 
     limit = args.limit or getattr(b, args.bench).limit
-    adapter = args.adapter if g.use_adapter else None
-    models = [m.name] + ([args.merged] if args.merged else [])
+    adapter = (g.adapter or args.adapter) if g.use_adapter else None
+    if adapter is not None and g.adapter:  # another adapter than the trained one: its bytes join the fingerprint
+        from lpoi.eval.generate import find_adapter
+
+        adapter = str(find_adapter(g.adapter))
+    models = [m.name] + ([args.merged] if args.merged else []) + ([adapter] if g.adapter and adapter else [])
     with open_stage(f"generate@{args.bench}", args, models=models) as st:
         items, yes_no = _items(args.bench, p, st.path, limit)
         normalize = None  # AMBER: the stored answer of a generated yes/no reply (the raw reply is kept beside it)
@@ -39,7 +44,8 @@ def main():
                                           device=pick_device(m.device), max_pixels=m.max_pixels,
                                           trust_remote_code=m.trust_remote_code)
         stats = generate_answers(model, proc, items, st.path / "answers.jsonl", g, yes_no=yes_no,
-                                 normalize_yes_no=normalize, journal=True)
+                                 normalize_yes_no=normalize, journal=True,
+                                 decoded_full=args.bench == "amber" and p.amber.yes_no == "paper")
         st.finish(args.metrics, {"adapter": bool(adapter), **stats.pop("output")}, stats)
 
 
@@ -49,8 +55,8 @@ def _items(bench: str, p, out, limit):
     if bench == "amber":
         from lpoi.eval.benchmarks import amber
 
-        return (amber.generation_items(b.path("amber", "."), b.path("amber", b.amber.images_dir), limit=limit),
-                p.amber.discriminative)
+        return (amber.generation_items(b.path("amber", "."), b.path("amber", b.amber.images_dir), limit=limit,
+                                       rule=p.amber.yes_no), p.amber.discriminative)
     if bench == "objhal":
         from lpoi.eval.benchmarks import objhal
 

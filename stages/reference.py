@@ -18,13 +18,15 @@ def main():
     r, m = p.reference, p.model
 
     from lpoi.stage import open_stage, pick_device
+    from lpoi.train.collate import Tokenization
     from lpoi.train.reference import run_reference
 
     with open_stage("reference", args, models=[m.name]) as st:
         stats = run_reference(f"{args.lists}/lists.jsonl", st.path / "reference.jsonl", model_name=m.name, dtype=m.dtype,
                               micro_batch_sequences=r.micro_batch_sequences, max_length=r.max_length,
                               device=pick_device(m.device), journal=True, max_pixels=m.max_pixels,
-                              trust_remote_code=m.trust_remote_code, model_digest=st.parts[f"model {m.name}"])
+                              trust_remote_code=m.trust_remote_code, model_digest=st.parts[f"model {m.name}"],
+                              tokenization=Tokenization.of(r))
         st.finish(args.metrics, stats.pop("output"), stats)
 
 

@@ -18,6 +18,8 @@ def main():
     ap.add_argument("--limit", type=int, help="only the first N samples")
     args = ap.parse_args()
     p = _common.load(args)
+    if p.lists.source == "official":
+        return _common.skipped_for_official_lists("segment", args, ("segment.jsonl", "rejects.jsonl"))
     s = p.segment
 
     from lpoi.listgen.backends import load_segmenter_backend

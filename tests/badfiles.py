@@ -141,6 +141,8 @@ def build_corpus(tmp_path: Path, scene_size: tuple[int, int] = (32, 24), budget:
     scene(w, h, 15).save(root / "ph.png")
     scene(w, h, 16).save(root / "long.png")
     scene(w, h, 17).save(root / "uni.png")
+    scene(w, h, 18).save(root / "txt.png")
+    scene(w, h, 19).save(root / "txt2.png")
     buf = io.BytesIO()  # truncated JPEG: first half of a noisy JPEG
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
     (root / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
@@ -201,6 +203,7 @@ def build_corpus(tmp_path: Path, scene_size: tuple[int, int] = (32, 24), budget:
         (rec("ok3.png", chosen="Three."), "duplicate_record"),
         # placeholders removed: the same record as the one above, so a duplicate once cleaned
         (rec("ok3.png", prompt="<image>\nWhat is there?", chosen="Three."), "duplicate_record"),
+        (rec("ok3.png", prompt="What\u200b is there?", chosen="Thre\u00ade."), "duplicate_record"),  # ZWSP, soft hyphen
         (rec("ph.png", prompt="<image>\nWhat is on the <Image> table?", chosen="A red <image> cup.",
              id="ph"), "ok"),
         # answers just under max_answer_chars (reference truncates them); a prompt of ~370 tiny tokens
@@ -220,5 +223,27 @@ def build_corpus(tmp_path: Path, scene_size: tuple[int, int] = (32, 24), budget:
         (rec("rgba.png"), "ok"),
         (rec("gray.png"), "ok"),
         (rec("rot.jpg"), "ok"),
+        # invisible and normalisation-only text (issue 19): texts in NFC, format characters (Cf) removed,
+        # before any comparison. A placeholder split by a zero-width space is still a placeholder.
+        (rec("txt.png", prompt="<ima\u200bge>\nWhat is\u00a0there?", chosen="Cafe\u0301 au lait\u200b.",
+             rejected="A dog\ufeff.", id="inv\u200bisible"), "ok"),
+        (rec("txt2.png", id="\ufeffinvisible"), "duplicate_id"),  # the same id once normalised
+        (rec("txt.png", id="caf\u00e9"), "ok"),
+        (rec("txt2.png", id="cafe\u0301"), "duplicate_id"),  # NFD of the id above
+        (rec("txt.png", chosen="A dog.\u200b", id="zw-pair"), "no_preference"),
+        (rec("txt.png", chosen="\ufeffA\u2060 d\u00adog.", id="bom-pair"), "no_preference"),
+        (rec("txt.png", chosen="Caf\u00e9.", rejected="Cafe\u0301.", id="nfd-pair"), "no_preference"),
+        (rec("txt.png", chosen="\u200b\u200c\u200d\u2060\ufeff", id="zw-only"), "empty_field"),
+        (rec("txt.png", rejected="\u0301 \u0308\u20dd\ufe0f", id="marks-only"), "empty_field"),
+        (rec("txt.png", prompt="\u200b<image>\u200b"), "empty_field"),
+        (rec("txt.png", id="\u200b\u2060"), "empty_field"),
+        (rec("txt.png", rejected="A\x00dog.", id="nul"), "control_character"),
+        (rec("txt.png", prompt="What is\x1b[31m there?"), "control_character"),
+        (rec("txt.png", chosen="A cup.\x85", id="nel"), "control_character"),
+        (rec("txt.png", id="bell\x07"), "control_character"),
+        # lone surrogates: JSON's "\ud800" escape decodes to one, which cannot be written as UTF-8
+        (rec("txt.png", chosen="A cup \ud800.", id="lone-surrogate"), "invalid_unicode"),
+        (rec("txt.png", id="sur\udc80"), "invalid_unicode"),
+        (rec("txt\ud800.png"), "invalid_unicode"),
     ]
     return root, cases

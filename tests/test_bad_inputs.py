@@ -1,5 +1,5 @@
 """The bad-input corpus through the whole list-generation DAG: prepare -> detect -> segment -> verify ->
-lists -> reference, on the tiny models, with ``prepare.max_reject_ratio: 1.0``.
+lists -> reference -> train, on the tiny models, with ``prepare.max_reject_ratio: 1.0`` (train: one epoch).
 
 Nothing may crash, and every input record must be accounted for: rejected by prepare with a reason and
 (where it has one) its id, or prepared and then either a list with reference log-probs or a reject row
@@ -10,6 +10,7 @@ committed params.yaml.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -32,13 +33,14 @@ def pipeline(tmp_path_factory):
     from lpoi.listgen.prepare import PromptBudget, run_prepare
     from lpoi.listgen.segment import run_segment
     from lpoi.listgen.verify import run_verify
+    from lpoi.train.recipe import TrainPaths, train
     from lpoi.train.reference import run_reference
 
     tmp = tmp_path_factory.mktemp("bad_inputs")
     # 48x40 scenes: large enough for the tiny detector's fixed-size input, small enough to be quick
     root, cases = build_corpus(tmp, scene_size=(48, 40), budget=True)
     pairs = tmp / "pairs.json"  # the JSON list form of the mDPO data
-    pairs.write_text(json.dumps([r for r, _ in cases], ensure_ascii=False))
+    pairs.write_text(json.dumps([r for r, _ in cases]))  # ASCII: lone surrogates in the corpus as \u escapes
     p = load_params(REPO / "params.yaml")
     p = p.model_copy(update={"prepare": p.prepare.model_copy(update={"max_reject_ratio": 1.0})})
     d = tmp / "data"
@@ -70,6 +72,9 @@ def pipeline(tmp_path_factory):
     stats["reference"] = run_reference(d / "lists/lists.jsonl", d / "reference/reference.jsonl",
                                        model_name=p.model.name, dtype=dt, max_length=r.max_length,
                                        micro_batch_sequences=r.micro_batch_sequences, device=dev, progress=False)
+    t = p.train.model_copy(update={"epochs": 1, "save_steps": 0})
+    stats["train"] = train(t, p.model, p.reference, TrainPaths(lists=d / "lists/lists.jsonl", out=d / "train",
+                                                               reference=d / "reference/reference.jsonl"))
     return cases, d, stats
 
 
@@ -84,7 +89,7 @@ def test_every_record_is_prepared_or_rejected_with_reason_and_id(pipeline):
         assert r["reason"] == want and r["detail"], r
         given = record.get("id") if isinstance(record, dict) else None
         if isinstance(given, (str, int)) and not isinstance(given, bool):
-            assert r["id"] == str(given), r
+            assert r["id"] == str(given).encode("utf-8", "backslashreplace").decode(), r  # surrogates escaped
     assert len(prepared) == sum(want == "ok" for _, want in cases)
 
 
@@ -114,9 +119,23 @@ def test_odd_but_valid_records_survive_intact(pipeline):
     lists = {r["id"]: r for r in _rows(d / "lists/lists.jsonl")}
     prepared = {r["id"]: r for r in _rows(d / "prepared/prepared.jsonl")}
     assert prepared["ph"]["prompt"] == "What is on the table?"
+    # invisible characters gone, NFC, before any model sees the text; the normalised id is the id
+    assert (prepared["invisible"]["prompt"], prepared["invisible"]["chosen"]) == ("What is\u00a0there?",
+                                                                                  "Caf\u00e9 au lait.")
+    assert lists["invisible"]["chosen"] == "Caf\u00e9 au lait." and "caf\u00e9" in lists
     for r in _rows(d / "lists/lists.jsonl"):
         assert "<image>" not in (r["prompt"] + r["chosen"] + r["rejected"]).lower()
     for sid in ("ph", "wide", "at-the-limits", next(i for i in prepared if i.startswith("a/../../b"))):
         assert sid in lists, sid
         assert all((d / "lists" / img).resolve().is_relative_to((d / "lists").resolve()) for img in lists[sid]["images"])
     assert prepared["wide"]["width"] == 160 and prepared["wide"]["height"] == 8
+
+
+def test_every_list_trains_with_finite_losses(pipeline):
+    """What survived list generation (normalised texts included) trains: one epoch, every step finite."""
+    _, d, stats = pipeline
+    n = len(_rows(d / "lists/lists.jsonl"))
+    tr = stats["train"]
+    assert tr["steps"] == -(-n // tr["global_batch"]) and len(tr["history"]) == tr["steps"]
+    assert all(math.isfinite(row["loss"]) for row in tr["history"])
+    assert (Path(tr["adapter_dir"]) / "adapter_model.safetensors").is_file()

@@ -121,3 +121,180 @@ def test_exp_run_names_the_hand_edits_it_replaces(exp_repo):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "these values of the current params.yaml are replaced: train.lr: 0.001 -> 0.002" in r.stderr
     assert "train.beta" not in r.stderr.split("replaced:")[1]  # what -S asked for is not a loss
+
+
+# ---------------------------------------------------------------------------------------------- issue 19 (part B)
+
+def test_exp_run_names_an_unknown_profile_and_lists_the_profiles(exp_repo):
+    before = (exp_repo / "params.yaml").read_text()
+    r = _exp_run(exp_repo, "model=nope")
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    profiles = ", ".join(sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml")))
+    assert f"model=nope is not a profile; profiles: {profiles}" in out, out
+    assert "unexpected error" not in out and "Config search path" not in out, out
+    assert (exp_repo / "params.yaml").read_text() == before  # untouched
+
+
+def _bad_params(tmp_path: Path, **changes) -> Path:
+    import yaml
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    for dotted, value in changes.items():
+        *head, last = dotted.split("__")
+        d = raw
+        for h in head:
+            d = d[h]
+        d[last] = value
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(raw))
+    return tmp_path / "bad.yaml"
+
+
+def test_check_params_stops_on_a_bad_params_file_in_one_line(tmp_path):
+    stamp = tmp_path / "params.ok"
+    (tmp_path / "p.yaml").write_text("train: {beta: .inf}\n")
+    r = _stage("stages/check_params.py", "--params", str(tmp_path / "p.yaml"), "--out", str(stamp))
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == "train.beta: input should be a finite number, got inf", r.stderr
+    assert not stamp.exists()
+    r = _stage("stages/check_params.py", "--out", str(stamp))
+    assert r.returncode == 0, r.stderr
+    first = stamp.read_bytes()
+    r = _stage("stages/check_params.py", "--params", str(_bad_params(tmp_path, train__beta=0.3)), "--out", str(stamp))
+    assert r.returncode == 0 and stamp.read_bytes() == first  # a valid edit re-runs no other stage through the stamp
+
+
+def test_a_bad_params_yaml_under_dvc_repro_keeps_the_outputs(tmp_path):
+    """A real `dvc repro train` after a hand edit: check_params fails first, train's output is not removed. (The
+    same DAG without the check stage loses it: DVC removes a stage's outputs before its command runs.)"""
+    import yaml
+
+    repo = tmp_path / "repo"
+    for rel in ("stages/check_params.py", "stages/_common.py", "lpoi/__init__.py", "lpoi/config.py", "lpoi/io.py"):
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / rel, repo / rel)
+    shutil.copy(REPO / "params.yaml", repo / "params.yaml")
+    check = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["check_params"]
+    check["deps"] = [d for d in check["deps"] if (repo / d).exists()]
+    train = {"cmd": "python -c \"import yaml; open('adapter.txt', 'w').write(str(yaml.safe_load(open('params.yaml'))"
+                    "['train']['beta']))\"", "params": ["train.beta"], "outs": ["adapter.txt"]}
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "check_params": check, "train": {**train, "deps": check["outs"]},
+        # a stage that validates the params itself, as every stage does, but is not downstream of check_params
+        "unguarded": {**train, "cmd": "python stages/check_params.py --out unguarded.ok && "
+                      + train["cmd"].replace("adapter.txt", "unguarded.txt"), "outs": ["unguarded.txt"]}}}))
+    env = _git_env()
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"],
+                ["dvc", "repro"]):
+        subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True, timeout=300)
+    assert (repo / "adapter.txt").read_text() == "0.1"
+    params = repo / "params.yaml"
+    params.write_text(params.read_text().replace("  beta: 0.1\n", "  beta: .inf\n", 1))
+    r = subprocess.run(["dvc", "repro", "train"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert "train.beta: input should be a finite number, got inf" in r.stderr, r.stderr
+    assert "Running stage 'train'" not in r.stdout + r.stderr
+    assert (repo / "adapter.txt").read_text() == "0.1"  # kept
+    assert (repo / "unguarded.txt").read_text() == "0.1"
+    r = subprocess.run(["dvc", "repro", "unguarded"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "train.beta: input should be a finite number" in r.stderr
+    assert not (repo / "unguarded.txt").exists()  # removed by DVC before the stage refused the params: the old way
+
+
+def test_a_device_the_machine_lacks_stops_the_stage_in_one_line(tmp_path):
+    import torch
+
+    missing = f"cuda:{torch.cuda.device_count()}"
+    (tmp_path / "prepared").mkdir()
+    r = _stage("stages/detect.py", "--params", str(_bad_params(tmp_path, model__device=missing)),
+               "--prepared", str(tmp_path / "prepared"), "--out", str(tmp_path / "detect"))
+    _one_line_error(r, f"model.device is '{missing}' but this machine has", "use model.device: auto or cpu")
+
+
+def test_a_data_folder_outside_data_stops_prepare_in_one_line(tmp_path):
+    r = _stage("stages/prepare.py", "--params", str(_bad_params(tmp_path, data__images="/etc")),
+               "--pairs", "data/sample/pairs.json", "--images", "/etc", "--out", str(tmp_path / "o"),
+               "--metrics", str(tmp_path / "m.json"))
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("data.images must be a path under data/ in the repository")
+
+
+_FULL_STAGE = '''
+import sys
+sys.path.insert(0, {stages!r})
+from _common import parser, run
+
+
+def main():
+    ap = parser("a stage whose disk fills up")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--how", required=True)
+    a = ap.parse_args()
+    if a.how == "write":  # /dev/full: every write fails with ENOSPC, as on a full disk
+        with open("/dev/full", "wb", buffering=0) as f:
+            f.write(b"x")
+    elif a.how == "checkpoint":  # what torch.distributed.checkpoint raises: the OSError hides two levels down
+        import traceback
+
+        from torch.distributed.checkpoint.api import CheckpointException
+        try:
+            try:
+                with open("/dev/full", "wb", buffering=0) as f:
+                    f.write(b"x")
+            except OSError:
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+        except RuntimeError as e:
+            raise CheckpointException("save", {{0: (e, traceback.extract_tb(e.__traceback__))}}) from None
+    elif a.how == "dcp":
+        import torch
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save({{"w": torch.zeros(1 << 16)}}, checkpoint_id=a.out + "/ckpt", no_dist=True)
+    elif a.how == "torch.save":
+        import torch
+
+        torch.save(torch.zeros(1 << 16), a.out + "/x.pt")
+
+
+run(main)
+'''
+
+
+def _full_stage(tmp_path: Path, out: Path, how: str) -> subprocess.CompletedProcess:
+    script = tmp_path / "full_stage.py"
+    script.write_text(_FULL_STAGE.format(stages=str(REPO / "stages")))
+    return _stage(str(script), "--out", str(out), "--how", how)
+
+
+@pytest.mark.parametrize("how", ["write", "checkpoint"])
+def test_a_full_disk_ends_a_stage_in_one_line_naming_it(tmp_path, how):
+    r = _full_stage(tmp_path, tmp_path / "out", how)
+    _one_line_error(r, "disk full (ENOSPC", f"writing {tmp_path / 'out'} (", "KiB free)", "free some space")
+
+
+@pytest.fixture
+def full_fs(tmp_path):
+    """A real 64 KiB filesystem (tmpfs; needs root)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
+                                           capture_output=True, timeout=30).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True, timeout=30)
+
+
+@pytest.mark.parametrize("how", ["dcp", "torch.save"])
+def test_a_really_full_disk_ends_a_stage_in_one_line(tmp_path, full_fs, how):
+    """torch.distributed.checkpoint (train's checkpoints) and torch.save into a filesystem that fills up."""
+    r = _full_stage(tmp_path, full_fs, how)
+    _one_line_error(r, "disk full (ENOSPC", f"writing {full_fs} (")
+
+
+def test_download_stage_answers_bad_params_in_one_line(tmp_path):
+    r = _stage("stages/download.py", "--profile", "data", "--params", str(_bad_params(tmp_path, seed=-1)),
+               "--dest", str(tmp_path / "d"))
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == "seed: input should be greater than or equal to 0, got -1", r.stderr

@@ -91,6 +91,181 @@ def test_load_params_errors(tmp_path):
     assert load_params(REPO / "params.yaml").train.method == "lpoi"
 
 
+# ---------------------------------------------------------------------------------------------- issue 19 (part B)
+
+def _float_keys(model=None, prefix=""):
+    """Every float param (``float`` or ``float | None``), by dotted path."""
+    import typing
+
+    from pydantic import BaseModel
+
+    from lpoi.config import Params
+
+    model = model or Params
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            yield from _float_keys(ann, f"{prefix}{name}.")
+        elif ann is float or float in typing.get_args(ann):
+            yield f"{prefix}{name}"
+
+
+def _set(raw: dict, dotted: str, value) -> dict:
+    *head, last = dotted.split(".")
+    d = raw
+    for h in head:
+        d = d.setdefault(h, {})
+    d[last] = value
+    return raw
+
+
+FLOAT_KEYS = sorted(_float_keys())
+
+
+def test_the_float_params_are_found():
+    assert {"train.beta", "train.delta", "train.lr", "world.train.beta", "generate.temperature",
+            "judge.timeout"} <= set(FLOAT_KEYS)
+
+
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_every_float_param_must_be_finite(key, value):
+    with pytest.raises(ParamsError, match=rf"\n{key.replace('.', '[.]')}: input should be a finite number"):
+        validate(_set(_committed(), key, value))
+
+
+def test_yaml_spellings_of_infinity_are_refused(tmp_path):
+    (tmp_path / "p.yaml").write_text("train: {beta: .inf, delta: .nan, lr: .inf}\n")
+    with pytest.raises(ParamsError) as e:
+        load_params(tmp_path / "p.yaml")
+    assert [line.split(":")[0] for line in str(e.value).splitlines()[1:]] == ["train.beta", "train.delta", "train.lr"]
+
+
+@pytest.mark.parametrize("key,value", [
+    ("lists.size", 17), ("train.batch_size", 10**5), ("train.micro_batch_sequences", 10**5),
+    ("reference.micro_batch_sequences", 10**5), ("detect.batch_size", 8000), ("segment.batch_size", 8000),
+    ("verify.batch_size", 8000), ("generate.batch_size", 8000), ("judge.batch_size", 8000),
+    ("generate.max_new_tokens", 10**6), ("judge.max_new_tokens", 10**6), ("world.eval.max_new_tokens", 10**6),
+    ("train.lr", 5e6), ("world.pretrain.lr", 2e3), ("detect.box_threshold", 35), ("detect.text_threshold", 25),
+    ("reference.max_length", 10**7), ("train.num_workers", 1000),
+])
+def test_typos_in_sizes_are_caught_by_upper_bounds(key, value):
+    with pytest.raises(ParamsError, match=rf"\n{key.replace('.', '[.]')}: input should be less than or equal to"):
+        validate(_set(_committed(), key, value))
+
+
+def test_the_largest_sizes_in_bounds_pass():
+    raw = _committed()
+    for key, value in (("lists.size", 16), ("train.batch_size", 1024), ("generate.max_new_tokens", 16384),
+                       ("train.lr", 1.0)):
+        _set(raw, key, value)
+    validate(raw)
+
+
+SEED_KEYS = ["seed", "train.seed", "world.seed", "world.pretrain.seed", "world.train.seed"]
+
+
+@pytest.mark.parametrize("key", SEED_KEYS)
+@pytest.mark.parametrize("value", [-1, 2**32])
+def test_every_seed_names_its_key(key, value):
+    with pytest.raises(ParamsError, match=rf"\n{key.replace('.', '[.]')}: input should be"):
+        validate(_set(_committed(), key, value))
+
+
+def test_grid_seeds_name_the_bad_one():
+    with pytest.raises(ParamsError, match=r"world\.grid\.seeds\.1: input should be greater than or equal to 0, got -1"):
+        validate(_set(_committed(), "world.grid.seeds", [0, -1]))
+
+
+@pytest.mark.parametrize("weights,method,keys", [
+    ({"dpo": 0, "list": 0, "anchor": 0}, "lpoi", "train.weights.dpo, train.weights.list and train.weights.anchor are all 0"),
+    ({"dpo": 0.0, "list": 0.0, "anchor": 0.0}, "mdpo", "train.weights.dpo, train.weights.list and train.weights.anchor"),
+    ({"dpo": 0, "list": 1, "anchor": 1}, "dpo", "train.weights.dpo is 0: method 'dpo'"),  # dpo uses the text pair only
+])
+def test_an_objective_that_trains_nothing_is_refused(weights, method, keys):
+    with pytest.raises(ParamsError, match="would train nothing") as e:
+        validate(_set(_set(_committed(), "train.weights", weights), "train.method", method))
+    assert keys in str(e.value) and len(str(e.value).splitlines()) == 2
+
+
+@pytest.mark.parametrize("weights,method", [({"dpo": 1, "list": 0, "anchor": 0}, "dpo"),
+                                            ({"dpo": 0, "list": 0, "anchor": 1}, "lpoi"),
+                                            ({"dpo": 0, "list": 1, "anchor": 0}, "mdpo")])
+def test_an_objective_with_one_active_term_passes(weights, method):
+    validate(_set(_set(_committed(), "train.weights", weights), "train.method", method))
+
+
+def test_the_world_grid_refuses_a_method_its_weights_leave_empty():
+    """world.train's lpoi objective trains, but the grid also runs dpo, which uses only weights.dpo."""
+    raw = _set(_committed(), "world.train.weights", {"dpo": 0, "list": 1, "anchor": 1})
+    with pytest.raises(ParamsError, match=r"world\.train\.weights\.dpo is 0: method 'dpo' \(in world\.grid\.methods\)"):
+        validate(raw)
+    validate(_set(raw, "world.grid.methods", ["mdpo", "lpoi"]))
+
+
+def test_method_terms_are_the_terms_the_loss_adds_up():
+    """lpoi.config.METHOD_TERMS (which weights a method uses) agrees with the loss itself."""
+    import torch
+
+    from lpoi.config import METHOD_TERMS
+    from lpoi.train.losses import LOSS_TERMS, preference_loss
+
+    pol, ref = torch.tensor([[-3.0, -4.0, -5.0]]), torch.tensor([[-3.5, -3.9, -4.2]])
+    for method, terms in METHOD_TERMS.items():
+        out = preference_loss(method, policy_list_logps=pol, policy_rejected_logps=torch.tensor([-6.0]),
+                              reference_list_logps=ref, reference_rejected_logps=torch.tensor([-5.0]), beta=0.1)
+        assert set(terms) == set(out) & set(LOSS_TERMS), method
+        unused = {t: (0.0 if t in terms else 1.0) for t in LOSS_TERMS}  # weight only what the method ignores
+        zero = preference_loss(method, policy_list_logps=pol, policy_rejected_logps=torch.tensor([-6.0]),
+                               reference_list_logps=ref, reference_rejected_logps=torch.tensor([-5.0]), beta=0.1,
+                               weights=unused)
+        assert zero["loss"].item() == 0.0, method
+
+
+@pytest.mark.parametrize("device", ["banana", "gpu", "cuda:", "cuda:x", "CPU", ""])
+def test_an_unknown_device_names_the_accepted_ones(device):
+    with pytest.raises(ParamsError, match=r"\nmodel\.device must be auto, cpu, cuda, cuda:<index> or mps, got"):
+        validate(_set(_committed(), "model.device", device))
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:1", "mps"])
+def test_known_devices_pass_validation(device):
+    assert validate(_set(_committed(), "model.device", device)).model.device == device
+
+
+@pytest.mark.parametrize("key", ["data.images", "data.pairs"])
+@pytest.mark.parametrize("path", ["/etc", "/work/data/images", "~/images", "data/../../etc", "data", "images",
+                                  "../data/x"])
+def test_data_paths_are_confined_to_data(key, path):
+    with pytest.raises(ParamsError, match=rf"\n{key.replace('.', '[.]')} must be a path under data/ in the repository"):
+        validate(_set(_committed(), key, path))
+
+
+def test_data_paths_under_data_pass():
+    raw = _set(_set(_committed(), "data.images", "data/external/mdpo-10k/images"), "data.pairs", "./data/x/p.jsonl")
+    validate(raw)
+
+
+def test_cross_key_messages_name_keys_by_their_full_path_without_the_section_dump():
+    with pytest.raises(ParamsError) as e:
+        validate(_set(_committed(), "world.model.image_size", 50))
+    assert str(e.value).splitlines()[1] == ("world.model.image_size (50) must be a multiple of world.model.patch_size "
+                                            "(8)")
+
+
+def test_an_unknown_profile_is_named_with_the_profiles():
+    """Hydra composition in-process (tests, notebooks) goes through the same plugin as `dvc exp run -S`."""
+    import hydra_plugins.lpoi_params  # noqa: F401 - installs the check (Hydra's plugin scan does this under dvc)
+    from hydra.errors import HydraException
+
+    try:
+        from dvc.exceptions import DvcException
+    except ImportError:
+        DvcException = HydraException
+    with pytest.raises((DvcException, HydraException), match=r"^model=nope is not a profile; profiles: .*tiny-llava"):
+        _compose("model=nope")
+
+
 def test_a_library_function_takes_the_section_or_single_settings_never_both(tmp_path):
     """Stages pass the validated section whole; tests may give single settings, which are validated the
     same way (the key is named) -- and a section plus settings that would silently override it fails."""

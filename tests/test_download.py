@@ -40,9 +40,10 @@ from lpoi.download import (
 )
 from lpoi.download.sources import DatasetSpec, ExtractSpec, FileSpec, HubRef
 from lpoi.download.transfer import part_path
+import shared_data
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "benchmarks"
+SHARED = shared_data.SHARED / "benchmarks"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
@@ -562,15 +563,15 @@ def test_cli_subprocess_with_hf_endpoint_from_the_environment(server, tmp_path):
 
 def test_shipped_sources_are_valid_and_amber_hashes_match_the_official_files():
     specs = load_sources()
-    assert {n for n, s in specs.items() if s.kind == "dataset"} == {"mdpo-10k", "amber", "objhal", "mmhal"}
+    assert {n for n, s in specs.items() if s.kind == "dataset"} == {"mdpo-10k", "amber", "objhal", "mmhal",
+                                                                   "lpoi-official"}
     for spec in specs.values():
         for f in spec.files:
             assert f.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", f.sha256)
             if f.hub is not None:
                 assert f.hub.revision == "main" or re.fullmatch(r"[0-9a-f]{40}", f.hub.revision)
     amber = {f.path: f for f in specs["amber"].files}
-    if not SHARED.is_dir():
-        pytest.skip("../shared/benchmarks not present")
+    shared_data.shared_file("benchmarks")  # the official files (skips, naming ../shared, without them)
     for rel in ["annotations.json", "relation.json", "safe_words.txt", "query/query_all.json",
                 "query/query_discriminative-relation.json"]:
         b = (SHARED / "amber" / rel).read_bytes()
@@ -585,8 +586,7 @@ def test_shipped_sources_are_valid_and_amber_hashes_match_the_official_files():
 def test_amber_fetch_end_to_end_with_the_recorded_hashes(server, tmp_path):
     """The shipped AMBER entry, with its URLs pointed at the loopback server serving the official files:
     the recorded sizes/sha256 must accept the real bytes, and the layout must be the one the scorer reads."""
-    if not SHARED.is_dir():
-        pytest.skip("../shared/benchmarks not present")
+    shared_data.shared_file("benchmarks")  # the official files (skips, naming ../shared, without them)
     spec = load_sources()["amber"]
     files = []
     for f in spec.files:
@@ -620,7 +620,8 @@ def test_shipped_checkpoints_pin_the_official_files():
     """The three original checkpoints of issue 13: the official URLs, with size and sha256 recorded (values
     published by several independent projects; a download checks them)."""
     ck = {n: s for n, s in load_sources().items() if s.kind == "checkpoint"}
-    assert set(ck) == {"sam-vit-b", "sam-vit-h", "groundingdino-swint-ogc"}
+    assert set(ck) == {"sam-vit-b", "sam-vit-h", "groundingdino-swint-ogc", "lpoi-official-idefics2-8b",
+                       "lpoi-official-llava-1.5-7b", "lpoi-official-llava-1.5-13b"}  # (the last three: Drive)
     expect = {"sam-vit-b": ("sam_vit_b_01ec64.pth", 375042383, "ec2df627"),
               "sam-vit-h": ("sam_vit_h_4b8939.pth", 2564550879, "a7bf3b02"),
               "groundingdino-swint-ogc": ("groundingdino_swint_ogc.pth", 693997677, "3b3ca256")}
@@ -658,7 +659,7 @@ def test_checkpoint_cli_lands_in_models_external_and_refuses_a_wrong_file(server
     "entry, needle",
     [({"path": "a", "url": "https://x/a", "sha256": "abc"}, "64 lowercase hex"),
      ({"path": "../a", "url": "https://x/a", "sha256": TO_BE_FILLED}, "stay inside"),
-     ({"path": "a", "sha256": TO_BE_FILLED}, "exactly one of 'url' or 'hub'"),
+     ({"path": "a", "sha256": TO_BE_FILLED}, "exactly one of 'url', 'hub' or 'gdrive'"),
      ({"path": "a", "url": "file:///etc/passwd", "sha256": TO_BE_FILLED}, "http(s)"),
      ({"path": "a", "url": "https://x/a", "sha256": TO_BE_FILLED, "sha": "typo"}, "unknown key")],
 )
@@ -668,3 +669,136 @@ def test_malformed_sources_are_refused_naming_the_entry(tmp_path, entry, needle)
     with pytest.raises(ValueError) as ei:
         load_sources(p)
     assert needle in str(ei.value) and "datasets.d.files[0]" in str(ei.value)
+
+
+# ---------------------------------------------------------------------------------------------- real sources (issue 20)
+
+
+def _jpeg(seed: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (24, 16), (seed * 40 % 256, 80, 120)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_shipped_sources_pin_the_working_vlfeedback_zip_and_coco_url():
+    """../shared/paper/DATA_SOURCES.md: VLFeedback replaced its zip at 21072e5; images.cocodataset.org fails TLS."""
+    specs = load_sources()
+    zipf = {f.path: f for f in specs["mdpo-10k"].files}["downloads/merged_images.zip"]
+    assert (zipf.size, zipf.sha256) == (2910186386, "d484076f7fc2f986724c182ef39829a373b66080b70a85f23411d5ab1461e9eb")
+    assert zipf.hub.revision != "9a18ebceacadef27e7287f4ca025bf52d0385346" and zipf.extract.strip_top_dir
+    coco = {f.path: f for f in specs["objhal"].files}["downloads/annotations_trainval2014.zip"]
+    assert coco.url == "https://s3.amazonaws.com/images.cocodataset.org/annotations/annotations_trainval2014.zip"
+    assert (coco.size, coco.sha256) == (252872794, "031296bbc80c45a1d1f76bf9a90ead27e94e99ec629208449507a4917a3bf009")
+
+
+def test_mdpo10k_fixed_zip_layout_and_the_three_img_path_forms_resolve(server, tmp_path, monkeypatch):
+    """The shipped mdpo-10k entry against a loopback hub: the replaced zip's layout (merged_images/<id>.jpg)
+    lands in images/, and records naming their image as images/<id>.jpg, <id>.jpg or data/images/<id>.jpg all
+    resolve by basename (the check says how many, prepare accepts them); a missing one is a reject."""
+    from lpoi.listgen.prepare import prepare_records
+
+    spec = load_sources()["mdpo-10k"]
+    archive = make_zip([(f"merged_images/{i}.jpg", _jpeg(i)) for i in range(3)])
+    pairs = json.dumps([{"img_path": p, "prompt": f"q{i}", "chosen": "c", "rejected": "r"} for i, p in
+                        enumerate(["images/0.jpg", "1.jpg", "data/images/2.jpg", "images/404.jpg"])]).encode()
+    files = []
+    for f in spec.files:
+        body = archive if f.extract else pairs
+        server.hub[f"/datasets/{f.hub.repo_id}/resolve/{f.hub.revision}/{f.hub.filename}"] = body
+        files.append(dataclasses.replace(f, size=len(body), sha256=sha(body)))  # stand-ins for the 2.9 GB zip
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    dest = tmp_path / "mdpo-10k"
+    rep = fetch("mdpo-10k", dest, sources={"mdpo-10k": dataclasses.replace(spec, files=tuple(files))}, progress=False)
+    assert files_under(dest / "images") == ["0.jpg", "1.jpg", "2.jpg"]
+    note = next(n for n in rep.notes if "records find their img_path" in n)
+    assert "3/4 records" in note and "(2 of them by basename only)" in note and "'images/404.jpg'" in note
+    out = list(prepare_records(dest / "sample_10k_llava.json", dest / "images"))
+    assert [kind for kind, _ in out] == ["ok", "ok", "ok", "reject"] and out[3][1]["reason"] == "missing_image"
+    assert [Path(r["image_path"]).name for kind, r in out[:3]] == ["0.jpg", "1.jpg", "2.jpg"]
+
+
+def test_objhal_coco_annotations_layout_from_the_recorded_url_path(server, tmp_path):
+    spec = load_sources()["objhal"]
+    inst, caps = b'{"images": [], "annotations": []}', b'{"annotations": []}'
+    archive = make_zip([("annotations/instances_val2014.json", inst), ("annotations/captions_val2014.json", caps),
+                        ("annotations/instances_train2014.json", b"{}")])
+    f = next(f for f in spec.files if f.extract)
+    path = "/" + f.url.split("://", 1)[1].split("/", 1)[1]  # /images.cocodataset.org/annotations/...
+    server.files[path] = archive
+    only = dataclasses.replace(f, url=server.url + path, size=len(archive), sha256=sha(archive))
+    dest = tmp_path / "objhal"
+    fetch("objhal", dest, sources={"objhal": dataclasses.replace(spec, files=(only,))}, progress=False)
+    assert (dest / "coco" / "instances_val2014.json").read_bytes() == inst
+    assert (dest / "coco" / "captions_val2014.json").read_bytes() == caps
+
+
+# ---------------------------------------------------------------------------------------------- the authors' Drive files
+
+
+DRIVE_IDS = {"sample_10k_llava.json": "1AzziQDSRVz0c6YqTpPq30JKRccCkwTMc",  # official README, one by one
+             "downloads/images.zip": "1BTmzMuCR40qxCevdmXN7vZ0b6LpjyWlb",
+             "downloads/ours_cmask_until_list5.zip": "19Srx3NzFNedjmp26iqNK3sRr_nX9XSS_"}
+ADAPTER_IDS = {"lpoi-official-idefics2-8b": "1t-_J9Dg-PF25YYtjCsB-U3VBd35gH4_q",
+               "lpoi-official-llava-1.5-7b": "1NNp-giqNjPQhdpNPpJStNmCEkzkCXtPX",
+               "lpoi-official-llava-1.5-13b": "1mqlSxxXiECTi84e3BfwbeWS-_nakEKc4"}
+
+
+def test_lpoi_official_sources_are_the_readme_drive_files():
+    specs = load_sources()
+    assert {f.path: f.gdrive for f in specs["lpoi-official"].files} == DRIVE_IDS
+    for name, fid in ADAPTER_IDS.items():
+        assert specs[name].kind == "checkpoint" and [f.gdrive for f in specs[name].files] == [fid]
+
+
+def test_lpoi_official_offline_names_each_file_its_drive_link_and_where_to_put_it(tmp_path):
+    dest = tmp_path / "lpoi-official"
+    r = subprocess.run([sys.executable, str(REPO / "stages" / "download.py"), "lpoi-official", "--offline",
+                        "--dest", str(dest), "--no-progress"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    for path, fid in DRIVE_IDS.items():
+        assert f"* {path}" in r.stderr and f"https://drive.google.com/file/d/{fid}/view" in r.stderr
+        assert f"put it at: {dest / path}" in r.stderr
+    assert "ours_cmask_until_list5/ours_cmask_until{25,50,75,100}/<img_path>" in r.stderr
+
+
+def test_drive_file_without_gdown_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gdown", None)  # as on a machine without the [official] extra
+    spec = load_sources()["lpoi-official"]
+    only = {"lpoi-official": dataclasses.replace(spec, files=spec.files[:1], checks=())}
+    with pytest.raises(DatasetUnavailable) as ei:
+        fetch("lpoi-official", tmp_path / "d", sources=only, progress=False, offline=False)
+    assert "pip install 'lpoi[official]'" in str(ei.value) and ei.value.missing[0]["reason"] == "missing_dependency"
+
+
+def test_drive_file_fetched_with_gdown_pinned_on_first_download(server, tmp_path, monkeypatch):
+    """gdown against a loopback server with Drive's /uc?id= interface: trust on first use, then pinned."""
+    pytest.importorskip("gdown")
+    body = json.dumps([{"img_path": "data/images/1.jpg", "prompt": "p", "chosen": "c", "rejected": "r"}]).encode()
+    server.files["/uc"] = body
+    monkeypatch.setenv("LPOI_GDRIVE_ENDPOINT", server.url)
+    spec = load_sources()["lpoi-official"]
+    only = {"lpoi-official": dataclasses.replace(spec, files=spec.files[:1], checks=())}
+    dest = tmp_path / "d"
+    rep = fetch("lpoi-official", dest, sources=only, progress=False, offline=False)
+    assert (dest / "sample_10k_llava.json").read_bytes() == body and rep.files[0].status == "downloaded"
+    assert any(sha(body) in n for n in rep.notes)  # the observed hash, to copy into sources.json
+    assert json.loads((dest / LOCK_NAME).read_text())["files"]["sample_10k_llava.json"]["sha256"] == sha(body)
+    n = len(server.log)
+    assert fetch("lpoi-official", dest, sources=only, progress=False).files[0].status == "cached"
+    assert len(server.log) == n
+    (dest / "sample_10k_llava.json").write_bytes(body.replace(b'"p"', b'"P"'))
+    with pytest.raises(ChecksumMismatch):
+        fetch("lpoi-official", dest, sources=only, progress=False)
+
+
+def test_official_checkpoint_zip_placed_by_hand_unpacks_into_adapter(tmp_path):
+    archive = make_zip([("lpoi_llava7b/adapter_config.json", b'{"peft_type": "LORA"}'),
+                        ("lpoi_llava7b/adapter_model.safetensors", b"weights")])
+    dest = tmp_path / "lpoi-official-llava-1.5-7b"
+    (dest / "downloads").mkdir(parents=True)
+    (dest / "downloads" / "checkpoint.zip").write_bytes(archive)
+    rep = fetch("lpoi-official-llava-1.5-7b", dest, progress=False, offline=True)
+    assert files_under(dest / "adapter") == ["adapter_config.json", "adapter_model.safetensors"]
+    assert rep.files[0].status == "placed"

@@ -100,10 +100,10 @@ def test_fingerprint_changes_with_every_declared_part_and_only_those(tmp_path):
 def test_model_identity_tiny_folder_and_hub(tmp_path, monkeypatch):
     a, b = model_identity("tiny/llava"), model_identity("tiny/llava", seed=1)
     assert a["kind"] == "tiny" and a != b and {"torch", "transformers"} <= a.keys()
-    # the builder code is part of it: the digest of every module of lpoi/models
-    h = hashlib.sha256()
+    # the builder code is part of it: the digest of every module of lpoi/models (name and bytes, each hashed)
+    h = hashlib.sha256(b"code v2\n")
     for p in sorted((REPO / "lpoi/models").glob("*.py")):
-        h.update(p.name.encode() + b"\0" + p.read_bytes())
+        h.update(hashlib.sha256(p.name.encode()).digest() + hashlib.sha256(p.read_bytes()).digest())
     assert a["code"] == h.hexdigest()
     models = tmp_path / "models"
     shutil.copytree(REPO / "lpoi/models", models, ignore=shutil.ignore_patterns("__pycache__"))
@@ -142,6 +142,30 @@ def test_model_identity_tiny_folder_and_hub(tmp_path, monkeypatch):
     (repo / "refs" / "main").write_text("b" * 40)  # a new revision under the same name
     assert model_identity("org/m")["revision"] == "b" * 40
     assert model_identity("org/not-cached")["revision"] is None  # offline: nothing to resolve
+
+
+def test_no_two_folders_or_builder_codes_hash_alike(tmp_path, monkeypatch):
+    """Names and bytes used to be joined by NUL: a file ``a`` holding ``1\\0b\\0`` + ``2`` hashed like the
+    files ``a`` = ``1`` and ``b`` = ``2`` (a dep folder changed so, and the stage reused its old outputs)."""
+    from lpoi.stage import hash_path
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    (one / "a").write_bytes(b"1\0b\0" + b"2")
+    (two / "a").write_bytes(b"1")
+    (two / "b").write_bytes(b"2")
+    assert hash_path(one) != hash_path(two)
+    assert len({hash_path(one / "a"), hash_path(one), hash_path(tmp_path / "none"), hash_path(None)}) == 4
+    codes = []
+    for files in ({"a.py": b"1b.py\0" + b"2"}, {"a.py": b"1", "b.py": b"2"}):  # v1: name NUL bytes, no end
+        models = tmp_path / f"models{len(codes)}"
+        models.mkdir()
+        for name, data in files.items():
+            (models / name).write_bytes(data)
+        shutil.copy(REPO / "lpoi/models/tiny.py", models / "tiny.py")  # TINY_FAMILIES comes from the package
+        monkeypatch.setattr(identity, "__file__", str(models / "identity.py"))
+        codes.append(model_identity("tiny/llava")["code"])
+    assert codes[0] != codes[1]
 
 
 def test_a_downloaded_checkpoint_is_identified_by_its_stamp_until_it_changes(tmp_path):
@@ -236,7 +260,8 @@ def test_open_stage_uses_the_runs_own_paths(tmp_path):
                                live=str(tmp_path / "live"))
     st = open_stage("train", train)
     assert st.path == tmp_path / "m" / "checkpoints"
-    assert st.parts["dep data/reference"] == hashlib.sha256(b"<not used by this run>").hexdigest()
+    unused = hashlib.sha256(b"lpoi hash_path v2\n<not used by this run>").hexdigest()
+    assert st.parts["dep data/reference"] == unused
 
 
 def test_timings_go_beside_the_metrics_not_into_them(tmp_path):

@@ -21,7 +21,8 @@ def split(kw: dict) -> dict:
         kw.pop(old, None)
     hooks = {k: kw.pop(k) for k in HOOKS if k in kw}
     model = {"name": kw.pop("model_name"), **({"max_pixels": kw.pop("max_pixels")} if "max_pixels" in kw else {})}
-    reference = {"max_length": kw.pop("max_length", MAX_LENGTH)}
+    reference = {"max_length": kw.pop("max_length", MAX_LENGTH),
+                 **{k: kw.pop(k) for k in ("tokenization", "max_prompt_length") if k in kw}}
     return {"train": kw, "model": model, "reference": reference, "paths": paths, "hooks": hooks}
 
 

@@ -7,7 +7,8 @@ failure into the first stage. DVC loads Hydra plugins from the repository root (
 ``hydra.plugins_path`` setting, default: the root), so this module is imported by every ``dvc exp
 run`` here. It wraps Hydra's ``compose_config`` so that a composition of *this* ``conf/`` is validated
 by :func:`lpoi.config.validate` — an unknown key, a wrong type or an out-of-range value stops the
-experiment at once with the project's message naming the key (and the closest known key).
+experiment at once with the project's message naming the key (and the closest known key), and an unknown
+profile (``-S model=nope``) with the list of profiles.
 
 It also says which values of the current ``params.yaml`` the new composition replaces (a hand edit,
 or the previous experiment's ``-S``): ``dvc exp run`` always starts again from ``conf/``, so a hand
@@ -65,6 +66,18 @@ def _forced(override: str) -> str:
     if override.startswith(("+", "~")) or "=" not in override or (CONF / key).is_dir():
         return override  # already an add/delete, or a group choice (model=..., data=...)
     return "++" + override
+
+
+def _check_profiles(overrides: list[str]) -> None:
+    """``model=nope``: one line naming the choice and the profiles there are (Hydra's answer is an "unexpected
+    error" listing its config search path)."""
+    for override in overrides:
+        key, eq, value = override.lstrip("+~").partition("=")
+        group = CONF / key
+        if eq and value != "null" and group.is_dir() and not (group / f"{value}.yaml").is_file():
+            names = sorted(p.stem for p in group.glob("*.yaml"))
+            raise _error(f"{key}={value} is not a profile; profiles: {', '.join(names)} (conf/{key}/; the experiment "
+                         "did not start)")
 
 
 def _check(cfg, overrides: list[str]) -> None:
@@ -127,6 +140,7 @@ def _install() -> None:
     def compose_config(self, config_name, overrides, *args, **kwargs):
         if not _is_ours(self):
             return original(self, config_name, overrides, *args, **kwargs)
+        _check_profiles(list(overrides))
         try:
             cfg = original(self, config_name, overrides, *args, **kwargs)
         except ConfigCompositionException as hydra_error:

@@ -151,10 +151,18 @@ def _plain(f: FileSpec, dest: Path, lock: dict, offline: bool, progress: bool, r
     else:
         if offline:
             raise NetworkError("offline mode: not fetched", url=src)
-        res = download_file(src, target, f.size, exp, git_sha1=f.git_sha1, progress=progress)
+        res = _download(f, src, target, exp, progress)
         obs = {"size": res.size, "sha256": res.sha256}
         status = res.status
     _record(f, src, obs, hsrc, lock, report, status)
+
+
+def _download(f: FileSpec, src: str, target: Path, exp: str | None, progress: bool):
+    if f.gdrive is not None:
+        from lpoi.download.gdrive import gdrive_download
+
+        return gdrive_download(f.gdrive, target, f.size, exp, progress=progress)
+    return download_file(src, target, f.size, exp, git_sha1=f.git_sha1, progress=progress)
 
 
 def _verify_hub_file(cached: Path, f: FileSpec, exp: str | None, src: str) -> dict:
@@ -203,7 +211,7 @@ def _archive(f: FileSpec, dest: Path, lock: dict, offline: bool, progress: bool,
     else:
         if offline:
             raise NetworkError("offline mode: not fetched", url=src)
-        res = download_file(src, local, f.size, exp, git_sha1=f.git_sha1, progress=progress)
+        res = _download(f, src, local, exp, progress)
         archive, obs, status = local, {"size": res.size, "sha256": res.sha256}, res.status
     _record(f, src, obs, hsrc, lock, report, status)
     result = safe_extract(archive, into, ex.members, include=ex.include, flatten=ex.flatten,
@@ -325,7 +333,7 @@ def _missing_entry(f: FileSpec, dest: Path, e: DownloadError) -> dict:
     return {"path": f.path, "source": f.source(hub_endpoint()), "reason": e.reason, "error": str(e),
             "place_at": str(dest / f.path), "size": f.size, "sha256": f.sha256 or TO_BE_FILLED,
             "extract_into": str(dest / f.extract.into) if f.extract else None, "manual": f.manual,
-            "hub": asdict(f.hub) if f.hub else None}
+            "hub": asdict(f.hub) if f.hub else None, "gdrive": f.gdrive}
 
 
 def _unavailable_message(spec: DatasetSpec, dest: Path, missing: list[dict], offline: bool) -> str:
@@ -344,6 +352,9 @@ def _unavailable_message(spec: DatasetSpec, dest: Path, missing: list[dict], off
             h = m["hub"]
             out.append(f"      or fill the hub cache ({hub_cache_dir()}) while online: hf download {h['repo_id']} "
                        f"{h['filename']} --repo-type {h['repo_type']} --revision {h['revision']}")
+        if m["gdrive"]:
+            out.append(f"      (a Google Drive file: open the link in a browser to download it by hand; "
+                       f"online, `pip install 'lpoi[official]'` lets this command fetch it)")
         if m["manual"]:
             out.append(f"      or: {m['manual']}")
     out.append(f"expected layout of {dest}:")
@@ -361,25 +372,34 @@ def _run_checks(spec: DatasetSpec, dest: Path) -> list[str]:
             notes.append(f"unknown check type {c.get('type')!r} skipped")
             continue
         root = dest / c["root"]
-        n = ok = 0
+        n = ok = by_name = 0
         bad: list[str] = []
+        mode = c.get("basename")  # true: by basename only; "fallback": the path, else its basename (as prepare)
         for rec in read_records(dest / c["records"]):
             n += 1
             v = rec.get(c["field"]) if isinstance(rec, dict) else None
-            rel = v.rsplit("/", 1)[-1] if isinstance(v, str) and c.get("basename") else v
-            try:
-                found = isinstance(rel, str) and safe_join(root, rel).is_file()
-            except ValueError:
-                found = False
+            name = v.replace("\\", "/").rsplit("/", 1)[-1] if isinstance(v, str) else None
+            found = _is_file_under(root, name if mode is True else v)
+            if not found and mode == "fallback" and name != v and _is_file_under(root, name):
+                found, by_name = True, by_name + 1
             if found:
                 ok += 1
             elif len(bad) < 3:
                 bad.append(repr(v))
         msg = f"{c['records']}: {ok}/{n} records find their {c['field']} under {c['root']}/"
+        if by_name:
+            msg += f" ({by_name} of them by basename only)"
         if ok < n:
             msg += f"; missing e.g. {', '.join(bad)} (downstream stages will reject those samples: reason 'missing')"
         notes.append(msg)
     return notes
+
+
+def _is_file_under(root: Path, rel) -> bool:
+    try:
+        return isinstance(rel, str) and bool(rel) and safe_join(root, rel).is_file()
+    except ValueError:
+        return False
 
 
 def _human(n: int | None) -> str:

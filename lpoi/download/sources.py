@@ -55,6 +55,7 @@ class FileSpec:
     path: str  # relative to the dataset root: the file, or (archives) where a hand-placed copy is looked for
     url: str | None = None
     hub: HubRef | None = None
+    gdrive: str | None = None  # a Google Drive file id (fetched with gdown: lpoi.download.gdrive)
     size: int | None = None
     sha256: str | None = None  # None = TO_BE_FILLED in the JSON
     git_sha1: str | None = None  # git blob id from the source repo's tree: a content hash when sha256 is unknown
@@ -63,6 +64,10 @@ class FileSpec:
     manual: str = ""  # extra instructions for placing this file by hand
 
     def source(self, endpoint: str = "https://huggingface.co") -> str:
+        if self.gdrive:
+            from lpoi.download.gdrive import drive_link
+
+            return drive_link(self.gdrive)
         return self.hub.url(endpoint) if self.hub else str(self.url)
 
 
@@ -122,10 +127,13 @@ def _dataset(name: str, d: dict, src: Path, section: str = "datasets") -> Datase
 
 
 def _file(f: dict, where: str) -> FileSpec:
-    _expect_keys(f, {"path", "url", "hub", "size", "sha256", "git_sha1", "extract", "note", "manual"}, where)
+    _expect_keys(f, {"path", "url", "hub", "gdrive", "size", "sha256", "git_sha1", "extract", "note", "manual"}, where)
     path = _relpath(_req(f, "path", str, where), where)
-    if ("url" in f) == ("hub" in f):
-        raise ValueError(f"{where}: give exactly one of 'url' or 'hub'")
+    if sum(k in f for k in ("url", "hub", "gdrive")) != 1:
+        raise ValueError(f"{where}: give exactly one of 'url', 'hub' or 'gdrive'")
+    gdrive = f.get("gdrive")
+    if gdrive is not None and not re.fullmatch(r"[A-Za-z0-9_-]{20,}", str(gdrive)):
+        raise ValueError(f"{where}: gdrive must be a Google Drive file id, got {gdrive!r}")
     hub = None
     if "hub" in f:
         h = f["hub"]
@@ -162,7 +170,7 @@ def _file(f: dict, where: str) -> FileSpec:
             max_total=int(e.get("max_total", DEFAULT_MAX_TOTAL)),
             max_ratio=float(e.get("max_ratio", DEFAULT_MAX_RATIO)),
         )
-    return FileSpec(path=path, url=url, hub=hub, size=size, sha256=sha, git_sha1=git_sha1, extract=ex,
+    return FileSpec(path=path, url=url, hub=hub, gdrive=gdrive, size=size, sha256=sha, git_sha1=git_sha1, extract=ex,
                     note=f.get("note", ""), manual=f.get("manual", ""))
 
 

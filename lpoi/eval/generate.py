@@ -24,6 +24,7 @@ Answer rows (``answers.jsonl``, one JSON object per line, in input order)::
     {"id", "question", "response", ...extra}                       # generated
     {"id", "question", "response", "logprob_yes", "logprob_no", ...extra}   # yes_no="logits" items
     {"id", "question", "response", "raw_response", ...extra}       # generated yes/no items, normalize_yes_no given
+    {..., "decoded_full", ...}    # generated yes/no items with decoded_full=True (AMBER's paper mode)
     {"id", "question", "response": "", "error", "error_detail", ...extra}    # image could not be used
 
 ``...extra`` are the item's other keys copied through (e.g. ``image_id``, ``task``), except the
@@ -68,10 +69,12 @@ from lpoi.config import GenerateParams, section_of
 from lpoi.io import ImageRejected, load_image, read_jsonl, to_rgb, write_jsonl
 from lpoi.runner import Runner, StageOutput, Tally, Write, summarize
 
-__all__ = ["AdapterError", "answers_metrics", "answers_tally", "generate_answers", "load_for_generation"]
+__all__ = ["AdapterError", "answers_metrics", "answers_tally", "find_adapter", "generate_answers",
+           "legacy_adapter_keys", "load_for_generation"]
 
 CONTROL_KEYS = ("id", "question", "image", "yes_no")  # consumed here, not copied into the row
-RESERVED_KEYS = ("response", "raw_response", "error", "error_detail", "logprob_yes", "logprob_no")  # written here
+RESERVED_KEYS = ("response", "raw_response", "decoded_full", "error", "error_detail", "logprob_yes",
+                 "logprob_no")  # written here
 _OWN_GENERATE_KWARGS = ("max_new_tokens", "do_sample", "temperature", "top_p", "num_beams", "pad_token_id")
 
 
@@ -155,6 +158,24 @@ def _load_merged(model_name: str, folder: Path, *, dtype: str, device: str | Non
     return model.eval(), processor
 
 
+def find_adapter(folder: str | os.PathLike) -> Path:
+    """The peft adapter folder at or below ``folder`` (``generate.adapter``): ``folder`` itself when it holds
+    ``adapter_config.json``, else the single folder below it (at most three levels) that does — a released
+    checkpoint unpacks into a folder of its own, whose name nobody can guess. Raises :class:`AdapterError`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise AdapterError(f"generate.adapter: no such folder: {folder}")
+    if (folder / "adapter_config.json").is_file():
+        return folder
+    found = sorted({p.parent for depth in ("*/", "*/*/", "*/*/*/") for p in folder.glob(depth + "adapter_config.json")})
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise AdapterError(f"generate.adapter: {folder} holds no peft adapter (no adapter_config.json at or below it)")
+    raise AdapterError(f"generate.adapter: {folder} holds {len(found)} adapters ({', '.join(map(str, found[:3]))}); "
+                       "name the one to evaluate")
+
+
 def _apply_adapter(model, folder: Path, *, merge: bool):
     from peft import PeftModel
     from peft.utils import get_peft_model_state_dict
@@ -177,6 +198,9 @@ def _apply_adapter(model, folder: Path, *, merge: bool):
             saved = set(f.keys())
     except Exception as e:  # noqa: BLE001 - safetensors raises assorted errors on corrupt files
         raise AdapterError(f"cannot read adapter weights {weights}: {type(e).__name__}: {e}") from None
+    renamed = legacy_adapter_keys(model, saved)
+    if renamed is not None:  # e.g. the LPOI authors' LLaVA adapters (transformers 4.43 module names)
+        return _apply_renamed(model, folder, weights, renamed, merge=merge)
     try:
         peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
     except Exception as e:  # noqa: BLE001 - peft raises ValueError/KeyError/RuntimeError on mismatches
@@ -194,6 +218,60 @@ def _apply_adapter(model, folder: Path, *, merge: bool):
     if merge:
         return peft_model.merge_and_unload()
     return peft_model
+
+
+LEGACY_MODULE_NAMES = {
+    # transformers < 4.52 nested LLaVA's parts directly under the model; since then they sit in ``model``
+    "llava": ((r"^language_model\.model\.", "model.language_model."), (r"^language_model\.lm_head\.", "lm_head."),
+              (r"^vision_tower\.", "model.vision_tower."), (r"^multi_modal_projector\.", "model.multi_modal_projector.")),
+}
+"""Per ``config.model_type``: (old module-path prefix, current one) for adapters saved under older transformers."""
+_PEFT_PREFIX = "base_model.model."
+
+
+def _module_of(key: str) -> str:
+    import re
+
+    return re.sub(r"\.(lora_[AB]|lora_embedding_[AB]|lora_magnitude_vector)(\.[^.]+)?(\.weight)?$", "",
+                  key.removeprefix(_PEFT_PREFIX))
+
+
+def legacy_adapter_keys(model, keys) -> dict[str, str] | None:
+    """``{saved key: current key}`` when an adapter's LoRA tensors name modules by a layout older transformers
+    used (:data:`LEGACY_MODULE_NAMES`) and every one of them lands on a module once renamed; None when the
+    keys already fit, or when no known renaming makes them fit (then loading reports the mismatch)."""
+    import re
+
+    modules = {name for name, _ in model.named_modules()}
+    if all(_module_of(k) in modules for k in keys):
+        return None
+    rules = LEGACY_MODULE_NAMES.get(getattr(model.config, "model_type", None), ())
+    out = {}
+    for k in keys:
+        rest = k.removeprefix(_PEFT_PREFIX)
+        for old, new in rules:
+            if re.match(old, rest):
+                rest = re.sub(old, new, rest, count=1)
+                break
+        out[k] = _PEFT_PREFIX + rest
+    return out if rules and all(_module_of(v) in modules for v in out.values()) else None
+
+
+def _apply_renamed(model, folder: Path, weights: Path, renamed: dict[str, str], *, merge: bool):
+    """Load an adapter whose keys :func:`legacy_adapter_keys` renamed, from a renamed copy (the folder is left as is)."""
+    import shutil
+    import tempfile
+
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(weights))
+    with tempfile.TemporaryDirectory(prefix="lpoi-adapter-") as tmp:
+        shutil.copyfile(folder / "adapter_config.json", Path(tmp) / "adapter_config.json")
+        save_file({renamed[k]: v for k, v in tensors.items()}, str(Path(tmp) / "adapter_model.safetensors"),
+                  metadata={"format": "pt"})
+        print(f"[generate] {folder}: {len(renamed)} adapter tensors renamed from an older transformers layout "
+              f"({getattr(model.config, 'model_type', '?')})", flush=True)
+        return _apply_adapter(model, Path(tmp), merge=merge)
 
 
 # =============================================================================== generation
@@ -214,6 +292,7 @@ def generate_answers(
     retry_errors: bool = False,
     normalize_yes_no=None,
     journal: bool = False,
+    decoded_full: bool = False,
     **settings: Any,
 ) -> dict[str, Any]:
     """Answer ``items`` into ``out_path`` (append-only JSONL, resumable); return throughput stats.
@@ -230,6 +309,10 @@ def generate_answers(
     row format, error rows, resume and ``yes_no``. ``normalize_yes_no(row)`` (e.g.
     :func:`lpoi.eval.benchmarks.amber.answer_row_normalizer`) is applied to the row of every yes/no
     item answered by generation before it is written (it keeps the raw reply as ``raw_response``).
+    ``decoded_full``: those rows also keep ``decoded_full``, the prompt's and the generated ids (up to the
+    first end-of-sequence) decoded together with ``skip_special_tokens=True`` -- the text the official LPOI
+    AMBER script stored (``processor.batch_decode(generated_ids, skip_special_tokens=True)[0]``, batch 1,
+    so no padding: the left pads are left out here).
 
     Stats: ``n_items`` (items considered), ``n_generated`` (rows answered by the model in this call,
     both modes), ``n_logits`` (of which by yes/no logits), ``n_errors`` + ``errors`` (per reason),
@@ -257,7 +340,7 @@ def generate_answers(
             write_jsonl(out_path, kept)
 
     job = _AnswerJob(model, processor, gen_kwargs, _eos_ids(model, gen_kwargs.get("eos_token_id")), id_key,
-                     normalize_yes_no)
+                     normalize_yes_no, decoded_full)
     with StageOutput(out_path, None, "0/1", key=id_key, journal=journal) as out:
         # greedy text is batch-invariant, so a resumed block generates only its unfinished items; the
         # log-probs of yes/no items are floats that depend (in their last bits) on the batch mates, so
@@ -295,9 +378,11 @@ def _generate_kwargs(model, processor, *, max_new_tokens, do_sample, temperature
 class _AnswerJob:
     """The generate stage's two halves for the runner: load a block's images, answer a block."""
 
-    def __init__(self, model, processor, gen_kwargs: dict, eos_ids: set[int], id_key: str, normalize_yes_no=None):
+    def __init__(self, model, processor, gen_kwargs: dict, eos_ids: set[int], id_key: str, normalize_yes_no=None,
+                 decoded_full: bool = False):
         self.model, self.processor, self.gen_kwargs, self.eos_ids, self.id_key = model, processor, gen_kwargs, eos_ids, id_key
         self.normalize_yes_no = normalize_yes_no  # a generated yes/no reply -> the stored answer (raw kept)
+        self.decoded_full = decoded_full
         self._yes_no_ids: tuple[int, int] | None = None  # read at the first logits block (a template's
         # error -- "Yes" merging with the prompt -- concerns the logits mode only)
 
@@ -328,7 +413,8 @@ class _AnswerJob:
         if todo and block[0]["mode"] == "logits":
             _answer_by_logits(self.model, self.processor, todo, self.yes_no_ids())
         elif todo:
-            tokens = _answer_by_generate(self.model, self.processor, todo, self.gen_kwargs, self.eos_ids)
+            full = [self.decoded_full and bool(w["item"].get("yes_no")) for r, w in zip(rows, block) if "_image" in r]
+            tokens = _answer_by_generate(self.model, self.processor, todo, self.gen_kwargs, self.eos_ids, full)
         n_new = {id(r): n for r, n in zip(todo, tokens)}
         for r, w in zip(rows, block):
             r.pop("_image", None)
@@ -369,8 +455,10 @@ def answers_metrics(path: str | os.PathLike) -> dict[str, Any]:
             "errors": dict(sorted(c["errors"].items()))}
 
 
-def _answer_by_generate(model, processor, rows: list[dict], gen_kwargs: dict, eos_ids: set[int]) -> list[int]:
-    """Fill ``response`` of each row by batched generation; return each row's number of new tokens."""
+def _answer_by_generate(model, processor, rows: list[dict], gen_kwargs: dict, eos_ids: set[int],
+                        full: list[bool] | None = None) -> list[int]:
+    """Fill ``response`` of each row by batched generation (and ``decoded_full`` where ``full``); return
+    each row's number of new tokens."""
     import torch
 
     from lpoi.models.chat import tokenizer_of
@@ -382,9 +470,14 @@ def _answer_by_generate(model, processor, rows: list[dict], gen_kwargs: dict, eo
     new = out[:, width:].cpu()  # left padding: every prompt ends at column `width`
     tok = tokenizer_of(processor)
     n_tokens = []
-    for r, ids in zip(rows, new.tolist()):
+    prompt_lengths = enc["attention_mask"].sum(-1).tolist()
+    for i, (r, ids) in enumerate(zip(rows, new.tolist())):
         r["response"] = tok.decode(ids, skip_special_tokens=True).strip()
-        n_tokens.append(_n_until_eos(ids, eos_ids))
+        n = _n_until_eos(ids, eos_ids)
+        n_tokens.append(n)
+        if full and full[i]:  # the prompt's own ids (pads cut off) + the reply up to its end-of-sequence
+            prompt = enc["input_ids"][i, width - int(prompt_lengths[i]):].tolist()
+            r["decoded_full"] = tok.decode(prompt + ids[:n], skip_special_tokens=True)
     return n_tokens
 
 

@@ -65,18 +65,21 @@ def run_score(job: ScoreJob, p) -> dict[str, Any]:
 
         llm = p.objhal.extractor == "llm"
         return score_file(job.answers, job.coco_dir or b.path("objhal", b.objhal.coco_dir), job.out,
-                          extractor=p.objhal.extractor, judge=_judge(job, p) if llm else None, cache_dir=job.work,
+                          extractor=p.objhal.extractor, judge=_judge(job, p, p.objhal.model) if llm else None,
+                          cache_dir=job.work,
                           details_path=details, synonyms_path=_first_existing(b.path("objhal", "synonyms_refine.txt")),
                           max_error_ratio=ratio, labels=label(p, ("vlm", "judge") if llm else ("vlm",)))
     from lpoi.eval.benchmarks.mmhal import load_template, score_file
 
     template = job.template or b.path("mmhal", b.mmhal.template)
     load_template(template)  # a bad template fails before a judge model is loaded
-    return score_file(job.answers, template, job.out, _judge(job, p), details_path=details,
+    return score_file(job.answers, template, job.out, _judge(job, p, None), details_path=details,
                       max_error_ratio=ratio, labels=label(p, ("vlm", "judge")))
 
 
-def _judge(job: ScoreJob, p):
+def _judge(job: ScoreJob, p, override: str | None):
+    """The judge of ``job.bench``: the ``judge`` section, its model resolved per benchmark (``override`` =
+    ``objhal.model``; null = the authors' judge, :data:`lpoi.config.OFFICIAL_JUDGES`)."""
     from lpoi.eval.factory import make_judge
     from lpoi.stage import pick_device
 
@@ -84,6 +87,7 @@ def _judge(job: ScoreJob, p):
     if job.judge_base_url:
         jp = jp.model_copy(update={"backend": "openai", "base_url": job.judge_base_url,
                                    "model": job.judge_model or jp.model})
+    jp = jp.model_copy(update={"model": jp.model_for(job.bench, job.judge_model or override)})
     if jp.backend != "openai":  # a local model: nothing to cache, no request to save
         return make_judge(jp, device=pick_device(p.model.device))
     cache = job.cache_dir

@@ -75,7 +75,8 @@ def _from_pretrained(loader, name: str, what: str, **kw):
             if offline
             else "check the name, your network and HF_TOKEN for gated models, or pass a local folder"
         )
-        raise ModelNotFound(f"cannot load {what} {name!r}: {type(e).__name__}: {e}\n  -> {hint}") from None
+        detail = " ".join(str(e).split())  # transformers' messages span lines: the stage prints one
+        raise ModelNotFound(f"cannot load {what} {name!r}: {type(e).__name__}: {detail} -> {hint}") from None
 
 
 LOADING_BARS = ("Loading weights", "Loading checkpoint shards")

@@ -13,7 +13,8 @@ A file that ``stages/download.py`` verified carries a stamp (``lpoi.download.int
 sha256); while size and mtime are unchanged its sha256 is taken from there, so a multi-GB checkpoint is not
 re-read at every stage start (the trade-off DVC makes too; delete the stamp to force a re-hash).
 
-The library versions that turn those weights into numbers (torch, transformers) are part of it too.
+The library versions that turn those weights into numbers (torch, transformers) and the CPU numerics
+(:func:`lpoi.numerics.signature`) are part of it too.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ def model_identity(name: str, seed: int = 0) -> dict[str, Any]:
     import torch
     import transformers
 
-    versions = {"torch": torch.__version__, "transformers": transformers.__version__}
+    from lpoi.numerics import signature
+
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__, "numerics": signature()}
     if name.startswith("tiny/"):
         return {"name": name, "kind": "tiny", **_tiny(name.removeprefix("tiny/"), seed), **versions}
     if Path(name).is_dir():
@@ -61,9 +64,9 @@ def _tiny(family: str, seed: int) -> dict[str, Any]:
 
     if family not in TINY_FAMILIES:
         raise ValueError(f"unknown tiny model 'tiny/{family}'; known: {', '.join('tiny/' + f for f in TINY_FAMILIES)}")
-    h = hashlib.sha256()
+    h = hashlib.sha256(b"code v2\n")  # v1 joined name and bytes by NUL: ambiguous, and never equal to this
     for p in sorted(Path(__file__).parent.glob("*.py")):  # the builders and everything they use
-        h.update(p.name.encode() + b"\0" + p.read_bytes())
+        h.update(hashlib.sha256(p.name.encode()).digest() + hashlib.sha256(p.read_bytes()).digest())
     return {"family": family, "seed": seed, "version": TINY_VERSION, "code": h.hexdigest()}
 
 

@@ -138,10 +138,7 @@ def cache_root() -> Path:
 
 def tiny_path(family: str, seed: int = 0) -> Path:
     """Build ``tiny/<family>`` once (atomically, safe under concurrent builders) and return its folder."""
-    if family not in TINY_FAMILIES:
-        raise ValueError(f"unknown tiny model 'tiny/{family}'; known: {', '.join('tiny/' + f for f in TINY_FAMILIES)}")
-    key = hashlib.sha256(f"{family}-{seed}-{TINY_VERSION}-{_source_digest()}".encode()).hexdigest()[:12]
-    dest = cache_root() / f"{family}-s{seed}-{key}"
+    dest = tiny_dest(family, seed)
     if (dest / "lpoi_tiny.json").exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -157,6 +154,17 @@ def tiny_path(family: str, seed: int = 0) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def tiny_dest(family: str, seed: int = 0) -> Path:
+    """The cache folder of ``tiny/<family>``: keyed by the builder's code and the CPU numerics."""
+    if family not in TINY_FAMILIES:
+        raise ValueError(f"unknown tiny model 'tiny/{family}'; known: {', '.join('tiny/' + f for f in TINY_FAMILIES)}")
+    from lpoi.numerics import signature
+
+    # random init runs ATen's vectorised kernels: weights built under other CPU numerics are other weights
+    key = hashlib.sha256(f"{family}-{seed}-{TINY_VERSION}-{_source_digest()}-{signature()}".encode()).hexdigest()[:12]
+    return cache_root() / f"{family}-s{seed}-{key}"
 
 
 def _source_digest() -> str:

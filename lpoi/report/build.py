@@ -46,28 +46,39 @@ def _read(path: Path) -> dict | None:
         return None
 
 
-def paper_row(p, table: str | os.PathLike | None = None) -> tuple[dict[str, Any] | None, str | None]:
-    """The paper's Table 1 row for this run (filled values only) and a note when there is none to show.
+def paper_method(p) -> str:
+    """The Table 1 method of this run: ``base`` when no adapter is evaluated, else ``train.method``."""
+    return p.train.method if p.generate.use_adapter else "base"
 
-    Only the paper profiles (model in the table) on the full benchmarks (``bench.name == "full"``)
-    are compared with the paper; ``table`` defaults to ``lpoi/report/paper_table1.json``.
+
+def paper_row(p, table: str | os.PathLike | None = None) -> tuple[dict[str, Any] | None, str | None]:
+    """The paper's Table 1 row for this run's model and method (reported values only), and a note.
+
+    Only real models (no tiny random build evaluated or judging) of the paper (a model in the table)
+    on the full benchmarks (``bench.name == "full"``) are compared with the paper; ``table`` defaults
+    to ``lpoi/report/paper_table1.json``.
     """
     if table:
         ref = read_json(table)
     else:
         with resources.as_file(resources.files("lpoi.report") / "paper_table1.json") as packaged:
             ref = read_json(packaged)
-    row = ref["rows"].get(p.model.name)
-    if row is None:
-        return None, None
+    rows = ref["rows"].get(p.model.name)
+    if rows is None or random_models(p, ("vlm", "judge")):
+        return None, None  # not a paper model, or random numbers that the paper's must never stand beside
+    method = paper_method(p)
     if p.bench.name != "full":
         return None, f"Paper row not shown: `{p.model.name}` is a paper model, but the paper's numbers are on the " \
                      f"full benchmarks (this run: bench={p.bench.name})."
+    row = rows.get(method)
+    if row is None:
+        return None, f"Paper row not shown: Table 1 has no `{method}` row for `{p.model.name}` " \
+                     f"(it has {', '.join(rows)})."
     filled = {k: v for k, v in row.items() if v is not None}
     if not filled:
-        return None, f"Paper row for `{p.model.name}` ({ref['source']}) is not transcribed yet: fill " \
-                     "`lpoi/report/paper_table1.json` from the paper to see it beside ours."
-    return filled, f"Paper column: {ref['source']}."
+        return None, f"Paper row for `{p.model.name}` / `{method}` reports no value we measure."
+    return filled, (f"Paper column: Table 1, `{p.model.name}` / `{method}`; Δ = this run − paper. "
+                    f"Source: {ref['source']}.")
 
 
 def build_report(paths: ReportPaths, p, raw_params: dict[str, Any], rows: int = 12,
@@ -100,7 +111,8 @@ def build_report(paths: ReportPaths, p, raw_params: dict[str, Any], rows: int = 
     paper, note = paper_row(p, paper_table)
     page = render(ReportInputs(summary=summary, sources=sources, choices=choices, changes=changes,
                                models=model_names(p), random_roles=roles, method=p.train.method,
-                               yes_no=p.amber.yes_no, paper=paper, paper_note=note, world=_world_table(paths.world)))
+                               yes_no=p.amber.yes_no, discriminative=p.amber.discriminative, paper=paper,
+                               paper_note=note, world=_world_table(paths.world)))
     atomic_write_bytes(paths.out_dir / "REPORT.md", page.encode("utf-8"))
     return summary
 

@@ -34,6 +34,7 @@ class ReportInputs:
     paper: Mapping[str, Any] | None = None  # summary key -> the paper's value (filled ones only)
     paper_note: str | None = None
     world: str | None = None  # the miniature's comparison table (metrics/world.md) when world=shapes ran
+    discriminative: str = "generate"  # amber.discriminative: how the yes/no items were answered
 
 
 def fmt(value: Any, digits: int) -> str:
@@ -52,18 +53,28 @@ def cell(row, value: Any) -> str:
     return fmt(value, row.digits)
 
 
+def _signed(row, diff: float) -> str:
+    """The Δ column: rates in percentage points, the rest at the summary's precision."""
+    if row.unit == "%":
+        return f"{100 * diff:+.1f} pp"
+    return f"{diff:+.{row.digits}f}"
+
+
 def results_table(summary: Mapping[str, Any], paper: Mapping[str, Any] | None) -> list[str]:
     """The results table, one row per :data:`~lpoi.report.summary.ROWS` entry, values from ``summary``."""
     values = flat(summary)
-    head = "| | metric | this run |" + (" paper (Table 1) |" if paper else "")
-    lines = [head, "|---|---|---:|" + ("---:|" if paper else "")]
+    head = "| | metric | this run |" + (" paper (Table 1) | Δ |" if paper else "")
+    lines = [head, "|---|---|---:|" + ("---:|---:|" if paper else "")]
     last = None
     for row in ROWS:
         group = f"**{row.group}**" if row.group != last else ""
         last = row.group
         line = f"| {group} | {row.name} {row.better} | {cell(row, values.get(row.key))} |".replace("  |", " |")
         if paper:
-            line += f" {cell(row, paper.get(row.key))} |"
+            ours, theirs = values.get(row.key), paper.get(row.key)
+            both = isinstance(ours, (int, float)) and isinstance(theirs, (int, float))
+            diff = round(ours - theirs, row.digits) + 0.0 if both else None
+            line += f" {cell(row, theirs)} | {'–' if diff is None else _signed(row, diff)} |"
         lines.append(line)
     return lines
 
@@ -116,12 +127,22 @@ def _warnings(r: ReportInputs) -> list[str]:
 
 
 def _judge_line(r: ReportInputs) -> str:
+    """Who scored what: the judges and extractors that produced the numbers, and AMBER's rules (the authors
+    used MMHal gpt-4-0314, Object HalBench extraction gpt-3.5-turbo-0613, spaCy en_core_web_lg)."""
     parts = []
     for bench, label in (("mmhal", "MMHal-Bench"), ("objhal", "Object HalBench objects")):
         m = r.sources.get(bench) or {}
         if m.get("judge"):
             date = m.get("judge_date") or "local model, no request sent"
             parts.append(f"{label}: `{m['judge']}` ({date})")
+        elif bench == "objhal" and m.get("extractor") == "rules":
+            parts.append(f"{label}: rule-based extraction (objhal.extractor: rules, no LLM)")
+    am = r.sources.get("amber") or {}
+    if am.get("similarity"):
+        nouns = "spaCy en_core_web_lg similarity" if am["similarity"] == "spacy-lg" else "exact noun matching"
+        yes_no = ("yes/no by Yes vs No next-token logits" if r.discriminative == "logits" else
+                  f"generated yes/no replies stored under amber.yes_no: {r.yes_no}")
+        parts.append(f"AMBER: {nouns}, {yes_no}")
     return "; ".join(parts) or "no judge used"
 
 

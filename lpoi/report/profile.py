@@ -58,7 +58,32 @@ def group_choices(params: dict[str, Any], conf_dir: str | os.PathLike) -> dict[s
             fits.append((-(2 * same - len(leaves)), path.stem != defaults.get(group), path.stem))
         best = min(fits, default=None)
         choices[group] = best[2] if best is not None and best[0] < 0 else defaults.get(group)
+    experiment = _experiment(flat, choices, conf_dir)
+    if experiment:
+        choices["experiment"] = experiment
     return {g: c for g, c in choices.items() if c is not None}
+
+
+EXPERIMENT_SLACK = 3
+"""Values of a preset that a run may change (``-S``) and still be recognised as that preset."""
+
+
+def _experiment(flat: dict[str, Any], choices: dict[str, str], conf_dir: Path) -> str | None:
+    """The ``conf/experiment/`` preset of this run: its model override is the run's model profile and at most
+    :data:`EXPERIMENT_SLACK` of its own values differ (the most matching values win). None: no preset (the
+    default ``experiment: none`` changes nothing, so it is never named)."""
+    best = None
+    for path in sorted((conf_dir / "experiment").glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        overrides = {k.split("/", 1)[-1]: v for e in raw.pop("defaults", []) if isinstance(e, dict)
+                     for k, v in e.items()}
+        leaves = flatten(raw)
+        if not leaves or overrides.get("model") != choices.get("model"):
+            continue
+        same = sum(flat.get(k, _MISSING) == v for k, v in leaves.items())
+        if len(leaves) - same <= EXPERIMENT_SLACK and (best is None or same > best[0]):
+            best = (same, path.stem)
+    return best[1] if best else None
 
 
 def changed_params(params: dict[str, Any], conf_dir: str | os.PathLike) -> tuple[dict[str, str], list[tuple]]:

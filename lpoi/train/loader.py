@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from lpoi.train.collate import collate_samples
+from lpoi.train.collate import Tokenization, collate_samples
 from lpoi.train.data import ListSample, step_sample_indices, steps_per_epoch
 
 __all__ = ["micro_batches", "step_loader"]
@@ -45,9 +45,9 @@ def micro_batches(
 class _StepCollator:
     """DataLoader collate: ``[(epoch, index), ...]`` -> (indices, SequenceBatch). Picklable for workers."""
 
-    def __init__(self, processor, samples: Sequence[ListSample], columns, max_length, seed):
+    def __init__(self, processor, samples: Sequence[ListSample], columns, tokenization: Tokenization, seed):
         self.processor, self.samples, self.columns = processor, samples, columns
-        self.max_length, self.seed = max_length, seed
+        self.tokenization, self.seed = tokenization, seed
 
     def __call__(self, items):
         epochs = {e for e, _ in items}
@@ -56,7 +56,7 @@ class _StepCollator:
             self.processor,
             [self.samples[i] for i in idx],
             columns=self.columns,
-            max_length=self.max_length,
+            tokenization=self.tokenization,
             crop_key=f"{self.seed}:{min(epochs)}",  # mDPO's crop changes per epoch, reproducibly
         )
         return idx, batch
@@ -70,12 +70,12 @@ class _Items(torch.utils.data.Dataset):
         return 0
 
 
-def step_loader(processor, samples, columns, *, batches, max_length, seed: int, num_workers: int):
+def step_loader(processor, samples, columns, *, batches, tokenization: Tokenization, seed: int, num_workers: int):
     """A DataLoader over ``batches`` (:func:`micro_batches`): image decoding and tokenisation in workers."""
     return torch.utils.data.DataLoader(
         _Items(),
         batch_sampler=batches,
         num_workers=num_workers,
-        collate_fn=_StepCollator(processor, samples, columns, max_length, seed),
+        collate_fn=_StepCollator(processor, samples, columns, tokenization, seed),
         generator=torch.Generator().manual_seed(seed),
     )  # its own RNG: the global one drives dropout and is restored on resume

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from lpoi.config import LoraParams, ModelParams
 
-__all__ = ["VISION_MODULES", "lora_config", "merge_adapter", "save_adapter"]
+__all__ = ["VISION_MODULES", "disable_dropout", "lora_config", "merge_adapter", "save_adapter"]
 
 VISION_MODULES = (
     "vision_model",
@@ -52,6 +52,20 @@ def lora_config(cfg: LoraParams):
         exclude_modules=exclude,
         bias="none",
     )
+
+
+def disable_dropout(model) -> int:
+    """Set every ``torch.nn.Dropout`` of ``model`` to p = 0 (TRL's ``disable_dropout_in_model``, which the
+    official LPOI trainer runs); returns how many had p > 0. Attention dropout that a model applies
+    functionally from its config is left alone, as TRL leaves it."""
+    import torch
+
+    n = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout) and module.p > 0:
+            module.p = 0.0
+            n += 1
+    return n
 
 
 def save_adapter(peft_model, state_dict: dict, out: Path, *, base_name: str) -> None:

@@ -60,7 +60,7 @@ from lpoi.train.checkpoint import (
     remove_partial,
     save_checkpoint,
 )
-from lpoi.train.collate import CROP, SequenceBatch, method_columns
+from lpoi.train.collate import CROP, SequenceBatch, Tokenization, method_columns
 from lpoi.train.curves import Curves
 from lpoi.train.data import load_lists, steps_per_epoch
 from lpoi.train.distributed import (
@@ -70,10 +70,10 @@ from lpoi.train.distributed import (
     prepare_fsdp_wrapping,
     trainable_state_dict,
 )
-from lpoi.train.guards import check_finite, check_reference_at_step0
+from lpoi.train.guards import STEP0_TOLERANCE, check_finite, check_reference_at_step0
 from lpoi.train.loader import micro_batches, step_loader
 from lpoi.train.logprobs import SequenceLogps
-from lpoi.train.lora import lora_config, merge_adapter, save_adapter
+from lpoi.train.lora import disable_dropout, lora_config, merge_adapter, save_adapter
 from lpoi.train.losses import LOSS_TERMS, preference_loss
 from lpoi.train.reference import load_reference
 
@@ -162,8 +162,15 @@ class Recipe:
             self.ref_list, self.ref_rej, meta = load_reference(self.paths.reference, self.samples,
                                                                model_name=self.model_cfg.name,
                                                                max_length=self.ref_cfg.max_length,
-                                                               max_pixels=self.model_cfg.max_pixels)
+                                                               max_pixels=self.model_cfg.max_pixels,
+                                                               tokenization=Tokenization.of(self.ref_cfg))
             self.ref_dtype = meta.get("dtype")
+            if self.dtype != "float32" and self.main:
+                warnings.warn(f"train.reference 'precomputed' in {self.dtype}: the step-0 check allows "
+                              f"{STEP0_TOLERANCE[self.dtype][0]:g} nats + {STEP0_TOLERANCE[self.dtype][1]:.1%} of "
+                              "|log pi_ref| for GPU kernels that round per batch shape -- about the size of the list "
+                              "signal; train.reference: online cancels the reference exactly (the official way)",
+                              stacklevel=3)
             if self.ref_dtype != self.dtype and self.main:
                 warnings.warn(f"reference log-probs were computed in {self.ref_dtype} but training runs in "
                               f"{self.dtype}; the rewards start slightly off zero", stacklevel=3)
@@ -181,6 +188,8 @@ class Recipe:
         cfg = self.cfg
         model, self.processor = load_vlm(self.model_cfg.name, dtype=self.dtype, max_pixels=self.model_cfg.max_pixels,
                                          trust_remote_code=self.model_cfg.trust_remote_code)
+        if cfg.disable_dropout:
+            disable_dropout(model)
         place_model(self.acc, model)  # FSDP2: left on the CPU, sharded onto the devices by acc.prepare
         if cfg.gradient_checkpointing:
             model.activation_checkpointing_enable({"use_reentrant": False})
@@ -238,7 +247,7 @@ class Recipe:
                                 batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, world=self.world,
                                 rank=self.acc.process_index, seed=cfg.seed)
         loader = iter(step_loader(self.processor, self.samples, self.columns, batches=batches,
-                                  max_length=self.ref_cfg.max_length, seed=cfg.seed,
+                                  tokenization=Tokenization.of(self.ref_cfg), seed=cfg.seed,
                                   num_workers=cfg.num_workers))
         self.n_truncated = 0
         bar = self._progress_bar()
@@ -286,7 +295,8 @@ class Recipe:
         ref = self._reference_logps(batch, idx)
         if step == 0:  # LoRA is still the identity: policy == base model
             check_reference_at_step0(policy, ref, ids=ids, columns=self.columns, dtype=self.dtype,
-                                     reference_dtype=self.ref_dtype, accelerator=self.acc)
+                                     reference_dtype=self.ref_dtype, accelerator=self.acc,
+                                     online=self.ref_list is None)
         out = preference_loss(cfg.method, policy_list_logps=policy[:, :n], policy_rejected_logps=policy[:, n],
                               reference_list_logps=ref[:, :n], reference_rejected_logps=ref[:, n],
                               beta=cfg.beta, weights=cfg.weights.model_dump(), delta=cfg.delta)

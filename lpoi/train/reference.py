@@ -31,7 +31,7 @@ import torch
 
 from lpoi.io import atomic_write_text, parse_jsonl_line, sha256_file
 from lpoi.runner import Runner, StageOutput
-from lpoi.train.collate import collate_samples
+from lpoi.train.collate import Tokenization, collate_samples
 from lpoi.train.data import ListSample, load_lists
 from lpoi.train.logprobs import sequence_logps
 
@@ -44,10 +44,18 @@ class ReferenceError(ValueError):
     """Reference log-probs that do not match the training run (model, K, max_length, a sample)."""
 
 
+def _tokenization_tag(tokenization: Tokenization | None) -> dict | None:
+    """What sets the token ids beyond ``max_length``: None for the default ``answer`` mode (so the files and
+    keys of every existing run stay as they are), else the mode and its prompt limit."""
+    if tokenization is None or tokenization.mode == "answer":
+        return None
+    return {"mode": tokenization.mode, "max_prompt_length": tokenization.max_prompt_length}
+
+
 def reference_meta(*, model_name: str, k: int, max_length: int | None, dtype: str,
-                   max_pixels: int | None = None) -> dict:
+                   max_pixels: int | None = None, tokenization: Tokenization | None = None) -> dict:
     # max_pixels changes the image tokens (Qwen, SmolVLM) or only the pixels (Idefics2): part of the meta
-    return {
+    meta = {
         "format": FORMAT_VERSION,
         "model_name": model_name,
         "k": k,
@@ -55,6 +63,10 @@ def reference_meta(*, model_name: str, k: int, max_length: int | None, dtype: st
         "dtype": dtype,
         "max_pixels": max_pixels,
     }
+    tag = _tokenization_tag(tokenization)
+    if tag is not None:
+        meta["tokenization"] = tag
+    return meta
 
 
 def _read(path: Path) -> tuple[dict | None, list[dict]]:
@@ -86,11 +98,16 @@ def _code_digest() -> str:
     return h.hexdigest()
 
 
-def row_key(sample: ListSample, model_digest: str, max_length: int | None, code_digest: str) -> str:
-    """What a reference row is valid for: the model, the tokenisation (code, libraries, ``max_length``),
-    the texts and the bytes of every list image. A stored row is reused only under the same key."""
-    h = hashlib.sha256(json.dumps([model_digest, max_length, code_digest, sample.prompt, sample.chosen,
-                                   sample.rejected], ensure_ascii=False).encode())
+def row_key(sample: ListSample, model_digest: str, max_length: int | None, code_digest: str,
+            tokenization: Tokenization | None = None) -> str:
+    """What a reference row is valid for: the model, the tokenisation (code, libraries, ``max_length``, the
+    ``official`` mode and its prompt limit), the texts and the bytes of every list image. A stored row is
+    reused only under the same key."""
+    parts = [model_digest, max_length, code_digest, sample.prompt, sample.chosen, sample.rejected]
+    tag = _tokenization_tag(tokenization)
+    if tag is not None:  # appended only when set: the default mode's keys are those of earlier runs
+        parts.append(tag)
+    h = hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode())
     for p in sample.images:
         h.update(sha256_file(p).encode())
     return h.hexdigest()
@@ -141,6 +158,7 @@ def run_reference(
     journal: bool = False,
     trust_remote_code: bool = False,
     model_digest: str | None = None,
+    tokenization: Tokenization | None = None,
 ) -> dict:
     """Compute and store the reference log-probs of every sample of ``lists_path`` (resumable).
 
@@ -161,6 +179,8 @@ def run_reference(
         journal: check and keep the output journal (stage runs; :class:`lpoi.runner.StageOutput`).
         model_digest: :func:`lpoi.models.model_digest` of ``model_name`` when the caller has it (the stage's
             fingerprint does: a local multi-GB folder is then hashed once, not twice).
+        tokenization: the ``reference`` section's :class:`~lpoi.train.collate.Tokenization` (the training
+            run's); its ``max_length`` must equal ``max_length`` when both are given.
 
     Returns:
         Stats: ``n_samples``, ``n_computed``, ``n_resumed`` (= ``resumed``), ``k``, ``n_truncated``,
@@ -171,12 +191,17 @@ def run_reference(
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if tokenization is not None:
+        if max_length is not None and max_length != tokenization.max_length:
+            raise ValueError(f"max_length={max_length} contradicts tokenization.max_length={tokenization.max_length}")
+        max_length = tokenization.max_length
     samples = load_lists(lists_path, min_k=1)
     k = samples[0].k
-    meta = reference_meta(model_name=model_name, k=k, max_length=max_length, dtype=dtype, max_pixels=max_pixels)
+    meta = reference_meta(model_name=model_name, k=k, max_length=max_length, dtype=dtype, max_pixels=max_pixels,
+                          tokenization=tokenization)
     out_path = Path(out_path)
     row_key_of = partial(row_key, model_digest=model_digest or digest_of(model_name), max_length=max_length,
-                         code_digest=_code_digest())
+                         code_digest=_code_digest(), tokenization=tokenization)
     keys: dict[str, str] = {}
 
     def key(s: ListSample) -> str:  # each sample's images hashed once, by whichever of the two asks first
@@ -196,7 +221,8 @@ def run_reference(
 
         def load(block: list[dict]):
             chunk = [r["sample"] for r in block]
-            batch = collate_samples(processor, chunk, columns=tuple(range(k)), max_length=max_length)
+            batch = collate_samples(processor, chunk, columns=tuple(range(k)), max_length=max_length,
+                                    tokenization=tokenization)
             return batch, [key(s) for s in chunk], _tokens_digests(batch, len(chunk), k)
 
         def process(loaded, block: list[dict]) -> list:
@@ -221,7 +247,7 @@ def run_reference(
 
 def load_reference(
     path: str | Path, samples: list[ListSample], *, model_name: str, max_length: int | None,
-    max_pixels: int | None = None,
+    max_pixels: int | None = None, tokenization: Tokenization | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Reference log-probs aligned with ``samples``: ``(list (N, K) float64, rejected (N,), meta)``.
 
@@ -239,7 +265,8 @@ def load_reference(
     if meta is None:
         raise ReferenceError(f"{path}: no meta header line; re-run the reference stage")
     k = samples[0].k
-    want = {"model_name": model_name, "k": k, "max_length": max_length, "max_pixels": max_pixels}
+    want = {"model_name": model_name, "k": k, "max_length": max_length, "max_pixels": max_pixels,
+            "tokenization": _tokenization_tag(tokenization)}
     for key, value in want.items():
         if meta.get(key) != value:
             raise ReferenceError(

@@ -14,9 +14,10 @@ import os
 from pathlib import Path
 
 import pytest
+import shared_data
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO.parent / "shared"
+SHARED = shared_data.SHARED
 OFFICIAL = SHARED / "benchmarks" / "amber"
 MINI = REPO / "data" / "sample" / "bench" / "amber"
 os.environ.setdefault("NLTK_DATA", str(SHARED / "nltk_data"))
@@ -32,10 +33,7 @@ if os.environ["NLTK_DATA"] not in nltk.data.path:  # nltk imported earlier by an
 
 @pytest.fixture(scope="module")
 def official() -> Path:
-    if not (OFFICIAL / "annotations.json").is_file():
-        pytest.skip(
-            f"official AMBER files not found at {OFFICIAL} (expected <repo>/../shared/benchmarks/amber)"
-        )
+    shared_data.shared_file("benchmarks", "amber", "annotations.json")  # skips, naming ../shared, without it
     return OFFICIAL
 
 
@@ -159,7 +157,10 @@ YES_NO_RULE_TABLE = [
 
 @pytest.mark.parametrize(("reply", "expected"), YES_NO_RULE_TABLE)
 def test_yes_no_rules(reply, expected):
-    assert tuple(amber.normalize_yes_no(reply, rule) for rule in amber.YES_NO_RULES) == expected
+    assert tuple(amber.normalize_yes_no(reply, rule) for rule in ("first-word", "lpoi", "exact")) == expected
+    # "paper" is the same substring rule, given the decoded prompt + reply instead (tests below)
+    assert amber.normalize_yes_no(reply, "paper") == expected[1]
+    assert set(amber.YES_NO_RULES) == {"first-word", "lpoi", "exact", "paper"}
 
 
 def test_answer_row_normalizer_keeps_the_raw_reply():
@@ -495,7 +496,7 @@ def test_similarity_modes(official):
 
 @pytest.mark.skipif(_spacy_lg_installed(), reason="spaCy en_core_web_lg is installed here")
 def test_spacy_lg_requested_but_missing(official):
-    with pytest.raises(RuntimeError, match="en_core_web_lg"):
+    with pytest.raises(amber.SpacyModelMissing, match="en_core_web_lg"):
         amber.score([{"id": 1, "response": "A lake."}], official, "spacy-lg")
 
 
@@ -867,3 +868,141 @@ def test_score_file_writes_per_item_details(tmp_path):
         {"id": 1005, "truth": "yes", "answer": "Yes", "correct": True},
         {"id": 1006, "truth": "no", "answer": "yes", "correct": False},
     ]
+
+
+# ============================================================================ amber.yes_no: paper (the authors' scoring)
+
+# What generate-idefics-lpoi-amber.py stored (official repo @ 7008d7c): ``batch_decode(generated_ids,
+# skip_special_tokens=True)[0]`` -- the whole sequence, prompt included -- then "No" if 'NO'/'No'/'no' occurs
+# anywhere in it, else "Yes" if 'YES'/'Yes'/'yes' does, else the text unchanged; for every id >= 1004.
+# Decoded sequences below are written as the Idefics2 and LLaVA-1.5 templates render them; labels by hand.
+PAPER_DECODED = [
+    # the prompt's own word counts: "snowboard" holds "no", so a "Yes" reply is stored as "No"
+    (1005, "User: Is there a snowboard in this image?\nAssistant: Yes, there is.", "Yes, there is.", "No"),
+    (1006, "User: Is the dog sitting in this image?\nAssistant: Yes", "Yes", "Yes"),
+    # "know" in the reply
+    (1013, "User: Is there a cat in this image?\nAssistant: Yes, I know.", "Yes, I know.", "No"),
+    # "eyes" is a yes; "There"/"Assistant" hold neither
+    (1014, "User: Is the man smiling in this image?\nAssistant: His eyes are closed.", "His eyes are closed.", "Yes"),
+    # neither anywhere: the text is left as is (and scores wrong)
+    (1017, "User: Is the sky blue in this image?\nAssistant: It is a clear day.", "It is a clear day.",
+     "User: Is the sky blue in this image?\nAssistant: It is a clear day."),
+    # LLaVA-1.5's template: "USER: <image>\n{q} ASSISTANT:" (the image token is special: dropped by the decode)
+    (1018, "USER: \nIs there a car in this image? ASSISTANT: No, there is not.", "No, there is not.", "No"),
+    (1031, "USER: \nIs the car red in this image? ASSISTANT: YES", "YES", "Yes"),
+    # upper-case NO in the prompt ("NOTE") wins over the reply's "Yes"
+    (1032, "USER: \nNOTE: Is the car red in this image? ASSISTANT: Yes", "Yes", "No"),
+]
+
+
+@pytest.mark.parametrize(("id", "decoded", "reply", "expected"), PAPER_DECODED)
+def test_paper_rule_reads_the_decoded_full_sequence(id, decoded, reply, expected):
+    row = {"id": id, "response": reply, "decoded_full": decoded}
+    amber.answer_row_normalizer("paper")(row)
+    assert row["response"] == expected and row["raw_response"] == reply
+    # the "lpoi" rule reads the reply alone: the prompt's "snowboard"/"NOTE" do not count there
+    if id in (1005, 1032):
+        assert amber.normalize_yes_no(reply, "lpoi") == "Yes"
+
+
+def test_paper_rule_without_the_decoded_sequence_names_the_row():
+    with pytest.raises(ValueError, match=r"AMBER id 1005: .*'decoded_full'"):
+        amber.answer_row_normalizer("paper")({"id": 1005, "response": "Yes"})
+
+
+def test_paper_rule_flags_item_1004_like_the_official_script():
+    """The official loop normalizes ``int(entry['id']) >= 1004``: item 1004, a description, included."""
+    flags = {it["id"]: it["yes_no"] for it in amber.generation_items(MINI, MINI / "images")}
+    paper = {it["id"]: it["yes_no"] for it in amber.generation_items(MINI, MINI / "images", rule="paper")}
+    assert flags[1004] is False and paper[1004] is True
+    assert {i: f for i, f in paper.items() if i != 1004} == {i: f for i, f in flags.items() if i != 1004}
+
+
+def test_paper_rule_needs_generated_answers():
+    from lpoi.config import ParamsError, validate
+
+    with pytest.raises(ParamsError, match="amber.yes_no 'paper' reads generated text"):
+        validate({"amber": {"discriminative": "logits", "yes_no": "paper"}})
+    assert validate({"amber": {"discriminative": "generate", "yes_no": "paper"}}).amber.yes_no == "paper"
+
+
+def test_generate_keeps_the_decoded_full_sequence_in_paper_mode(tmp_path):
+    """Tiny Idefics2, greedy, items 1 (description), 1004, 1005, 1006 with amber.yes_no "paper": the yes/no
+    rows (1004 included) keep ``decoded_full`` = the prompt's text ("User:" ... question ... "Assistant:")
+    followed by the reply, and ``response`` = the rule on it; the description keeps no such field. Batch
+    size 1 (as the official script ran) and 3 (left padding) store the same rows. Scoring at score time with
+    --yes-no paper reads the same field and gives the same metrics."""
+    from lpoi.eval.generate import generate_answers
+    from lpoi.models import load_vlm
+
+    model, proc = load_vlm("tiny/idefics2")
+    items = [it for it in amber.generation_items(MINI, MINI / "images", rule="paper") if it["id"] in (1, 1004, 1005, 1006)]
+    outs = []
+    for bs in (1, 3):
+        out = tmp_path / f"answers{bs}.jsonl"
+        generate_answers(model, proc, items, out, max_new_tokens=6, progress=False, batch_size=bs,
+                         normalize_yes_no=amber.answer_row_normalizer("paper"), decoded_full=True)
+        outs.append(out.read_text())
+    assert outs[0] == outs[1]
+    rows = {r["id"]: r for r in map(json.loads, outs[0].splitlines())}
+    assert "decoded_full" not in rows[1] and "raw_response" not in rows[1]
+    questions = {it["id"]: it["question"] for it in items}
+    for i in (1004, 1005, 1006):
+        full = rows[i]["decoded_full"]
+        assert full.startswith("User:") and questions[i] in full and "Assistant:" in full, full
+        assert full.rstrip().endswith(rows[i]["raw_response"]), (full, rows[i]["raw_response"])
+        assert rows[i]["response"] == amber.normalize_yes_no(full, "lpoi")
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text("".join(json.dumps({k: v for k, v in r.items() if k not in ("response",)} | {
+        "response": r.get("raw_response", r["response"])}) + "\n" for r in rows.values()))
+    stored = amber.score_file(tmp_path / "answers1.jsonl", MINI, tmp_path / "m1.json", similarity="exact")
+    rescored = amber.score_file(plain, MINI, tmp_path / "m2.json", similarity="exact", yes_no="paper")
+    assert stored["discriminative"] == rescored["discriminative"]
+
+
+def _params_with(tmp_path, **amber_keys) -> Path:
+    import yaml
+
+    p = yaml.safe_load((REPO / "params.yaml").read_text())
+    p["amber"].update(amber_keys)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(p))
+    return path
+
+
+def _score_with_params(tmp_path, params: Path):
+    import subprocess
+    import sys
+
+    answers = _write_jsonl(tmp_path / "answers.jsonl", [{"id": 1, "response": "A dog and a man on the beach."}])
+    out = tmp_path / "amber.json"
+    r = subprocess.run([sys.executable, "stages/score.py", "amber", "--answers", str(answers), "--out", str(out),
+                        "--data-dir", str(MINI), "--params", str(params)], cwd=REPO, capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "NLTK_DATA": os.environ["NLTK_DATA"]})
+    return r, out
+
+
+@pytest.mark.skipif(_spacy_lg_installed(), reason="spaCy en_core_web_lg is installed here")
+def test_score_stage_stops_in_one_line_when_spacy_lg_is_required_but_missing(tmp_path):
+    r, out = _score_with_params(tmp_path, _params_with(tmp_path, similarity="spacy-lg"))
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: amber.similarity 'spacy-lg'") and "en_core_web_lg" in last, r.stderr
+    assert not out.exists()
+
+
+def test_score_stage_says_when_auto_falls_back(tmp_path):
+    r, out = _score_with_params(tmp_path, _params_with(tmp_path, similarity="auto"))
+    assert r.returncode == 0, r.stderr
+    expected = "spacy-lg" if _spacy_lg_installed() else "exact"
+    assert json.loads(out.read_text())["similarity"] == expected
+    if expected == "exact":
+        assert "AMBER uses exact word matching" in r.stderr
+
+
+@pytest.mark.skipif(not _spacy_lg_installed(), reason="spaCy or en_core_web_lg is not installed (pip install spacy "
+                    "&& python -m spacy download en_core_web_lg)")
+def test_score_stage_runs_with_spacy_lg_when_installed(tmp_path):
+    r, out = _score_with_params(tmp_path, _params_with(tmp_path, similarity="spacy-lg"))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(out.read_text())["similarity"] == "spacy-lg"

@@ -20,11 +20,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import shared_data
 
 from lpoi.eval.judge import HFJudge, JudgeConfigError, OpenAIJudge, parse_retry_after
 
 REPO = Path(__file__).resolve().parents[2]
-os.environ.setdefault("NLTK_DATA", str(REPO.parent / "shared" / "nltk_data"))
+os.environ.setdefault("NLTK_DATA", str(shared_data.SHARED / "nltk_data"))
 # nltk reads NLTK_DATA once, at import; another test module may have imported it before this line
 import nltk
 
@@ -592,6 +593,59 @@ def test_objhal_llm_extractor_over_loopback(server, key, tmp_path):
     assert m["recall"] == pytest.approx(87.5)
     assert m["n_extract_errors"] == 1 and m["extract_errors"] == {"unparsable_object_list": 1}
     assert m["extractor"] == "llm" and m["judge"] == judge.label
+
+
+# ---------------------------------------------------------------------------------------------- the authors' judges
+
+
+def _score_params(server: ChatServer, judge_model, objhal_model=None):
+    """params.yaml with the openai judge at the loopback server and the llm extractor."""
+    import yaml
+
+    from lpoi.config import validate
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["judge"].update(backend="openai", base_url=server.base_url, model=judge_model, api_key_env=KEY_ENV)
+    raw["objhal"] = {"extractor": "llm", "model": objhal_model}
+    return validate(raw)
+
+
+@pytest.mark.parametrize(("judge_model", "objhal_model", "mmhal_sent", "objhal_sent"), [
+    (None, None, "gpt-4-0314", "gpt-3.5-turbo-0613"),  # the authors' (OFFICIAL_SETUP.md: LLaVA-RLHF, RLHF-V)
+    ("gpt-4o-stand-in", None, "gpt-4o-stand-in", "gpt-4o-stand-in"),  # one stand-in for both
+    (None, "local-extractor", "gpt-4-0314", "local-extractor"),
+])
+def test_default_judges_are_the_authors(server, key, tmp_path, monkeypatch, judge_model, objhal_model, mmhal_sent,
+                                        objhal_sent):
+    """With ``judge.model: null`` the openai backend asks for the models the authors' scorers called: MMHal-Bench
+    ``gpt-4-0314`` (eval_gpt_mmhal.py), Object HalBench extraction ``gpt-3.5-turbo-0613`` (eval_gpt_obj_halbench.py
+    --use_gpt); ``objhal.model`` overrides the extractor only. The request bodies and the metrics' judge label
+    (what REPORT.md prints) name the model used."""
+    from lpoi.eval.scoring import ScoreJob, run_score
+
+    monkeypatch.chdir(REPO)  # params.yaml's bench paths are relative to the repository
+    server.reply_for = lambda content: '["dog"]' if "Describe" in content else "Fine. Rating: 4"
+    p = _score_params(server, judge_model, objhal_model)
+    obj = tmp_path / "objhal.jsonl"
+    obj.write_text(json.dumps({"image_id": 900000001, "question": "Describe the image.",
+                               "response": "A dog plays with a frisbee on the lawn."}) + "\n")
+    m_obj = run_score(ScoreJob("objhal", obj, tmp_path / "objhal.json", work=tmp_path / "w_obj",
+                               coco_dir=REPO / "data/sample/bench/objhal"), p)
+    mm = tmp_path / "mmhal.jsonl"
+    mm.write_text(json.dumps({"id": 0, "response": "a dog"}) + "\n")
+    m_mm = run_score(ScoreJob("mmhal", mm, tmp_path / "mmhal.json", work=tmp_path / "w_mm"), p)
+    sent = [r["body"]["model"] for r in server.requests]
+    assert sent == [objhal_sent, mmhal_sent]
+    assert m_obj["judge"].startswith(f"openai-compatible:{objhal_sent}@http://127.0.0.1")
+    assert m_mm["judge"].startswith(f"openai-compatible:{mmhal_sent}@http://127.0.0.1")
+
+
+def test_a_local_judge_needs_a_model_name():
+    from lpoi.config import ParamsError, validate
+
+    with pytest.raises(ParamsError, match="judge.model is required when judge.backend is 'hf'"):
+        validate({"judge": {"backend": "hf", "model": None}})
+    assert validate({}).judge.model == "tiny/llama"  # the embedded default is unchanged
 
 
 # ---------------------------------------------------------------------------------------------- local HF judge

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from lpoi.eval.benchmarks import mmhal
+from shared_data import shared_file
 
 REPO = Path(__file__).resolve().parents[2]
 MINI = REPO / "data" / "sample" / "bench" / "mmhal"
-SHARED_TEMPLATE = REPO.parent / "shared" / "benchmarks" / "mmhal_bench" / "mmhal-bench_answer_template.json"
+TEMPLATE = ("benchmarks", "mmhal_bench", "mmhal-bench_answer_template.json")  # the official file, in ../shared
 
 
 def official_ratings(response: str) -> int:
@@ -88,7 +89,7 @@ def test_aggregate_per_type():
 
 def test_type_field_grouping_equals_the_official_positional_grouping():
     """The official groups by i % 8; on the official template that is the question_type field."""
-    template = mmhal.load_template(SHARED_TEMPLATE)
+    template = mmhal.load_template(shared_file(*TEMPLATE))
     assert len(template) == 96
     ratings = [(i * 7 + 3) % 7 for i in range(96)]  # any fixed ratings
     official = [[] for _ in range(8)]
@@ -126,7 +127,7 @@ def test_items_on_the_mini_set():
 
 def test_items_hf_layout_and_image_id_fallback(tmp_path):
     """HF dataset layout: images/<basename of image_src>; fallback <image_id>.jpg."""
-    template = json.loads(SHARED_TEMPLATE.read_text())[:2]
+    template = json.loads(shared_file(*TEMPLATE).read_text())[:2]
     (tmp_path / "t.json").write_text(json.dumps(template))
     imgs = tmp_path / "images"
     imgs.mkdir()
@@ -138,8 +139,9 @@ def test_items_hf_layout_and_image_id_fallback(tmp_path):
 
 
 def test_items_missing_images_say_where_to_get_them(tmp_path):
+    template = shared_file(*TEMPLATE)
     with pytest.raises(FileNotFoundError) as e:
-        mmhal.items(SHARED_TEMPLATE, tmp_path)
+        mmhal.items(template, tmp_path)
     msg = str(e.value)
     assert "Shengcao1006/MMHal-Bench" in msg and "7206072054_c53d53b97d_o.jpg" in msg and "96 in all" in msg
 

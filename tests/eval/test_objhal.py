@@ -14,9 +14,10 @@ import os
 from pathlib import Path
 
 import pytest
+import shared_data
 
 REPO = Path(__file__).resolve().parents[2]
-os.environ.setdefault("NLTK_DATA", str(REPO.parent / "shared" / "nltk_data"))
+os.environ.setdefault("NLTK_DATA", str(shared_data.SHARED / "nltk_data"))
 # nltk reads NLTK_DATA once, at import; another test module may have imported it before this line
 import nltk
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
+import shared_data
 
-_SHARED_NLTK = str(Path(__file__).resolve().parents[3] / "shared" / "nltk_data")
+_SHARED_NLTK = str(shared_data.SHARED / "nltk_data")
 os.environ.setdefault("NLTK_DATA", _SHARED_NLTK)
 import nltk  # after NLTK_DATA is set: nltk reads it on import
 

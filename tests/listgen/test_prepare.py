@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -63,9 +64,10 @@ def test_every_reject_row_carries_the_records_id(corpus):
         record = cases[r["index"]][0]
         given = record.get("id") if isinstance(record, dict) else None
         if isinstance(given, (str, int)) and not isinstance(given, bool):
-            assert r["id"] == str(given), r
-        elif r["reason"] in ("not_an_object", "missing_field", "bad_type", "empty_field", "text_too_long",
-                             "no_preference", "unsafe_path", "missing_image"):
+            assert r["id"] == str(given).encode("utf-8", "backslashreplace").decode(), r  # surrogates escaped
+        elif r["reason"] in ("not_an_object", "missing_field", "bad_type", "invalid_unicode",
+                             "control_character", "empty_field", "text_too_long", "no_preference",
+                             "unsafe_path", "missing_image"):
             assert r["id"] is None, r  # no image bytes read: no derived id
         else:
             assert len(r["id"]) == 16 and int(r["id"], 16) >= 0, r  # derived from the content
@@ -82,9 +84,79 @@ def test_placeholders_removed_once_and_counted(corpus):
     assert row["chosen"] == "A red cup."
     assert row["placeholders_removed"] is True
     assert not any("<image>" in p[k].lower() for p in prepared for k in ("prompt", "chosen", "rejected"))
-    assert summary["placeholders_removed"] == 1
+    assert summary["placeholders_removed"] == 2  # "ph" and "invisible" (a placeholder split by a ZWSP)
     other = next(p for p in prepared if p["image"] == "uni.png")  # other special tokens are kept as text
     assert "<fake_token_around_image></s>" in other["prompt"] and other["placeholders_removed"] is False
+
+
+def test_texts_and_ids_are_compared_as_normalised_and_stored_so(corpus):
+    """NFC, format characters gone, placeholders found through a zero-width space; the prepared row holds the
+    normalised texts and id, and says so. Pairs and ids that differ only invisibly are one (the corpus)."""
+    tmp_path, root, pairs, cases = corpus
+    summary, prepared, rejects = _run(tmp_path, root, pairs)
+    row = next(p for p in prepared if p["id"] == "invisible")
+    want = ("What is\u00a0there?", "Caf\u00e9 au lait.", "A dog.")
+    assert (row["prompt"], row["chosen"], row["rejected"]) == want
+    assert row["text_normalised"] is True and row["placeholders_removed"] is True
+    assert next(p for p in prepared if p["id"] == "caf\u00e9")["text_normalised"] is False
+    assert summary["texts_normalised"] == 1
+    by_id = {r["id"]: r for r in rejects}
+    assert by_id["cafe\u0301"]["reason"] == "duplicate_id" and "'caf\u00e9'" in by_id["cafe\u0301"]["detail"]
+    assert "U+0000 at character 1" in by_id["nul"]["detail"] and "rejected" in by_id["nul"]["detail"]
+    for p in prepared:  # nothing invisible is left in what later stages read
+        for k in ("id", "prompt", "chosen", "rejected"):
+            assert p[k] == unicodedata.normalize("NFC", p[k]), (k, p[k])
+            invisible = [c for c in p[k].replace("\n", "") if unicodedata.category(c) in ("Cf", "Cc", "Cs")]
+            assert not invisible, (k, p[k])
+
+
+def test_normalise_text_keeps_whitespace_and_visible_format_characters():
+    from lpoi.listgen.prepare import _Reject, normalise_text
+
+    assert normalise_text("a\tb\r\nc\n") == "a\tb\r\nc\n"  # tab, CR, LF kept as they are
+    assert normalise_text("\u0600\u0661\u0662") == "\u0600\u0661\u0662"  # Arabic number sign: Cf, but drawn
+    assert normalise_text("A\u00ad\u200e\u202e\U000e0041b") == "Ab"  # soft hyphen, bidi marks, a tag
+    assert normalise_text("\u1100\u1161") == "\uac00"  # Hangul jamo compose under NFC
+    for text, reason in (("a\x0bb", "control_character"), ("\x7f", "control_character"),
+                         ("a\udfffb", "invalid_unicode")):
+        with pytest.raises(_Reject) as e:
+            normalise_text(text, "chosen")
+        assert e.value.reason == reason and "chosen" in e.value.detail
+
+
+def test_content_key_cannot_be_shared_by_different_fields():
+    """v1 joined the fields with NUL: ("a\\0b", "c") and ("a", "b\\0c") had one key, and the second record
+    was dropped as a duplicate. v2 keys (and the ids derived from them) are never v1 keys."""
+    from lpoi.listgen.prepare import content_key
+
+    sha = "ab" * 32
+    assert content_key(sha, "q", "a\0b", "c") != content_key(sha, "q", "a", "b\0c")
+    assert content_key(sha, "q\0a", "b", "c") != content_key(sha, "q", "a\0b", "c")
+    v1 = hashlib.sha256("".join(f + "\0" for f in (sha, "q", "a", "b")).encode()).hexdigest()
+    assert content_key(sha, "q", "a", "b") != v1
+
+
+@pytest.mark.parametrize("form", ["json", "jsonl"])
+def test_a_lone_surrogate_rejects_its_record_only(form, tmp_path):
+    """json decodes "\\ud800" to a lone surrogate; it used to stop the whole stage at the key's UTF-8
+    encoding (no file, no record named). Now that record is rejected by index and id, the others go on,
+    and both output files are written (the id escaped)."""
+    root = tmp_path / "img"
+    root.mkdir()
+    rgb(root / "a.png")
+    cases = [rec("a.png", id="first"), rec("a.png", chosen="A \ud83c cup.", id="bad-chosen"),
+             rec("a.png", rejected="A \ud83c\udf4e.", id="pair-ok"), rec("a\udc80.png"),
+             rec("a.png", id="bad\udc00")]
+    pairs = tmp_path / f"p.{form}"
+    pairs.write_text(json.dumps(cases) if form == "json" else "".join(json.dumps(r) + "\n" for r in cases))
+    assert "\\ud83c\\udf4e" in pairs.read_text()  # a valid surrogate *pair* escape: a real emoji
+    summary, prepared, rejects = _run(tmp_path, root, pairs)
+    assert [p["id"] for p in prepared] == ["first", "pair-ok"] and prepared[1]["rejected"] == "A \U0001F34E."
+    assert [(r["index"], r["id"], r["reason"]) for r in rejects] == [
+        (1, "bad-chosen", "invalid_unicode"), (3, None, "invalid_unicode"),
+        (4, "bad\\udc00", "invalid_unicode")]
+    assert [r["detail"].split(" holds")[0] for r in rejects] == ["chosen", "img_path", "id"]
+    assert "U+D83C at character 2" in rejects[0]["detail"]
 
 
 def test_text_bounds_and_aspect_ratio_follow_the_params(tmp_path):
@@ -136,10 +208,9 @@ def test_prompt_budget_counts_what_the_reference_encodes(model, max_pixels, tmp_
 
 
 def test_prompt_budget_small_size_is_only_used_where_it_changes_nothing():
-    """With the real Idefics2 image processor (980 px) the small processing size keeps every id and makes
-    a count much cheaper (measured ~80 ms -> ~3 ms here)."""
-    import time
-
+    """With the real Idefics2 image processor (980 px) the count runs on a small processing size and keeps
+    every id. What makes it cheaper is the number of pixels the image processor handles (~3,600x fewer here),
+    counted, not timed: a wall-clock bound fails on a loaded machine."""
     from transformers import Idefics2ImageProcessor
 
     from lpoi.listgen.prepare import PromptBudget
@@ -151,12 +222,18 @@ def test_prompt_budget_small_size_is_only_used_where_it_changes_nothing():
     budget.tokens("x")
     assert budget._kwargs
     q = "Describe the scene in detail."
-    t0 = time.perf_counter()
+    processed = []
+    real = proc.image_processor.preprocess
+
+    def counting(*a, **kw):
+        out = real(*a, **kw)
+        processed.append(out["pixel_values"][0].numel())
+        return out
+
+    proc.image_processor.preprocess = counting
     full = budget._ids(q, (640, 480), {})
-    t_full = time.perf_counter() - t0
-    t0 = time.perf_counter()
     assert budget.tokens(q, (640, 480)) == len(full)
-    assert time.perf_counter() - t0 < t_full / 3
+    assert len(processed) == 2 and processed[1] * 100 < processed[0], processed
 
 
 def test_no_record_accepted_fails_even_when_all_may_be_rejected(tmp_path):
@@ -172,11 +249,14 @@ def test_no_record_accepted_fails_even_when_all_may_be_rejected(tmp_path):
 @pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-le", "utf-32"])
 def test_unicode_pairs_files_read_as_the_json_module_does(tmp_path, encoding):
     """UTF-8 with a BOM and UTF-16/32 (BOM or not: detected from the first characters, as json.loads does
-    for bytes) give the same records as plain UTF-8, in the list and the JSONL form."""
+    for bytes) give the same records as plain UTF-8, in the list and the JSONL form. Line and paragraph
+    separators (U+2028/9) and NEL (U+0085) inside a string do not end a JSONL line."""
     root = tmp_path / "img"
     root.mkdir()
     rgb(root / "a.png")
-    records = [rec("a.png", prompt="Qué hay? 🍎", id="x"), rec("a.png", chosen="Ünïcode.", id="y")]
+    records = [rec("a.png", prompt="Qué hay? 🍎", id="x"), rec("a.png", chosen="Ünïcode.", id="y"),
+               rec("a.png", chosen="One\u2028two\u2029three.", id="z"),
+               rec("a.png", chosen="Four\x85", id="n")]
     for name, text in (("l.json", json.dumps(records, ensure_ascii=False, indent=1)),
                        ("l.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))):
         plain, other = tmp_path / ("u8-" + name), tmp_path / (encoding + name)
@@ -184,7 +264,9 @@ def test_unicode_pairs_files_read_as_the_json_module_does(tmp_path, encoding):
         other.write_text(text, encoding=encoding)
         assert other.read_bytes() != plain.read_bytes()
         got = list(prepare_records(other, root))
-        assert got == list(prepare_records(plain, root)) and [k for k, _ in got] == ["ok", "ok"]
+        assert got == list(prepare_records(plain, root))
+        assert [(k, r["id"], r.get("reason")) for k, r in got] == [
+            ("ok", "x", None), ("ok", "y", None), ("ok", "z", None), ("reject", "n", "control_character")]
         assert got[0][1]["prompt"] == "Qué hay? 🍎"
 
 
@@ -257,11 +339,12 @@ def test_ids_paths_and_content_hash(corpus):
     # plain RGB sources are not copied
     assert by_image["ok.jpg"]["normalised"] is False
     assert Path(by_image["ok.jpg"]["image_path"]) == root / "ok.jpg"
-    # derived id = sha256(image_sha256 \0 prompt \0 chosen \0 rejected \0)[:16], computed here by hand
+    # derived id = sha256 of the JSON array [version, image_sha256, prompt, chosen, rejected][:16], by hand
     row = by_image["ok3.png"]
     img_sha = hashlib.sha256((root / "ok3.png").read_bytes()).hexdigest()
     assert row["image_sha256"] == img_sha
-    want = hashlib.sha256(f"{img_sha}\0What is there?\0Three.\0A dog.\0".encode()).hexdigest()[:16]
+    blob = f'["prepare-key-v2", "{img_sha}", "What is there?", "Three.", "A dog."]'
+    want = hashlib.sha256(blob.encode()).hexdigest()[:16]
     assert row["id"] == want
     assert (row["width"], row["height"]) == (32, 24)
     assert len({p["id"] for p in prepared}) == len(prepared)

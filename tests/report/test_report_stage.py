@@ -120,22 +120,40 @@ def test_report_table_matches_the_summary_and_warns():
     assert len(page.splitlines()) < 70  # one screen
 
 
-def test_paper_column_only_for_filled_values_of_paper_profiles_on_full_benchmarks(tmp_path):
+def test_report_names_every_judge_extractor_and_amber_rule():
+    """The Judge section says who scored what: the LLM extractor's label, or that rules extracted the objects;
+    AMBER's noun matching and yes/no rule (the authors': spaCy en_core_web_lg, the paper substring rule)."""
+    llm = {**OBJHAL, "extractor": "llm", "judge": "openai-compatible:gpt-3.5-turbo-0613@http://127.0.0.1:9/v1",
+           "judge_date": "2026-12-06"}
+    amber = {**AMBER, "similarity": "spacy-lg"}
+    page = render(_inputs(sources={**SOURCES, "objhal": llm, "amber": amber}, yes_no="paper"))
+    judge = page.split("## Judge", 1)[1].split("## Warnings", 1)[0]
+    assert "Object HalBench objects: `openai-compatible:gpt-3.5-turbo-0613@http://127.0.0.1:9/v1` (2026-12-06)" in judge
+    assert "AMBER: spaCy en_core_web_lg similarity, generated yes/no replies stored under amber.yes_no: paper" in judge
+    rules = render(_inputs(sources={**SOURCES, "objhal": {**OBJHAL, "extractor": "rules"}}))
+    assert "Object HalBench objects: rule-based extraction (objhal.extractor: rules, no LLM)" in rules
+    assert "AMBER: exact noun matching" in rules
+    logits = render(_inputs(discriminative="logits"))
+    assert "AMBER: exact noun matching, yes/no by Yes vs No next-token logits" in logits
+
+
+def test_paper_column_only_for_real_paper_models_on_full_benchmarks(tmp_path):
     table = json.loads((REPO / "lpoi/report/paper_table1.json").read_text())
     assert set(table["rows"]) == {"HuggingFaceM4/idefics2-8b", "llava-hf/llava-1.5-7b-hf", "llava-hf/llava-1.5-13b-hf"}
     assert paper_row(_params()) == (None, None)  # tiny model: no paper row, no note
     ide = {"model": {"name": "HuggingFaceM4/idefics2-8b"}}
-    row, note = paper_row(_params(**ide))
+    real_judge = {"backend": "openai", "model": "gpt-4-0314", "base_url": "http://127.0.0.1:9/v1"}
+    row, note = paper_row(_params(**ide, judge=real_judge))
     assert row is None and "bench=mini" in note
-    row, note = paper_row(_params(**ide, bench={"name": "full"}))
-    assert row is None and "not transcribed" in note  # the committed table is empty, and says so
-    table["rows"]["HuggingFaceM4/idefics2-8b"]["amber.CHAIR"] = 4.3  # a filled value (made up for the test)
-    (tmp_path / "t.json").write_text(json.dumps(table))
-    row, note = paper_row(_params(**ide, bench={"name": "full"}), tmp_path / "t.json")
-    assert row == {"amber.CHAIR": 4.3} and "Table 1" in note
-    page = render(_inputs(paper=row, paper_note=note))
+    # a real model judged by the tiny random judge: random MMHal numbers never stand beside the paper's
+    assert paper_row(_params(**ide, bench={"name": "full"})) == (None, None)
+    row, note = paper_row(_params(**ide, bench={"name": "full"}, judge=real_judge))
+    assert row["amber.CHAIR"] == 2.6 and row["mmhal.score"] == 2.88 and "Table 1" in note  # the LPOI row
+    row, _ = paper_row(_params(**ide, bench={"name": "full"}, judge=real_judge, generate={"use_adapter": False}))
+    assert row["amber.CHAIR"] == 3.4  # the base model's row
+    page = render(_inputs(paper={"amber.CHAIR": 4.3}, paper_note=note))
     line = next(x for x in page.splitlines() if "| CHAIR ↓ |" in x)
-    assert line.strip().endswith("| 91.7 | 4.3 |") and "paper (Table 1)" in page
+    assert line.strip().endswith("| 91.7 | 4.3 | +87.4 |") and "paper (Table 1) | Δ" in page
 
 
 # ------------------------------------------------------------------------------------------ profile diff
@@ -146,6 +164,12 @@ def test_paper_column_only_for_filled_values_of_paper_profiles_on_full_benchmark
     (["train.beta=0.2"], {"model": "tiny-idefics2"}, [("train.beta", 0.1, 0.2)]),
     (["model=idefics2-8b", "data=mdpo-10k", "bench=full", "train.beta=0.2"],
      {"model": "idefics2-8b", "data": "mdpo-10k", "bench": "full"}, [("train.beta", 0.1, 0.2)]),
+    (["experiment=paper-llava-1.5-7b", "train.beta=0.2"],  # a paper preset: only the -S change is listed
+     {"model": "llava-1.5-7b", "data": "mdpo-10k", "bench": "full", "experiment": "paper-llava-1.5-7b"},
+     [("train.beta", 0.1, 0.2)]),
+    (["experiment=paper-idefics2-8b", "data=lpoi-official"],  # the released lists under the paper preset
+     {"model": "idefics2-8b", "data": "lpoi-official", "experiment": "paper-idefics2-8b"}, []),
+    (["experiment=paper-llava-1.5-13b"], {"model": "llava-1.5-13b", "experiment": "paper-llava-1.5-13b"}, []),
     (["model=llava-1.5-7b", "train.epochs=3", "bench.amber.limit=3"], {"model": "llava-1.5-7b"},
      [("bench.amber.limit", None, 3), ("train.epochs", 1, 3)]),
 ])

@@ -101,3 +101,57 @@ def test_step0_check_in_bf16(refs, tmp_path):
     assert _one_step(lists, ref["right_bf16"], tmp_path / "bf16", precision="bf16")["steps"] == 1
     with pytest.warns(UserWarning, match="computed in float32 but training runs in bfloat16"):
         _one_step(lists, ref["right"], tmp_path / "mixed", precision="bf16")
+
+
+def test_online_tolerance_hand_values(acc):
+    """The online reference is the same forward with the adapter off: 1e-4 nats whatever the dtype and |ref|
+    (the precomputed bf16 check would let 2.1 nats through at |ref| = 100)."""
+    ref = torch.tensor([[-100.0, -100.0, -100.0]], dtype=torch.float64)
+    kw = dict(ids=["a"], columns=(0, 1), reference_dtype=None, accelerator=acc, online=True)
+    assert step0_tolerance("bfloat16", online=True) == ("the online reference", 1e-4, 0.0)
+    check_reference_at_step0(ref + 0.9e-4, ref, dtype="bfloat16", **kw)
+    with pytest.raises(ReferenceMismatchError, match=r"gap 0.0002 nats > 0.0001 allowed in the online reference; "
+                                                     r"the adapter-disabled forward differs"):
+        check_reference_at_step0(ref + torch.tensor([[2e-4, 0, 0]], dtype=torch.float64), ref, dtype="bfloat16", **kw)
+
+
+@pytest.fixture
+def record_step0(monkeypatch):
+    """The (policy, reference) the recipe hands its step-0 check, recorded (the check itself still runs)."""
+    from lpoi.train import recipe
+
+    seen, check = [], recipe.check_reference_at_step0
+
+    def record(policy, reference, **kw):
+        seen.append((policy.detach().double().cpu(), reference.double().cpu(), kw["online"]))
+        return check(policy, reference, **kw)
+
+    monkeypatch.setattr(recipe, "check_reference_at_step0", record)
+    return seen
+
+
+# max |beta * (log pi - log pi_ref)| at step 0 with a reference precomputed in the run's dtype, measured on the
+# CPU (4 samples, K = 3 here; 8 samples, K = 5 gave the same): tiny LLaVA 0 in both; tiny Idefics2 3.0e-4 in
+# bf16 (3.0e-3 nats of ~61), 2.3e-5 in fp16 -- its kernels round per batch shape. Bound: 3x the measured gap.
+PRECOMPUTED_STEP0_REWARD = {("tiny/llava", "bf16"): 0.0, ("tiny/llava", "fp16"): 0.0,
+                            ("tiny/idefics2", "bf16"): 1e-3, ("tiny/idefics2", "fp16"): 1e-4}
+
+
+@pytest.mark.parametrize("model", [LLAVA, "tiny/idefics2"])
+@pytest.mark.parametrize(("precision", "dtype"), [("bf16", "bfloat16"), ("fp16", "float16")])
+def test_step0_rewards_cancel_in_low_precision(refs, record_step0, tmp_path, model, precision, dtype):
+    """Step-0 rewards beta * (log pi - log pi_ref) at bf16 and fp16 on the CPU: exactly 0 with the online
+    reference (the official way: the same forward with the adapter off), checked at STEP0_ONLINE_TOLERANCE;
+    with a reference precomputed in the run's dtype, within the bound measured above (the reference stage's
+    batches are not the training batches)."""
+    lists, _ = refs
+    ref = tmp_path / f"ref_{dtype}.jsonl"
+    run_reference(lists, ref, model_name=model, dtype=dtype, progress=False, max_length=MAX_LENGTH)
+    for mode in ("online", "precomputed"):
+        record_step0.clear()
+        run_train(lists_path=lists, reference_path=ref, out_dir=tmp_path / mode, model_name=model, max_steps=1,
+                  batch_size=2, save_steps=0, progress=False, precision=precision, reference=mode, beta=0.1)
+        policy, reference, online = record_step0[0]
+        assert online == (mode == "online")
+        reward = float((0.1 * (policy - reference)).abs().max())
+        assert reward <= (0.0 if online else PRECOMPUTED_STEP0_REWARD[(model, precision)]), reward

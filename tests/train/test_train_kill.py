@@ -42,7 +42,8 @@ def repo(tmp_path_factory) -> Path:
     for sub in ("stages", "lpoi"):
         shutil.copytree(REPO / sub, dst / sub, ignore=shutil.ignore_patterns("__pycache__"))
     dag = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    (dst / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"train": dag["stages"]["train"]}}, sort_keys=False))
+    stages = {name: dag["stages"][name] for name in ("check_params", "train")}  # train depends on check_params' stamp
+    (dst / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
     (dst / "params.yaml").write_text(yaml.safe_dump(_params(), sort_keys=False))
     lists = write_synthetic_lists(dst / "data" / "lists", n_samples=8, k=3)
     (dst / "data" / "reference").mkdir(parents=True)

@@ -152,6 +152,7 @@ __all__ = [
     "normalize_yes_no",
     "parse_yes_no",
     "resolve_similarity",
+    "SpacyModelMissing",
     "score",
     "score_file",
 ]
@@ -263,10 +264,14 @@ def generation_items(
     images_dir: str | os.PathLike,
     limit: int | None = None,
     ids: Iterable[int] | None = None,
+    rule: str | None = None,
 ) -> list[dict]:
     """:func:`items` ready for :func:`lpoi.eval.generate.generate_answers`: each item also carries
-    ``"yes_no"``, True for the discriminative ids (answered yes/no), False for the descriptions."""
-    return [{**it, "yes_no": not is_generative(it["id"])} for it in items(data_dir, images_dir, limit=limit, ids=ids)]
+    ``"yes_no"``, True for the discriminative ids (answered yes/no), False for the descriptions.
+    ``rule="paper"`` flags item 1004 too, as the official script did (:data:`PAPER_FIRST_YES_NO_ID`)."""
+    first = PAPER_FIRST_YES_NO_ID if rule == "paper" else None
+    return [{**it, "yes_no": not is_generative(it["id"]) or (first is not None and it["id"] >= first)}
+            for it in items(data_dir, images_dir, limit=limit, ids=ids)]
 
 
 # ============================================================================ yes / no
@@ -300,6 +305,9 @@ def normalize_yes_no(reply: str, rule: str = "first-word") -> str:
     * ``lpoi``: the official LPOI script's rule, for comparing with the paper: "No" if the reply
       *contains* ``NO``/``No``/``no`` anywhere ("not", "know", "snow" included), else "Yes" if it
       contains ``YES``/``Yes``/``yes`` ("eyes" included), else kept as is.
+    * ``paper``: the same substring rule, meant for the text the official script decoded -- the whole
+      sequence, prompt included (generate-idefics-lpoi-amber.py: ``batch_decode(generated_ids,
+      skip_special_tokens=True)[0]``); :func:`answer_row_normalizer` feeds it the row's ``decoded_full``.
     * ``exact``: kept as is — only the exact strings "Yes"/"No" count, like ``inference.py``.
     """
     if rule not in YES_NO_RULES:
@@ -308,7 +316,7 @@ def normalize_yes_no(reply: str, rule: str = "first-word") -> str:
         raise TypeError(f"a yes/no reply must be a string, got {type(reply).__name__}")
     if rule == "first-word":
         return parse_yes_no(reply) or reply
-    if rule == "lpoi":
+    if rule in ("lpoi", "paper"):
         if any(w in reply for w in _LPOI_NO):
             return "No"
         if any(w in reply for w in _LPOI_YES):
@@ -351,9 +359,25 @@ def answer_row_normalizer(rule: str) -> Callable[[dict], None]:
         if row.get("error") or "response" not in row:
             return
         row["raw_response"] = row["response"]
-        row["response"] = normalize_yes_no(row["response"], rule)
+        row["response"] = normalize_yes_no(_rule_text(row, rule), rule)
 
     return normalize
+
+
+PAPER_FIRST_YES_NO_ID = 1004
+"""generate-idefics-lpoi-amber.py applies its rule to ``int(entry['id']) >= 1004`` -- item 1004 (a
+description) included; ``amber.yes_no: paper`` keeps that boundary (:func:`generation_items`)."""
+
+
+def _rule_text(row: dict, rule: str) -> str:
+    """The text a rule reads: the reply, or for ``paper`` the decoded full sequence (prompt included)."""
+    if rule != "paper":
+        return row["response"]
+    text = row.get("decoded_full")
+    if not isinstance(text, str):
+        raise ValueError(f"AMBER id {row.get('id')!r}: amber.yes_no 'paper' reads the decoded full sequence, but "
+                         "the row has no 'decoded_full' string (generate the answers with amber.yes_no: paper)")
+    return text
 
 
 # ============================================================================ official data files
@@ -485,9 +509,11 @@ def resolve_similarity(
         return "spacy-lg", _spacy_similarity()
     except (ImportError, OSError) as e:  # spaCy absent, or the model package not installed
         if similarity == "spacy-lg":
-            raise RuntimeError(
-                f"similarity='spacy-lg' needs spaCy and its {SPACY_MODEL} model: "
-                f"`pip install spacy && python -m spacy download {SPACY_MODEL}` ({type(e).__name__}: {e})"
+            raise SpacyModelMissing(
+                f"amber.similarity 'spacy-lg' (AMBER's inference.py) needs spaCy and its {SPACY_MODEL} model, "
+                f"not available here ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): "
+                f"`pip install spacy && python -m spacy download {SPACY_MODEL}`, or set amber.similarity: auto "
+                "(exact matching, said in the metrics and the report)"
             ) from None
         print(
             f"lpoi: spaCy {SPACY_MODEL} not available ({type(e).__name__}); AMBER uses exact word matching "
@@ -495,6 +521,11 @@ def resolve_similarity(
             file=sys.stderr,
         )
         return "exact", _exact_similarity
+
+
+class SpacyModelMissing(ValueError):
+    """``amber.similarity: spacy-lg`` without spaCy's en_core_web_lg: never a silent fallback (a ValueError, so
+    the score stage ends with this one line)."""
 
 
 def _spacy_model_installed() -> bool:
@@ -800,7 +831,8 @@ def _score_discriminative(rows, yes_no: str | None, details: list[dict] | None) 
     n_unparsed = n_normalized = 0
     for a, ann in rows:
         raw = a["raw_response"] if isinstance(a.get("raw_response"), str) else a["response"]
-        response = a["response"] if yes_no is None else normalize_yes_no(raw, yes_no)
+        text = _rule_text(a, "paper") if yes_no == "paper" else raw
+        response = a["response"] if yes_no is None else normalize_yes_no(text, yes_no)
         n_unparsed += response not in ("Yes", "No")
         n_normalized += response != raw
         tallies["overall"].add(ann["truth"], response)
@@ -841,7 +873,7 @@ def _check_answers(
         raw = a.get("raw_response")
         if raw is not None and not isinstance(raw, str):
             raise ValueError(f"{where} (id {i}): 'raw_response' must be a string, got {type(raw).__name__}")
-        rows.append({"id": i, "response": response, "raw_response": raw})
+        rows.append({"id": i, "response": response, "raw_response": raw, "decoded_full": a.get("decoded_full")})
     return rows, generation_errors
 
 
