@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -30,6 +30,8 @@ DEVICES = "auto, cpu, cuda, cuda:<index> or mps"
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # numpy's seed range (accelerate's set_seed seeds numpy too)
+
+_S = TypeVar("_S", bound="_Section")
 
 
 class ParamsError(ValueError):
@@ -657,6 +659,32 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if os.environ.get("LPOI_RECORD_PARAMS"):
         record_reads(params, os.environ["LPOI_RECORD_PARAMS"])
     return params
+
+
+def section_of(cls: type[_S], params: _S | None, settings: dict, **renames: str) -> _S:
+    """The validated section a library function runs with.
+
+    Stages pass their section whole (``run_detect(..., params=p.detect)``); callers without a params.yaml
+    (tests, benchmarks, the miniature) may instead give single settings as keywords, named as the fields
+    or by ``renames`` (keyword -> field), validated exactly as params.yaml is. Both at once is an error:
+    one call must not mix a section with settings that silently override it.
+    """
+    if params is not None:
+        if settings:
+            raise TypeError(f"pass the {cls.__name__} section or single settings ({', '.join(sorted(settings))}), "
+                            "not both")
+        if not isinstance(params, cls):
+            raise TypeError(f"expected a {cls.__name__}, got {type(params).__name__}")
+        return params
+    fields = {renames.get(k, k): v for k, v in settings.items()}
+    unknown = sorted(k for k in fields if k not in cls.model_fields)
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s) {', '.join(unknown)} (settings of {cls.__name__}: "
+                        f"{', '.join(sorted(set(cls.model_fields) | set(renames)))})")
+    try:
+        return cls(**fields)
+    except ValidationError as e:
+        raise ParamsError(f"invalid {cls.__name__} settings:\n" + _format(e)) from None
 
 
 # ---------------------------------------------------------------------------------------------- recording reads

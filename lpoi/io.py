@@ -32,6 +32,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "check_image_integrity",
+    "hashable_key",
     "load_image",
     "parse_jsonl_line",
     "read_json",
@@ -180,7 +181,7 @@ class JsonlAppender:
             cut = raw.rfind(b"\n") + 1
             for lineno, line in enumerate(raw[:cut].split(b"\n")[:-1], 1):  # validate before truncating
                 if line.strip():
-                    self.done.add(_hashable(parse_jsonl_line(line, self.path, lineno).get(key)))
+                    self.done.add(hashable_key(parse_jsonl_line(line, self.path, lineno).get(key)))
             if cut != len(raw):  # partial last line from a kill: drop it, it gets recomputed
                 with open(self.path, "r+b") as f:
                     f.truncate(cut)
@@ -192,7 +193,7 @@ class JsonlAppender:
         self._f.write(line)
         self._f.flush()
         os.fsync(self._f.fileno())
-        self.done.add(_hashable(row.get(self.key)))
+        self.done.add(hashable_key(row.get(self.key)))
         return line
 
     def close(self) -> None:
@@ -205,7 +206,8 @@ class JsonlAppender:
         self.close()
 
 
-def _hashable(v: Any) -> Any:
+def hashable_key(v: Any) -> Any:
+    """A row's id as a set/dict key: lists and dicts (JSON ids may be either) as canonical JSON text."""
     return json.dumps(v, sort_keys=True) if isinstance(v, (list, dict)) else v
 
 

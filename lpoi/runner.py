@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lpoi.io import JsonlAppender, _hashable, atomic_write_bytes, atomic_write_text, read_jsonl, sha256_file
+from lpoi.io import JsonlAppender, hashable_key, atomic_write_bytes, atomic_write_text, read_jsonl, sha256_file
 
 __all__ = ["Reject", "Runner", "ShardError", "StageOutput", "Tally", "Write", "blocks_of", "count_shard_rows",
            "fault_point", "parse_shard", "prefetch_map", "run_file", "shard_path", "summarize"]
@@ -222,7 +222,7 @@ _FAULT_COUNTS: Counter = Counter()
 
 def _line_id(line: bytes, key: str) -> Any:
     try:
-        return _hashable(json.loads(line).get(key))
+        return hashable_key(json.loads(line).get(key))
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
         return _BAD
 
@@ -273,7 +273,7 @@ class StageOutput:
         entries = {}
         if self.journal_path.exists():
             for e in read_jsonl_tolerant(self.journal_path):
-                entries[(e.get("file"), _hashable(e.get("id")))] = e
+                entries[(e.get("file"), hashable_key(e.get("id")))] = e
         kept, dropped = [], 0
         for path in self._files():
             if path.exists():
@@ -313,7 +313,7 @@ class StageOutput:
 
     # -- writing
     def done(self, sample_id) -> bool:
-        return _hashable(sample_id) in self._done
+        return hashable_key(sample_id) in self._done
 
     @property
     def full(self) -> bool:
@@ -333,7 +333,7 @@ class StageOutput:
     def _append(self, app: JsonlAppender, row: dict, files: Iterable[Path] | Mapping[Path, str]) -> None:
         line = app.write(row).encode()
         sid = row.get(self.key)
-        self._done.add(_hashable(sid))
+        self._done.add(hashable_key(sid))
         if self._jf is None:
             return
         fault_point("row")

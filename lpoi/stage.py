@@ -49,6 +49,7 @@ __all__ = ["StageDir", "StageEntry", "StageError", "fingerprint_parts", "hold_st
            "stage_entry", "write_metrics", "write_timings"]
 
 MARKER = ".lpoi-fingerprint.json"
+PLACEHOLDER = "NONE"  # what a stage that had nothing to do leaves in its folder, saying why (world: none)
 REPO = Path(__file__).resolve().parents[1]  # the checkout this package (and the stage scripts) run from
 _SKIP = ("__pycache__",)
 
@@ -289,8 +290,8 @@ class StageDir:
             raise StageError(f"{self.path}: other shards of this stage are running with other inputs or params; "
                              "wait for them, or stop them and run all shards again")
         if self.path.exists() and any(self.path.iterdir()):
-            print(f"[lpoi] {self.path}: {_changed(old, self.parts)} changed since the last run; emptying the folder "
-                  "and starting afresh", file=sys.stderr)
+            print(f"[lpoi] {self.path}: {_changed(old, self.parts, self.path)}; emptying the folder and starting "
+                  "afresh", file=sys.stderr)
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_json(marker, {"stage": self.stage, "fingerprint": self.fingerprint, "parts": self.parts})
@@ -314,12 +315,42 @@ class StageDir:
               file=sys.stderr)
 
 
-def _changed(old: dict | None, parts: dict[str, str]) -> str:
+def _changed(old: dict | None, parts: dict[str, str], folder: Path | None = None) -> str:
+    """Why a folder is emptied, in the words of params.yaml and dvc.yaml (see :func:`describe_changes`)."""
     if old is None or "parts" not in old:
-        return "the output folder was made by another version of the pipeline, so everything"
-    before = old["parts"]
-    diff = sorted(k for k in set(before) | set(parts) if before.get(k) != parts.get(k))
-    return ", ".join(diff[:4]) + (f" and {len(diff) - 4} more" if len(diff) > 4 else "")
+        note = folder / PLACEHOLDER if folder is not None else None
+        if note is not None and note.is_file():  # e.g. world: none's no-op: nothing to reuse
+            first = (note.read_text(encoding="utf-8", errors="replace").splitlines() or [""])[0].strip()
+            return f"the last run left only a placeholder ({first or PLACEHOLDER})"
+        return "no record of the run that made this folder (an older version of the pipeline, or made by hand)"
+    return describe_changes(old["parts"], parts) + " changed since the last run"
+
+
+_KINDS = (("param", "params"), ("code", "code"), ("data", "input data"), ("model", "model"))
+
+
+def describe_changes(before: dict[str, str], after: dict[str, str], most: int = 3) -> str:
+    """What differs between two fingerprints' parts, grouped the way a user set them up: ``params
+    train.beta; code lpoi/train/recipe.py; model tiny/idefics2`` (``dep`` parts are code under
+    ``lpoi/``, ``stages/``, ``conf/`` and ``hydra_plugins/``, input data otherwise); at most ``most``
+    names per group, then a count."""
+    groups: dict[str, list[str]] = {k: [] for k, _ in _KINDS}
+    for key in sorted(set(before) | set(after)):
+        if before.get(key) == after.get(key):
+            continue
+        kind, _, name = key.partition(" ")
+        if kind == "dep":
+            code = name.split("/")[0] in ("lpoi", "stages", "conf", "hydra_plugins") or name.endswith(".py")
+            kind = "code" if code else "data"
+        if key not in before:
+            name += " (newly declared)"
+        elif key not in after:
+            name += " (no longer declared)"
+        groups.setdefault(kind, []).append(name)
+    words = dict(_KINDS)
+    out = [f"{words.get(k, k)} " + ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+           for k, names in groups.items() if names]
+    return "; ".join(out) or "nothing"
 
 
 def _fmt(v: Any) -> str:

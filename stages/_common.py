@@ -15,12 +15,6 @@ from lpoi import numerics  # noqa: E402
 
 numerics.pin_environment()
 
-import warnings  # noqa: E402
-
-# peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing` on every PeftModel it builds:
-# a FutureWarning in every train/generate stage that nobody running the pipeline can act on.
-warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-
 
 def parser(doc: str) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -28,9 +28,7 @@ def main():
     with open_stage("detect", args, models=[d.model], shard=args.shard) as st:
         backend = load_detector_backend(d, device=pick_device(p.model.device), dtype=p.model.dtype)
         stats = run_detect(f"{args.prepared}/prepared.jsonl", st.path / "detect.jsonl", st.path / "rejects.jsonl",
-                           model_name=d.model, box_threshold=d.box_threshold, text_threshold=d.text_threshold,
-                           batch_size=d.batch_size, max_candidates=d.max_candidates, fallback=d.fallback,
-                           seed=p.seed, shard=args.shard, limit=args.limit, backend=backend, journal=True)
+                           d, seed=p.seed, shard=args.shard, limit=args.limit, backend=backend, journal=True)
         st.finish(args.metrics, stats.pop("output"), stats)
 
 

@@ -43,10 +43,9 @@ def main():
         model, proc = load_for_generation(m.name, adapter_dir=adapter, merged_dir=args.merged, dtype=m.dtype,
                                           device=pick_device(m.device), max_pixels=m.max_pixels,
                                           trust_remote_code=m.trust_remote_code)
-        stats = generate_answers(model, proc, items, st.path / "answers.jsonl", batch_size=g.batch_size,
-                                 max_new_tokens=g.max_new_tokens, do_sample=g.do_sample, temperature=g.temperature,
-                                 top_p=g.top_p, num_beams=g.num_beams, yes_no=yes_no, normalize_yes_no=normalize,
-                                 journal=True, decoded_full=args.bench == "amber" and p.amber.yes_no == "paper")
+        stats = generate_answers(model, proc, items, st.path / "answers.jsonl", g, yes_no=yes_no,
+                                 normalize_yes_no=normalize, journal=True,
+                                 decoded_full=args.bench == "amber" and p.amber.yes_no == "paper")
         st.finish(args.metrics, {"adapter": bool(adapter), **stats.pop("output")}, stats)
 
 

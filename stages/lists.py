@@ -27,9 +27,8 @@ def main():
             st.finish(args.metrics, metrics, {"source": "official"})
         return
     with open_stage("lists", args) as st:
-        stats = run_lists(f"{args.prepared}/prepared.jsonl", f"{args.verify}/verify.jsonl", st.path, size=li.size,
-                          mode=li.mode, fill=li.fill, highlight=li.highlight, mask_kind=li.mask,
-                          num_workers=li.num_workers, journal=True)
+        stats = run_lists(f"{args.prepared}/prepared.jsonl", f"{args.verify}/verify.jsonl", st.path, li,
+                          journal=True)
         st.finish(args.metrics, stats.pop("output"), stats)
 
 

@@ -31,10 +31,9 @@ def main():
         backend = None  # lists.mask = bbox: SAM is never loaded
         if sam:
             backend = load_segmenter_backend(s, device=pick_device(p.model.device), dtype=p.model.dtype)
-        stats = run_segment(f"{args.detect}/detect.jsonl", st.path / "segment.jsonl", st.path / "masks",
-                            model_name=s.model, batch_size=s.batch_size, max_masks_per_sample=p.verify.max_tries,
-                            mask_kind=p.lists.mask, shard=args.shard, rejects_path=st.path / "rejects.jsonl",
-                            limit=args.limit, backend=backend, journal=True)
+        stats = run_segment(f"{args.detect}/detect.jsonl", st.path / "segment.jsonl", st.path / "masks", s,
+                            max_masks_per_sample=p.verify.max_tries, mask_kind=p.lists.mask, shard=args.shard,
+                            rejects_path=st.path / "rejects.jsonl", limit=args.limit, backend=backend, journal=True)
         st.finish(args.metrics, stats.pop("output"), stats)
 
 

@@ -25,8 +25,7 @@ def main():
 
     with open_stage("verify", args, models=[verifier] if v.enabled else [], shard=args.shard) as st:
         stats = run_verify(f"{args.segment}/segment.jsonl", f"{args.prepared}/prepared.jsonl", st.path / "verify.jsonl",
-                           st.path / "rejects.jsonl", enabled=v.enabled, model_name=verifier, max_tries=v.max_tries,
-                           on_fail=v.on_fail, fill=p.lists.fill, batch_size=v.batch_size, shard=args.shard,
+                           st.path / "rejects.jsonl", v, model_name=base, fill=p.lists.fill, shard=args.shard,
                            device=pick_device(p.model.device), dtype=p.model.dtype, limit=args.limit, journal=True,
                            max_pixels=p.model.max_pixels, trust_remote_code=p.model.trust_remote_code)
         st.finish(args.metrics, stats.pop("output"), {"verifier": verifier, **stats})

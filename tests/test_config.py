@@ -265,3 +265,27 @@ def test_an_unknown_profile_is_named_with_the_profiles():
         DvcException = HydraException
     with pytest.raises((DvcException, HydraException), match=r"^model=nope is not a profile; profiles: .*tiny-llava"):
         _compose("model=nope")
+
+
+def test_a_library_function_takes_the_section_or_single_settings_never_both(tmp_path):
+    """Stages pass the validated section whole; tests may give single settings, which are validated the
+    same way (the key is named) -- and a section plus settings that would silently override it fails."""
+    from lpoi.config import DetectParams, ListsParams, section_of
+    from lpoi.listgen.lists import run_lists
+
+    d = DetectParams(box_threshold=0.5)
+    assert section_of(DetectParams, d, {}) is d
+    assert section_of(DetectParams, None, {"model_name": "x", "batch_size": 2}, model_name="model") == \
+        DetectParams(model="x", batch_size=2)
+    with pytest.raises(TypeError, match="not both"):
+        section_of(DetectParams, d, {"batch_size": 2})
+    with pytest.raises(TypeError, match="expected a DetectParams, got ListsParams"):
+        section_of(DetectParams, ListsParams(), {})
+    with pytest.raises(TypeError, match="unexpected keyword argument.*box_treshold"):
+        section_of(DetectParams, None, {"box_treshold": 0.3})
+    with pytest.raises(ParamsError, match="box_threshold: input should be less than or equal to 1"):
+        section_of(DetectParams, None, {"box_threshold": 3})
+    with pytest.raises(ParamsError, match="mode"):  # before any file is read
+        run_lists(tmp_path / "p.jsonl", tmp_path / "v.jsonl", tmp_path / "out", mode="zigzag")
+    with pytest.raises(TypeError, match="not both"):
+        run_lists(tmp_path / "p.jsonl", tmp_path / "v.jsonl", tmp_path / "out", ListsParams(), size=3)

@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from lpoi.models import identity, model_identity
-from lpoi.stage import StageDir, StageError, fingerprint_parts, open_stage, stage_entry, timings_path, write_timings
+from lpoi.stage import (StageDir, StageError, describe_changes, fingerprint_parts, open_stage, stage_entry, timings_path,
+                        write_timings)
 from headtree import committed  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -207,7 +208,7 @@ def test_folder_is_reused_only_under_the_same_fingerprint(tmp_path, capsys):
     with StageDir(d, {"dep a": "2", "param x": "1"}, stage="s"):
         assert not (d / "rows.jsonl").exists()
     err = capsys.readouterr().err
-    assert "dep a changed" in err and "starting afresh" in err and len(err.strip().splitlines()) == 1
+    assert "input data a changed" in err and "starting afresh" in err and len(err.strip().splitlines()) == 1
     (d / "rows.jsonl").write_text("row\n")
     (d / ".lpoi-fingerprint.json").unlink()  # a folder of unknown origin is never adopted
     with StageDir(d, {"dep a": "2", "param x": "1"}, stage="s"):
@@ -269,3 +270,52 @@ def test_timings_go_beside_the_metrics_not_into_them(tmp_path):
     assert timings_path(tmp_path / "metrics" / "detect.json").name == "detect.timings.json"
     assert json.loads((tmp_path / "metrics" / "detect.timings.json").read_text()) == {"seconds": 0.333333, "resumed": 4}
     assert not (tmp_path / "metrics" / "detect.json").exists()
+
+
+def test_the_message_says_which_part_changed_in_the_words_of_params_and_dvc_yaml():
+    before = {"dep lpoi/train/recipe.py": "1", "dep stages/train.py": "1", "dep data/lists": "1",
+              "param train.beta": "1", "param train.lr": "1", "model tiny/idefics2": "1", "param train.seed": "1"}
+    after = {**before, "param train.beta": "2", "param train.lr": "2", "dep lpoi/train/recipe.py": "2"}
+    assert describe_changes(before, after) == "params train.beta, train.lr; code lpoi/train/recipe.py"
+    after = {**before, "dep data/lists": "2", "model tiny/idefics2": "2", "param train.epochs": "1"}
+    del after["param train.seed"]
+    assert describe_changes(before, after) == ("params train.epochs (newly declared), train.seed (no longer declared); "
+                                               "input data data/lists; model tiny/idefics2")
+    many = {f"param p{i}": "2" for i in range(5)}
+    assert describe_changes({k: "1" for k in many}, many) == "params p0, p1, p2 and 2 more"
+
+
+def test_a_placeholder_folder_is_named_as_such_not_as_another_version(tmp_path, capsys):
+    """world: none leaves a NONE file; turning the world on must not claim another pipeline version made it."""
+    from lpoi.world.off import record_off
+
+    d = tmp_path / "world_grid"
+    record_off(d)
+    capsys.readouterr()
+    with StageDir(d, {"dep a": "1"}, stage="world_grid"):
+        assert not (d / "NONE").exists()
+    err = capsys.readouterr().err
+    assert "the last run left only a placeholder (world: none -- the shapes world is off" in err, err
+    assert "another version" not in err and "older version" not in err
+    (d / "rows.jsonl").write_text("row\n")
+    (d / ".lpoi-fingerprint.json").unlink()
+    with StageDir(d, {"dep a": "1"}, stage="world_grid"):
+        pass
+    assert "no record of the run that made this folder" in capsys.readouterr().err
+
+
+def test_finished_training_removes_its_checkpoints_but_keeps_the_stage_marker(tmp_path):
+    """DVC warns "'models/lpoi/checkpoints' is empty" on every run when the folder is left empty."""
+    from lpoi.train.checkpoint import remove_checkpoints
+
+    held = tmp_path / "held"
+    for sub in ("step-2", "step-4", ".tmp-step-6"):
+        (held / sub).mkdir(parents=True)
+        (held / sub / "trainer_state.json").write_text("{}")
+    (held / ".lpoi-fingerprint.json").write_text("{}")
+    remove_checkpoints(held)
+    assert [p.name for p in held.iterdir()] == [".lpoi-fingerprint.json"]
+    own = tmp_path / "own"
+    (own / "step-1").mkdir(parents=True)
+    remove_checkpoints(own)
+    assert not own.exists()  # a folder the recipe made for itself goes entirely

@@ -65,6 +65,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from lpoi.config import GenerateParams, section_of
 from lpoi.io import ImageRejected, load_image, read_jsonl, to_rgb, write_jsonl
 from lpoi.runner import Runner, StageOutput, Tally, Write, summarize
 
@@ -204,7 +205,10 @@ def _apply_adapter(model, folder: Path, *, merge: bool):
         peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
     except Exception as e:  # noqa: BLE001 - peft raises ValueError/KeyError/RuntimeError on mismatches
         raise AdapterError(f"cannot load adapter {folder} onto the base model: {type(e).__name__}: {e}") from None
-    have = set(get_peft_model_state_dict(peft_model).keys())
+    # save_embedding_layers="auto" (peft's default) would look the base model's name up on the Hub (a request,
+    # and two warnings for a local or tiny/ model) to decide whether full embedding matrices belong in the
+    # state dict; with True they always do, which can only make `have` larger and this check no stricter
+    have = set(get_peft_model_state_dict(peft_model, save_embedding_layers=True).keys())
     unused = sorted(saved - have)
     if unused:
         raise AdapterError(
@@ -278,13 +282,8 @@ def generate_answers(
     processor,
     items: Iterable[dict],
     out_path: str | os.PathLike,
+    params: GenerateParams | None = None,
     *,
-    batch_size: int = 8,
-    max_new_tokens: int = 500,
-    do_sample: bool = False,
-    temperature: float | None = None,
-    top_p: float | None = None,
-    num_beams: int = 1,
     limit: int | None = None,
     yes_no: str | None = None,
     id_key: str = "id",
@@ -294,8 +293,13 @@ def generate_answers(
     normalize_yes_no=None,
     journal: bool = False,
     decoded_full: bool = False,
+    **settings: Any,
 ) -> dict[str, Any]:
     """Answer ``items`` into ``out_path`` (append-only JSONL, resumable); return throughput stats.
+
+    ``params``: the ``generate`` section (``batch_size``, ``max_new_tokens``, ``do_sample``, ``temperature``,
+    ``top_p``, ``num_beams``); without it, those settings as keywords, validated the same way
+    (:func:`lpoi.config.section_of`).
 
     ``items``: dicts ``{"id", "image": path | PIL.Image, "question", ["yes_no": bool], ...extra}``
     (``id_key`` names the id field). ``limit``: only the first N items (done or not). Decoding:
@@ -319,7 +323,9 @@ def generate_answers(
     prefetch thread; a resumed block generates only its unfinished items; ``journal`` as in
     :class:`lpoi.runner.StageOutput`).
     """
-    _check_int("batch_size", batch_size, 1)
+    g = section_of(GenerateParams, params, settings)
+    batch_size, max_new_tokens, do_sample = g.batch_size, g.max_new_tokens, g.do_sample
+    temperature, top_p, num_beams = g.temperature, g.top_p, g.num_beams
     if limit is not None:
         _check_int("limit", limit, 0)
     if yes_no not in (None, "generate", "logits"):
@@ -479,7 +485,7 @@ def _answer_by_logits(model, processor, rows: list[dict], yes_no_ids: tuple[int,
     """Fill ``response`` ("Yes"/"No") and the two log-probs from one forward at the first answer position."""
     import torch
 
-    from lpoi.train.logprobs import last_logits
+    from lpoi.models.logits import last_logits
 
     yes_id, no_id = yes_no_ids
     enc = _encode(model, processor, rows)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lpoi.config import BENCHES
-from lpoi.report.labels import label
+from lpoi.labels import label
 
 __all__ = ["BENCHES", "ScoreJob", "run_score"]
 

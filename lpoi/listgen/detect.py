@@ -46,6 +46,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from lpoi.config import DetectParams, section_of
 from lpoi.io import ImageRejected, load_image
 from lpoi.runner import Reject, StageOutput, Tally, parse_shard, run_file
 from lpoi.stage import pick_device
@@ -344,13 +345,8 @@ def run_detect(
     prepared_path: str | os.PathLike,
     out_path: str | os.PathLike,
     rejects_path: str | os.PathLike,
+    params: DetectParams | None = None,
     *,
-    model_name: str,
-    box_threshold: float = 0.35,
-    text_threshold: float = 0.25,
-    batch_size: int = 8,
-    max_candidates: int = 8,
-    fallback: bool = True,
     seed: int = 0,
     shard: str = "0/1",
     device: str | None = None,
@@ -362,8 +358,13 @@ def run_detect(
     processor=None,
     backend=None,
     journal: bool = False,
+    **settings: Any,
 ) -> dict[str, Any]:
     """Stream ``prepared.jsonl`` -> ``detect.jsonl`` + ``rejects`` (resumable, shardable).
+
+    ``params``: the ``detect`` section (``model``, ``box_threshold``, ``text_threshold``, ``batch_size``,
+    ``max_candidates``, ``fallback``); without it, those settings as keywords (``model_name`` for
+    ``model``), validated the same way (:func:`lpoi.config.section_of`).
 
     Output rows: ``{"id", "image_path", "width", "height", "candidates": [{"phrase", "lemma", "source",
     "box" | null, "score" | null, "box_score" | null}, ...], "object": the first detected
@@ -387,10 +388,9 @@ def run_detect(
     from lpoi.listgen.objects import COCO_CLASSES, pick_random_detection
 
     parse_shard(shard)
-    if not (0.0 <= box_threshold <= 1.0 and 0.0 <= text_threshold <= 1.0):
-        raise ValueError(f"detect thresholds must be in [0, 1], got box={box_threshold}, text={text_threshold}")
-    if batch_size < 1:
-        raise ValueError(f"detect.batch_size must be >= 1, got {batch_size}")
+    d = section_of(DetectParams, params, settings, model_name="model")
+    model_name, box_threshold, text_threshold = d.model, d.box_threshold, d.text_threshold
+    batch_size, max_candidates, fallback = d.batch_size, d.max_candidates, d.fallback
     if backend is None:
         from lpoi.listgen.backends import TransformersDetector, open_detector
 

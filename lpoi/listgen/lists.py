@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from lpoi.config import ListsParams, section_of
 from lpoi.io import read_jsonl
 from lpoi.runner import Reject, Runner, StageOutput, Tally, Write, summarize
 
@@ -64,17 +65,23 @@ def lists_metrics(counts: dict, size: int) -> dict[str, Any]:
             "mean_mask_area": counts["mask_area_sum"] / n if n else 0.0, "size": size}
 
 
-def run_lists(prepared_path: str | os.PathLike, verify_path: str | os.PathLike, out_dir: str | os.PathLike, *,
-              size: int = 5, mode: str = "progressive", fill: str = "black", highlight: bool = False,
-              mask_kind: str = "sam", num_workers: int = 0, progress: bool = True, journal: bool = False,
-              chunk: int = 16) -> dict[str, Any]:
+def run_lists(prepared_path: str | os.PathLike, verify_path: str | os.PathLike, out_dir: str | os.PathLike,
+              params: ListsParams | None = None, *, progress: bool = True, journal: bool = False, chunk: int = 16,
+              **settings: Any) -> dict[str, Any]:
     """Write ``out_dir/lists.jsonl``, ``out_dir/rejects.jsonl`` and ``out_dir/images/`` (resumable).
+
+    ``params``: the ``lists`` section (``size``, ``mode``, ``fill``, ``highlight``, ``mask``,
+    ``num_workers``); without it, those settings as keywords (``mask_kind`` for ``mask``), validated the
+    same way (:func:`lpoi.config.section_of`).
 
     Returns this invocation's counts and timings, and the stage's metrics over the whole output under
     ``"output"`` (:func:`lists_metrics`). Raises ``ValueError`` when no list at all could be built.
     """
     from lpoi.listgen.interpolate import list_builder, list_mapper
 
+    li = section_of(ListsParams, params, settings, mask_kind="mask")
+    size, mode, fill, highlight, mask_kind = li.size, li.mode, li.fill, li.highlight, li.mask
+    num_workers = li.num_workers
     out_dir, verify_dir = Path(out_dir), Path(verify_path).parent
     fn = list_builder(out_dir / "images", size=size, mode=mode, fill=fill, highlight=highlight, mask_kind=mask_kind,
                       reuse=not journal)

@@ -10,7 +10,7 @@ SAM (transformers' ``SamModel``; default ``facebook/sam-vit-base``, paper-max ``
   ``model.get_image_embeddings`` (batched over the images of a block), and all of that image's boxes are
   decoded from it by passing ``image_embeddings=`` to the model;
 * **multimask output, best by predicted IoU** — SAM's decoder proposes 3 masks per box (whole, part,
-  sub-part) with a predicted IoU each; we keep the highest (:func:`select_best_masks`; ties -> the first),
+  sub-part) with a predicted IoU each; we keep the highest (:func:`lpoi.models.sam.select_best_masks`; ties -> the first),
   as the official ``SamPredictor`` recommends for ambiguous prompts. The choice is made on the
   low-resolution logits, so only the kept mask is upsampled to the image size (3x less work).
 
@@ -32,7 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from lpoi.config import SegmentParams, section_of
 from lpoi.io import ImageRejected, load_image
+from lpoi.models.sam import select_best_masks
 from lpoi.runner import Reject, StageOutput, Tally, Write, parse_shard, run_file
 from lpoi.stage import pick_device
 
@@ -46,29 +48,9 @@ __all__ = [
     "segment_boxes",
     "segment_encoded",
     "segment_tally",
-    "select_best_masks",
 ]
 
 MASK_KINDS = ("sam", "bbox")
-
-
-def select_best_masks(masks, iou):
-    """Per box, the multimask output with the highest predicted IoU.
-
-    ``masks``: (N, M, ...) — M proposals per box (any trailing shape); ``iou``: (N, M).
-    Returns ``(masks[n, argmax_m iou[n]] -> (N, ...), best iou (N,))``; ties go to the lowest m.
-    Works on numpy arrays and torch tensors alike.
-    """
-    import torch
-
-    is_np = isinstance(masks, np.ndarray)
-    m, s = torch.as_tensor(masks), torch.as_tensor(iou)
-    if s.ndim != 2 or m.shape[:2] != s.shape:
-        raise ValueError(f"masks must be (N, M, ...) and iou (N, M); got {tuple(m.shape)} and {tuple(s.shape)}")
-    best = torch.argmax(s, dim=1)  # first maximum on ties
-    idx = torch.arange(s.shape[0], device=s.device)
-    out_m, out_s = m[idx, best.to(m.device)], s[idx, best]
-    return (out_m.numpy(), out_s.numpy()) if is_np else (out_m, out_s)
 
 
 def encode_segment_batch(processor, images: Sequence, boxes: Sequence[Sequence[Sequence[float]]]) -> dict:
@@ -124,7 +106,7 @@ def segment_batch(model, processor, images: Sequence, boxes: Sequence[Sequence[S
 
 
 def _best_of_multimask(pred_masks, iou_scores):
-    """(B, N, M, h, w), (B, N, M) -> (B, N, h, w), (B, N) via :func:`select_best_masks`."""
+    """(B, N, M, h, w), (B, N, M) -> (B, N, h, w), (B, N) via :func:`lpoi.models.sam.select_best_masks`."""
     b, n, m = iou_scores.shape
     masks, iou = select_best_masks(pred_masks.reshape(b * n, m, *pred_masks.shape[3:]), iou_scores.reshape(b * n, m))
     return masks.reshape(b, n, *pred_masks.shape[3:]), iou.reshape(b, n)
@@ -215,9 +197,8 @@ def run_segment(
     detect_path: str | os.PathLike,
     out_path: str | os.PathLike,
     masks_dir: str | os.PathLike,
+    params: SegmentParams | None = None,
     *,
-    model_name: str = "facebook/sam-vit-base",
-    batch_size: int = 4,
     max_masks_per_sample: int = 3,
     mask_kind: str = "sam",
     shard: str = "0/1",
@@ -231,8 +212,12 @@ def run_segment(
     processor=None,
     backend=None,
     journal: bool = False,
+    **settings: Any,
 ) -> dict[str, Any]:
     """Stream ``detect.jsonl`` -> ``segment.jsonl`` + mask PNGs (resumable, shardable).
+
+    ``params``: the ``segment`` section (``model``, ``batch_size``); without it, those settings as
+    keywords (``model_name`` for ``model``), validated the same way (:func:`lpoi.config.section_of`).
 
     For each sample, the first ``max_masks_per_sample`` *detected* candidates (pass ``verify.max_tries``:
     verify never looks further) get a mask PNG at :func:`mask_file` (written atomically). Output rows:
@@ -251,6 +236,8 @@ def run_segment(
     ``sam_masks``, ``mask_fallback``; ``backend`` names the implementation that ran).
     """
     parse_shard(shard)
+    s = section_of(SegmentParams, params, settings, model_name="model")
+    model_name, batch_size = s.model, s.batch_size
     if mask_kind not in MASK_KINDS:
         raise ValueError(f"mask kind must be one of {MASK_KINDS}, got {mask_kind!r}")
     if batch_size < 1 or max_masks_per_sample < 1:

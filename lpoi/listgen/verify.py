@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lpoi.config import VerifyParams, section_of
 from lpoi.io import ImageRejected, load_image
 from lpoi.runner import Reject, StageOutput, Tally, parse_shard, run_file
 from lpoi.stage import pick_device
@@ -87,7 +88,7 @@ def verify_scores(model, processor, images: Sequence, questions: Sequence[str], 
     import torch
 
     from lpoi.models.chat import encode_prompts, prompt_text, yes_no_token_ids
-    from lpoi.train.logprobs import last_logits
+    from lpoi.models.logits import last_logits
 
     if not (len(images) == len(questions) == len(answers)):
         raise ValueError(f"got {len(images)} images, {len(questions)} questions, {len(answers)} answers")
@@ -251,13 +252,10 @@ def run_verify(
     prepared_path: str | os.PathLike,
     out_path: str | os.PathLike,
     rejects_path: str | os.PathLike,
+    params: VerifyParams | None = None,
     *,
-    enabled: bool = True,
     model_name: str | None = None,
-    max_tries: int = 3,
-    on_fail: str = "keep",
     fill: str = "black",
-    batch_size: int = 8,
     shard: str = "0/1",
     device: str | None = None,
     dtype: str = "float32",
@@ -268,8 +266,13 @@ def run_verify(
     max_pixels: int | None = None,
     journal: bool = False,
     trust_remote_code: bool = False,
+    **settings: Any,
 ) -> dict[str, Any]:
     """Stream ``segment.jsonl`` (+ questions/answers from ``prepared.jsonl``) -> ``verify.jsonl`` + rejects.
+
+    ``params``: the ``verify`` section (``enabled``, ``model``, ``max_tries``, ``on_fail``, ``batch_size``);
+    without it, those settings as keywords, validated the same way (:func:`lpoi.config.section_of`).
+    The verifier is the section's ``model``, else ``model_name`` (the stage passes the run's base model).
 
     Output rows: ``{"id", "image_path", "width", "height", "choice": candidate index | null,
     "verified": true | false | null, "tries": [{"index", "phrase", "logp_yes", "logp_no", "says_yes"}],
@@ -285,6 +288,9 @@ def run_verify(
     ``verified_true``, ``verified_false``, ``verified_null``, ``calls`` = verifier questions of the rows).
     """
     parse_shard(shard)
+    v = section_of(VerifyParams, params, settings)
+    enabled, max_tries, on_fail, batch_size = v.enabled, v.max_tries, v.on_fail, v.batch_size
+    model_name = v.model or model_name
     if on_fail not in ON_FAIL:
         raise ValueError(f"verify.on_fail must be one of {ON_FAIL}, got {on_fail!r}")
     if max_tries < 1 or batch_size < 1:

@@ -8,9 +8,16 @@ asks for it explicitly.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from .identity import model_digest, model_identity
+
+# peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing` on every PeftModel it builds around
+# a model loaded here: a FutureWarning (raised in transformers.modeling_utils) in every train and generate
+# stage that nobody running the pipeline can act on. Silenced by its message and raising module only.
+warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning,
+                        module=r"transformers\.modeling_utils")
 
 __all__ = [
     "ModelNotFound",
@@ -53,6 +60,7 @@ def torch_dtype(name: str):
 
 def _from_pretrained(loader, name: str, what: str, **kw):
     path = resolve(name)
+    _quiet_transformers()
     try:
         return loader.from_pretrained(path, **kw)
     except (OSError, ValueError) as e:
@@ -71,12 +79,24 @@ def _from_pretrained(loader, name: str, what: str, **kw):
         raise ModelNotFound(f"cannot load {what} {name!r}: {type(e).__name__}: {detail} -> {hint}") from None
 
 
+LOADING_BARS = ("Loading weights", "Loading checkpoint shards")
+"""transformers' bars while it reads weights already on disk: one per model loaded (seven in a ``dvc repro``),
+each gone in a second. Hidden unless ``LPOI_VERBOSE=1``; download bars (huggingface_hub's) stay."""
+
+
+def _hide_loading_bars(factory, args, kwargs):
+    if kwargs.get("desc") in LOADING_BARS and os.environ.get("LPOI_VERBOSE", "") in ("", "0"):
+        kwargs = {**kwargs, "disable": True}
+    return factory(*args, **kwargs)
+
+
 def _quiet_transformers() -> None:
     # The PIL image-processor fallback warns once per class when torchvision is absent; the outputs are
     # the same, so keep stage logs readable.
     from transformers.utils import logging
 
     logging.set_verbosity_error()
+    logging.set_tqdm_hook(_hide_loading_bars)
 
 
 def load_processor(name: str, max_pixels: int | None = None, **kw):

@@ -38,12 +38,28 @@ import json
 import os
 import re
 import threading
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
 from lpoi.models.keymap import apply_rules, check_keys, place, read_state_dict
 from lpoi.models.keymap import is_card as _is_card
+
+# The original package warns, on every run, about code only its maintainers can change. Each warning is
+# silenced by its exact message and the module that raises it (nothing broader), here where the package
+# is used, so a new warning still shows:
+# - groundingdino imports `timm.models.layers`, which timm deprecated in favour of `timm.layers`;
+warnings.filterwarnings("ignore", message=r"Importing from timm\.models\.layers is deprecated",
+                        category=FutureWarning, module=r"timm\.models\.layers")
+# - its Swin backbone and position encoding call `torch.meshgrid` without `indexing=` (the old default,
+#   "ij", is what the weights were trained with);
+warnings.filterwarnings("ignore", message=r"torch\.meshgrid: in an upcoming release", category=UserWarning,
+                        module=r"torch\.functional")
+# - its transformer disables autocast with the deprecated `torch.cuda.amp.autocast(enabled=False)`, which
+#   warns even on a CPU run (it only ever turns autocast off, so the deprecated path does the same thing).
+warnings.filterwarnings("ignore", message=r"`torch\.cuda\.amp\.autocast\(args\.\.\.\)` is deprecated",
+                        category=FutureWarning, module=r"groundingdino\.")
 
 __all__ = ["CARD_FORMAT", "VARIANTS", "GDinoSpec", "build_original", "from_hf", "hf_config", "hf_processor",
            "is_card", "load_original", "load_port", "predict", "preprocess", "to_hf"]

@@ -37,7 +37,8 @@ from lpoi.models.keymap import apply_rules, check_keys, place, read_state_dict
 from lpoi.models.keymap import is_card as _is_card
 
 __all__ = ["CARD_FORMAT", "VARIANTS", "SamSpec", "build_original", "from_hf", "hf_config", "hf_processor",
-           "is_card", "load_original", "load_port", "predict", "preprocess", "spec_from_state_dict", "to_hf"]
+           "is_card", "load_original", "load_port", "predict", "preprocess", "select_best_masks", "spec_from_state_dict",
+           "to_hf"]
 
 CARD_FORMAT = "segment-anything"
 PIXEL_MEAN = (123.675, 116.28, 103.53)  # segment_anything.build_sam: ImageNet statistics on 0-255
@@ -301,14 +302,32 @@ def preprocess(spec: SamSpec, image, boxes) -> Prepared:
     return Prepared(x, (int(h), int(w)), tuple(arr.shape[:2]), b)
 
 
+def select_best_masks(masks, iou):
+    """Per box, the multimask output with the highest predicted IoU.
+
+    ``masks``: (N, M, ...) — M proposals per box (any trailing shape); ``iou``: (N, M).
+    Returns ``(masks[n, argmax_m iou[n]] -> (N, ...), best iou (N,))``; ties go to the lowest m.
+    Works on numpy arrays and torch tensors alike; shared by the original package and the transformers
+    port (:mod:`lpoi.listgen.segment`).
+    """
+    import torch
+
+    is_np = isinstance(masks, np.ndarray)
+    m, s = torch.as_tensor(masks), torch.as_tensor(iou)
+    if s.ndim != 2 or m.shape[:2] != s.shape:
+        raise ValueError(f"masks must be (N, M, ...) and iou (N, M); got {tuple(m.shape)} and {tuple(s.shape)}")
+    best = torch.argmax(s, dim=1)  # first maximum on ties
+    idx = torch.arange(s.shape[0], device=s.device)
+    out_m, out_s = m[idx, best.to(m.device)], s[idx, best]
+    return (out_m.numpy(), out_s.numpy()) if is_np else (out_m, out_s)
+
+
 def predict(model, prepared: list[Prepared], autocast=None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per image ``(masks bool (N, H, W), best predicted IoU (N,))`` for its boxes (see the module doc).
     ``autocast``: as in :func:`lpoi.models.groundingdino.predict` (the package cannot run on cast weights)."""
     import contextlib
 
     import torch
-
-    from lpoi.listgen.segment import select_best_masks
 
     if not prepared:
         return []

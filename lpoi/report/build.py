@@ -16,7 +16,7 @@ from typing import Any
 from lpoi.config import BENCHES
 from lpoi.io import atomic_write_bytes, read_json, read_jsonl
 from lpoi.report import figures
-from lpoi.report.labels import label, model_names, random_models
+from lpoi.labels import label, model_names, random_models
 from lpoi.report.markdown import ReportInputs, render
 from lpoi.report.profile import changed_params
 from lpoi.report.summary import build_summary
@@ -36,6 +36,7 @@ class ReportPaths:
     summary_out: Path
     out_dir: Path  # REPORT.md and the PNGs
     world: Path | None = None  # the world_grid stage's table (a placeholder line unless world=shapes)
+    world_metrics: Path | None = None  # its numbers (``{}`` unless world=shapes): means go into the summary
 
 
 def _read(path: Path) -> dict | None:
@@ -83,7 +84,7 @@ def paper_row(p, table: str | os.PathLike | None = None) -> tuple[dict[str, Any]
 def build_report(paths: ReportPaths, p, raw_params: dict[str, Any], rows: int = 12,
                  paper_table: str | os.PathLike | None = None) -> dict[str, Any]:
     """Write every output of the report stage; returns the summary."""
-    from lpoi.listgen.report import run_report
+    from lpoi.report.listgen import run_report
 
     d = paths.listgen_dirs
     listgen = run_report(prepared_dir=d["prepare"], detect_dir=d["detect"], segment_dir=d["segment"],
@@ -93,6 +94,7 @@ def build_report(paths: ReportPaths, p, raw_params: dict[str, Any], rows: int = 
     sources = {b: _read(paths.scores[b]) for b in BENCHES}
     sources["train"] = _read(paths.train / "metrics.json")
     sources["listgen"] = listgen
+    sources["world"] = _read(paths.world_metrics) if paths.world_metrics else None
     roles = random_models(p)
     summary = build_summary(sources, bool(roles))
     write_metrics(paths.summary_out, summary)

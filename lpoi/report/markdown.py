@@ -46,6 +46,20 @@ def fmt(value: Any, digits: int) -> str:
     return f"{value:d}" if digits == 0 and isinstance(value, int) else f"{value:.{digits}f}"
 
 
+def cell(row, value: Any) -> str:
+    """A results-table cell for one :data:`~lpoi.report.summary.ROWS` entry: rates as percentages."""
+    if row.unit == "%" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{100 * value:.1f} %"
+    return fmt(value, row.digits)
+
+
+def _signed(row, diff: float) -> str:
+    """The Δ column: rates in percentage points, the rest at the summary's precision."""
+    if row.unit == "%":
+        return f"{100 * diff:+.1f} pp"
+    return f"{diff:+.{row.digits}f}"
+
+
 def results_table(summary: Mapping[str, Any], paper: Mapping[str, Any] | None) -> list[str]:
     """The results table, one row per :data:`~lpoi.report.summary.ROWS` entry, values from ``summary``."""
     values = flat(summary)
@@ -55,13 +69,13 @@ def results_table(summary: Mapping[str, Any], paper: Mapping[str, Any] | None) -
     for row in ROWS:
         group = f"**{row.group}**" if row.group != last else ""
         last = row.group
-        cell = f"| {group} | {row.name} {row.better} | {fmt(values.get(row.key), row.digits)} |".replace("  |", " |")
+        line = f"| {group} | {row.name} {row.better} | {cell(row, values.get(row.key))} |".replace("  |", " |")
         if paper:
             ours, theirs = values.get(row.key), paper.get(row.key)
             both = isinstance(ours, (int, float)) and isinstance(theirs, (int, float))
             diff = round(ours - theirs, row.digits) + 0.0 if both else None
-            cell += f" {fmt(theirs, row.digits)} | {'–' if diff is None else f'{diff:+.{row.digits}f}'} |"
-        lines.append(cell)
+            line += f" {cell(row, theirs)} | {'–' if diff is None else _signed(row, diff)} |"
+        lines.append(line)
     return lines
 
 
@@ -81,7 +95,7 @@ def table_mismatches(page: str, summary: Mapping[str, Any]) -> list[str]:
     bad = []
     for row in ROWS:
         name = f"{row.name} {row.better}".strip()
-        want = fmt(values.get(row.key), row.digits)
+        want = cell(row, values.get(row.key))
         if cells.get(name) != want:
             bad.append(f"{row.key}: table {cells.get(name)!r}, summary {want!r}")
     return bad

@@ -2,7 +2,9 @@
 
 ≤ 25 numeric keys (no strings, paths, hashes or timings), nested by benchmark so ``dvc exp show``
 columns read ``amber.CHAIR``, ``train.loss``, ... :data:`ROWS` is the single definition of what goes
-in, where it comes from and which direction is better; the report's results table is drawn from it.
+in, where it comes from and which direction is better (:func:`direction`); the report's results table
+is drawn from it. When the miniature ran, its means follow under ``world.<method>.<metric>``
+(:data:`WORLD_METRICS`); otherwise there is no ``world`` key, so ``dvc exp show`` has no column for it.
 A value the run did not produce (e.g. verify disabled) is ``null``, never a made-up 0.
 """
 
@@ -13,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from lpoi.config import BENCHES
-from lpoi.report.labels import RANDOM_MODEL_KEY
+from lpoi.labels import RANDOM_MODEL_KEY
 
 
 class Row(NamedTuple):
@@ -23,6 +25,7 @@ class Row(NamedTuple):
     better: str  # "↓", "↑" or "" (a count)
     source: tuple[str, ...]  # path inside the source file (first element: which file)
     digits: int  # rounding in summary.json
+    unit: str = ""  # "%": a rate in [0, 1] that the report shows as a percentage (summary.json keeps the rate)
 
 
 ROWS: tuple[Row, ...] = (
@@ -41,13 +44,51 @@ ROWS: tuple[Row, ...] = (
     Row("train.ranking_accuracy", "Training", "ranking accuracy", "↑", ("train", "ranking_accuracy"), 3),
     Row("train.margin", "Training", "reward margin (chosen − rejected)", "↑", ("train", "margin"), 4),
     Row("lists.lists", "Lists", "lists built", "", ("listgen", "lists_out"), 0),
-    Row("lists.reject_rate", "Lists", "records rejected", "↓", ("listgen", "_reject_rate"), 3),
-    Row("lists.detection_rate", "Lists", "object detected", "↑", ("listgen", "detection_rate"), 3),
-    Row("lists.sam_mask_rate", "Lists", "SAM mask", "↑", ("listgen", "sam_mask_rate"), 3),
-    Row("lists.verify_pass_rate", "Lists", "verified hard negative", "↑", ("listgen", "verify_pass_rate"), 3),
+    Row("lists.reject_rate", "Lists", "share of records rejected", "↓", ("listgen", "_reject_rate"), 3, "%"),
+    Row("lists.detection_rate", "Lists", "samples with an object detected", "↑", ("listgen", "detection_rate"), 3, "%"),
+    Row("lists.sam_mask_rate", "Lists", "objects masked by SAM", "↑", ("listgen", "sam_mask_rate"), 3, "%"),
+    Row("lists.verify_pass_rate", "Lists", "objects verified critical", "↑", ("listgen", "verify_pass_rate"), 3, "%"),
     Row("errors.generation", "Errors", "generation errors (all benchmarks)", "↓", ("_errors", "generation"), 0),
     Row("errors.judge", "Errors", "judge / extraction errors", "↓", ("_errors", "judge"), 0),
 )
+
+
+WORLD_METRICS = ("CHAIR", "Cover", "Hal", "Cog", "heldout_ranking_accuracy")
+"""Per method of the miniature (``world=shapes``), the means copied into the summary as
+``world.<method>.<metric>`` (≤ 20 columns); stds, F1 and the per-position rewards stay in
+``metrics/world.json`` and ``metrics/world.md``."""
+
+
+def direction(key: str) -> str:
+    """``"↓"``, ``"↑"`` or ``""`` (a count) for a flat summary key (``amber.CHAIR``, ``world.lpoi.Cover``):
+    the one table of which way is better (:data:`ROWS`; the world's AMBER metrics as AMBER's)."""
+    for row in ROWS:
+        if row.key == key:
+            return row.better
+    parts = key.split(".")
+    if parts[0] == "world" and len(parts) == 3:
+        if parts[2] == "heldout_ranking_accuracy":
+            return "↑"
+        return next((r.better for r in ROWS if r.key == f"amber.{parts[2]}"), "")
+    return ""
+
+
+def world_summary(world: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The miniature's means by method from ``metrics/world.json`` (``{"world": {method: ...}}``); None when
+    it did not run (``world: none`` writes ``{}``), so the summary then has no ``world`` key at all."""
+    methods = _dig(world, ("world",))
+    if not isinstance(methods, Mapping) or not methods:
+        return None
+    out: dict[str, Any] = {}
+    for method, values in methods.items():
+        row = {}
+        for name in WORLD_METRICS:
+            v = values.get(name) if isinstance(values, Mapping) else None
+            v = v.get("mean") if isinstance(v, Mapping) else v
+            if v is not None or name != "heldout_ranking_accuracy":  # the base model has no list rewards
+                row[name] = _number(v, 3)
+        out[str(method)] = row
+    return out
 
 
 def _dig(d: Any, path: tuple[str, ...]) -> Any:
@@ -72,7 +113,8 @@ def _errors(sources: Mapping[str, Any]) -> dict[str, int]:
 
 def build_summary(sources: Mapping[str, Any], random_model: bool) -> dict[str, Any]:
     """The summary from the run's files: ``sources`` = ``{"amber": <amber.json>, "objhal": ..., "mmhal":
-    ..., "train": <train metrics.json>, "listgen": <listgen.json>}`` (a missing file: ``None``)."""
+    ..., "train": <train metrics.json>, "listgen": <listgen.json>, "world": <world.json>}`` (a missing
+    file: ``None``). ``world`` keys appear only when the miniature ran (:func:`world_summary`)."""
     listgen = dict(sources.get("listgen") or {})
     n_in = listgen.get("records_in")
     listgen["_reject_rate"] = listgen.get("rejects_total", 0) / n_in if n_in else None
@@ -81,6 +123,9 @@ def build_summary(sources: Mapping[str, Any], random_model: bool) -> dict[str, A
     for row in ROWS:
         section, name = row.key.split(".")
         out.setdefault(section, {})[name] = _number(_dig(full, row.source), row.digits)
+    world = world_summary(sources.get("world"))
+    if world:
+        out["world"] = world
     return out
 
 

@@ -22,6 +22,7 @@ import os
 import random
 import re
 import shutil
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,8 +30,14 @@ import torch
 
 from lpoi.io import atomic_write_json, atomic_write_text
 
-__all__ = ["config_fingerprint", "latest_checkpoint", "load_checkpoint", "read_state", "remove_partial",
-           "save_checkpoint"]
+# A one-process run saves with `dcp.save(..., no_dist=True)`, which is exactly what torch.distributed.checkpoint
+# then warns it "assumes" (once per checkpoint); the message is for callers who forgot to initialise a
+# process group, which a one-process run has no need of. Silenced by its message and raising module only.
+warnings.filterwarnings("ignore", message=r"torch\.distributed is disabled, unavailable or uninitialized",
+                        category=UserWarning, module=r"torch\.distributed\.checkpoint")
+
+__all__ = ["config_fingerprint", "latest_checkpoint", "load_checkpoint", "read_state", "remove_checkpoints",
+           "remove_partial", "save_checkpoint"]
 
 CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
 
@@ -55,6 +62,19 @@ def latest_checkpoint(root: Path) -> tuple[int, Path] | None:
 def read_state(path: Path) -> dict:
     """A checkpoint folder's ``trainer_state.json`` (step, fingerprint): read before deciding to resume."""
     return json.loads((path / "trainer_state.json").read_text())
+
+
+def remove_checkpoints(root: Path) -> None:
+    """Drop every checkpoint (complete or partial) once training is done, and ``root`` if nothing else is
+    in it. The train stage's folder keeps its fingerprint marker, so DVC never caches it as an empty
+    directory (which it warns about on every run) and the next run can say what changed."""
+    if not root.is_dir():
+        return
+    for p in root.iterdir():
+        if CHECKPOINT_RE.match(p.name) or p.name.startswith(".tmp-step-"):
+            shutil.rmtree(p, ignore_errors=True)
+    if not any(root.iterdir()):
+        root.rmdir()
 
 
 def remove_partial(root: Path) -> None:

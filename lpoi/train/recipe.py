@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -57,6 +56,7 @@ from lpoi.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     read_state,
+    remove_checkpoints,
     remove_partial,
     save_checkpoint,
 )
@@ -234,7 +234,7 @@ class Recipe:
             elif self.main:
                 warnings.warn(f"checkpoints in {self.ckpt_root} come from a different configuration; "
                               "starting afresh", stacklevel=3)
-                shutil.rmtree(self.ckpt_root, ignore_errors=True)
+                remove_checkpoints(self.ckpt_root)
         self.acc.wait_for_everyone()
         if self.main:
             remove_partial(self.ckpt_root)
@@ -383,7 +383,7 @@ class Recipe:
         rate = steps_run * self.global_batch / seconds if seconds else 0.0
         run_history = self.history[self.start_step:]  # the rows of this call (a resumed run's history has them all)
         if self.main:
-            shutil.rmtree(self.ckpt_root, ignore_errors=True)
+            remove_checkpoints(self.ckpt_root)
             if self.curves is not None:
                 self.curves.end({"n_truncated": self.n_truncated})
         self.acc.wait_for_everyone()

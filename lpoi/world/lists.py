@@ -59,15 +59,10 @@ def _split(p: Params, world_dir: Path, split: str, base_model: str, out: Path, p
                                    batch_size=s.batch_size, max_masks_per_sample=p.verify.max_tries,
                                    mask_kind=p.lists.mask, rejects_path=segment / "rejects.jsonl", progress=progress,
                                    **seg)
-    v = p.verify
     stats["verify"] = run_verify(segment / "segment.jsonl", prepared / "prepared.jsonl", verify / "verify.jsonl",
-                                 verify / "rejects.jsonl", enabled=v.enabled, model_name=v.model or base_model,
-                                 max_tries=v.max_tries, on_fail=v.on_fail, fill=p.lists.fill, batch_size=v.batch_size,
+                                 verify / "rejects.jsonl", p.verify, model_name=base_model, fill=p.lists.fill,
                                  device="cpu", dtype=p.model.dtype, progress=progress)
-    li = p.lists
-    stats["lists"] = run_lists(prepared / "prepared.jsonl", verify / "verify.jsonl", out / "lists", size=li.size,
-                               mode=li.mode, fill=li.fill, highlight=li.highlight, mask_kind=li.mask,
-                               num_workers=li.num_workers)
+    stats["lists"] = run_lists(prepared / "prepared.jsonl", verify / "verify.jsonl", out / "lists", p.lists)
     return stats
 
 

@@ -58,14 +58,16 @@ def summarize(grid: dict) -> dict:
 
 
 def metrics_view(summary: dict) -> dict:
-    """The numbers of the table for ``metrics/world.json`` (``dvc metrics diff``): means and stds only."""
+    """The numbers of the table for ``metrics/world.json``: means and stds only, under ``world`` so that no key
+    can be mistaken for the pipeline's own (``world.lpoi.CHAIR.mean``); the report copies the means into
+    ``metrics/summary.json`` when the world ran."""
     out: dict = {}
     for m, stats in summary["methods"].items():
         out[m] = {k: (s["mean"] if s["n"] == 1 else {"mean": s["mean"], "std": s["std"]}) for k, s in stats.items()}
     for m, r in summary["rewards"].items():
         out[m]["heldout_reward"] = {f"vis_{v:g}": s["mean"] for v, s in zip(r["visibility"], r["reward"])}
         out[m]["heldout_ranking_accuracy"] = r["ranking_accuracy"]["mean"]
-    return out
+    return {"world": out}
 
 
 def _fmt(s: dict) -> str:

@@ -187,6 +187,10 @@ def test_report_stage_writes_summary_report_and_figures(repo, first_repro):
         assert json.loads((repo / "metrics" / f"{name}.json").read_text())["random_model"] is True, name
     assert "prepare: kept 24 of 26 records; rejected 2" in first_repro
     assert "is_gradient_checkpointing" not in first_repro
+    # quiet by default (issue 23): no Python warning, no weight-loading bars, no empty-folder warning of DVC's
+    assert not re.search(r"\w+Warning: ", first_repro), [ln for ln in first_repro.splitlines() if "Warning" in ln]
+    assert "Loading weights" not in first_repro and "is empty" not in first_repro
+    assert "another version of the pipeline" not in first_repro
 
 
 def test_exp_show_and_metrics_diff_hold_only_comparable_numbers(repo, first_repro):
@@ -197,8 +201,25 @@ def test_exp_show_and_metrics_diff_hold_only_comparable_numbers(repo, first_repr
     assert not [c for c, vs in columns.items() if any(isinstance(v, str) for v in vs)]
     diff = _run(["dvc", "metrics", "diff", "--all"], repo)
     assert not re.search(r"seconds|per_s|_path|sha|hash|batch_size", diff), diff
+    assert not [c for c in columns if "world" in c]  # the miniature is off: no column, no empty row
 
 
+def test_compare_and_plots_diff_show_the_exp_run_beside_the_baseline(repo, first_repro):
+    """`lpoi-compare` prints the runs side by side with ↑/↓; `dvc plots diff` overlays their curves."""
+    exps = json.loads(_run(["dvc", "exp", "show", "--json"], repo))
+    base = exps[1]["name"] or exps[1]["rev"][:7]  # exps[0] is the workspace
+    names = [r["name"] for b in exps for g in (b.get("experiments") or []) for r in g["revs"]]
+    if not names:
+        pytest.skip("needs the experiment of test_exp_run_retrains_without_list_generation")
+    out = _run([sys.executable, "-m", "lpoi.report.compare", base, names[0]], repo)
+    assert re.search(r"train\.beta\s+\S+=0\.1\s+\S+=0\.2", out) and "train.loss ↓" in out, out
+    assert re.search(r"\((better|worse)\)|\(\S+ (better|worse)\)", out), out
+    shown = _run(["dvc", "plots", "diff", base, names[0], "--json"], repo)
+    plots = json.loads([ln for ln in shown.splitlines() if ln.startswith("{")][-1])["data"]
+    for plot in ("train_loss", "train_loss_list", "train_rewards"):
+        (fig,) = plots[plot]  # one figure per plot, the two runs overlaid in it (colour = revision)
+        assert fig["revisions"] == [base, names[0]], fig["revisions"]
+        assert {v["rev"] for v in fig["content"]["data"]["values"]} == {base, names[0]}
 
 
 # ---------------------------------------------------------------------------------------------- caching contract

@@ -238,7 +238,7 @@ def test_bad_images_are_recorded_not_crashed(tmp_path, models):
         (lambda its: its[1].pop("question"), {}, "'question' must be"),
         (lambda its: its[1].update(response="x"), {}, "written by the generator"),
         (lambda its: None, {"yes_no": "maybe"}, "yes_no must be"),
-        (lambda its: None, {"batch_size": 0}, "batch_size must be"),
+        (lambda its: None, {"batch_size": 0}, "batch_size: input should be greater than or equal to 1"),
         (lambda its: None, {"extra_generate_kwargs": {"max_new_tokens": 3}}, "must not repeat"),
     ],
 )

@@ -24,7 +24,8 @@ from lpoi.models.chat import encode_batch, prompt_text, response_format, tokeniz
 from lpoi.models.tiny import VLM_FAMILIES
 from lpoi.train.collate import encode_sequences
 from lpoi.train.data import write_synthetic_lists
-from lpoi.train.logprobs import FAST_PATH_CLASSES, kept_logits, sequence_logps
+from lpoi.models.logits import FAST_PATH_CLASSES, kept_logits
+from lpoi.train.logprobs import sequence_logps
 from lpoi.train.reference import run_reference
 from trainkw import MAX_LENGTH
 from trainkw import run_train as train

@@ -12,7 +12,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from lpoi.listgen.interpolate import box_mask, load_mask
-from lpoi.listgen.segment import mask_file, run_segment, segment_batch, segment_boxes, select_best_masks
+from lpoi.listgen.segment import mask_file, run_segment, segment_batch, segment_boxes
+from lpoi.models.sam import select_best_masks
 from lpoi.listgen.shard import merge_shards, shard_path
 from lpoi.models import load_segmenter
 

@@ -15,7 +15,7 @@ from PIL import Image
 from lpoi.config import validate
 from lpoi.report import figures
 from lpoi.report.build import ReportPaths, build_report, paper_row
-from lpoi.report.labels import RANDOM_MODEL_KEY, label, random_models
+from lpoi.labels import RANDOM_MODEL_KEY, label, random_models
 from lpoi.report.markdown import ReportInputs, render, table_mismatches, table_values
 from lpoi.report.profile import changed_params, compose
 from lpoi.report.summary import ROWS, build_summary, flat
@@ -99,7 +99,11 @@ def assert_table_matches_summary(page: str, summary: dict) -> None:
     for row in ROWS:
         v = values[row.key]
         if v is not None:
-            assert float(cells[f"{row.name} {row.better}".strip()]) == pytest.approx(v, abs=10 ** -row.digits / 2)
+            shown = cells[f"{row.name} {row.better}".strip()]
+            if row.unit == "%":  # a rate shown as a percentage with one decimal
+                assert shown.endswith(" %") and float(shown[:-2]) == pytest.approx(100 * v, abs=0.05)
+            else:
+                assert float(shown) == pytest.approx(v, abs=10 ** -row.digits / 2)
 
 
 def test_report_table_matches_the_summary_and_warns():
@@ -274,3 +278,68 @@ def test_the_miniature_table_is_shown_only_when_the_world_ran(tmp_path):
     assert "## The miniature (`world=shapes`)" in page and "| LPOI | 11.3 ± 0.2 |" in page
     assert_table_matches_summary(page, build_summary(SOURCES, True))  # the results table is still read right
     assert "miniature" not in render(_inputs())
+
+
+def _curves(tmp_path):
+    plots = tmp_path / "plots" / "metrics"
+    for name, base in (("loss", 6.2), ("loss_dpo", 0.69), ("loss_list", 4.8), ("loss_anchor", 0.69)):
+        _tsv(plots, name, [base - 0.001 * i for i in range(10)])
+    for k in range(5):
+        _tsv(plots, f"reward_{k}", [0.01 * i * (4 - k) for i in range(10)])
+    _tsv(plots, "reward_rejected", [-0.01 * i for i in range(10)])
+    return figures.read_curves(plots)
+
+
+def test_each_loss_term_has_its_own_panel_and_scale(tmp_path):
+    """On one axis the list term (~4.8) flattens DPO and anchor (~0.69): each term gets its own panel."""
+    fig = figures.training_losses(_curves(tmp_path), tmp_path / "loss.png", title="t")
+    panels = {ax.get_title(): ax for ax in fig.axes}
+    assert set(panels) == {"total", "DPO (text pair)", "list (Plackett–Luce)", "anchor"}
+    for name, (lo, hi) in (("DPO (text pair)", (0.67, 0.70)), ("list (Plackett–Luce)", (4.78, 4.81))):
+        y0, y1 = panels[name].get_ylim()
+        assert lo < y0 < y1 < hi, (name, y0, y1)  # its own range, tight around its own values
+
+
+def test_rewards_by_visibility_in_an_ordered_colour_map_with_its_colour_bar(tmp_path):
+    from matplotlib.colors import to_rgb
+
+    fig = figures.reward_positions(_curves(tmp_path), tmp_path / "r.png", [1.0, 0.75, 0.5, 0.25, 0.0])
+    left = fig.axes[0]
+    lines = {ln.get_label(): ln for ln in left.get_lines()}
+    lum = [sum(w * c for w, c in zip((0.2126, 0.7152, 0.0722), to_rgb(lines[f"k={k} ({v} % visible)"].get_color())))
+           for k, v in enumerate((100, 75, 50, 25, 0))]
+    assert all(a < b - 0.05 for a, b in zip(lum, lum[1:])), lum  # darkest = most visible, steps a reader can see
+    bar = [ax for ax in fig.axes if ax.get_ylabel().startswith("visibility")]
+    assert len(bar) == 1 and [t.get_text() for t in bar[0].get_yticklabels()] == ["0 %", "25 %", "50 %", "75 %", "100 %"]
+    right = fig.axes[1]
+    assert right.get_xlabel() == "visibility of the object in image k"
+    assert [t.get_text() for t in right.get_legend().get_texts()] == ["step 1", "step 10"]
+
+
+def test_amber_colours_have_a_legend_and_rates_read_as_percentages(tmp_path):
+    from lpoi.report.markdown import results_table
+    from lpoi.report.summary import build_summary
+
+    fig = figures.amber_breakdown(AMBER, tmp_path / "a.png")
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["↑ higher is better", "↓ lower is better"]
+    summary = build_summary({"listgen": {"records_in": 26, "rejects_total": 2, "lists_out": 24, "detection_rate": 1.0}},
+                            random_model=False)
+    table = "\n".join(results_table(summary, None))
+    assert "| share of records rejected ↓ | 7.7 % |" in table and "| samples with an object detected ↑ | 100.0 % |" in table
+    assert "| lists built | 24 |" in table
+
+
+def test_the_contact_sheet_says_how_many_lists_it_shows(tmp_path):
+    from lpoi.report.listgen import contact_sheet, sheet_title
+
+    assert sheet_title(12, 24).endswith("(12 of 24 lists shown)") and sheet_title(1, 1).endswith("(1 of 1 list shown)")
+    dirs = _listgen_dirs(tmp_path / "lg")
+    rows = [json.loads(x) for x in (dirs["lists"] / "lists.jsonl").read_text().splitlines()]
+    from lpoi.report.listgen import SheetRow
+
+    sheet = [SheetRow([dirs["lists"] / p for p in r["images"]], r["visibility"], r["object"]["box"], "a cup", r["id"])
+             for r in rows]
+    contact_sheet(sheet, tmp_path / "one.png", max_rows=1, total=1)
+    contact_sheet(sheet, tmp_path / "of24.png", max_rows=1, total=24)
+    a, b = (Image.open(tmp_path / n) for n in ("one.png", "of24.png"))
+    assert a.size == b.size and np.asarray(a).tobytes() != np.asarray(b).tobytes()  # only the title differs

@@ -221,7 +221,7 @@ def test_an_unknown_class_falls_back_to_full_logits_and_says_so():
     """A class outside FAST_PATH_CLASSES (here the text-only tiny Llama) may post-process its logits: its own
     full forward is used, sliced, with a warning -- never a guessed backbone + head."""
     from lpoi.models import load_causal_lm
-    from lpoi.train import logprobs
+    from lpoi.models import logits as logprobs
 
     model, tok = load_causal_lm("tiny/llama")
     assert type(model).__name__ not in logprobs.FAST_PATH_CLASSES

@@ -50,6 +50,8 @@ def test_table_and_metrics_view():
     assert rows[2].startswith("| LPOI | 12.0 ± 2.8 |") and rows[3].startswith("| DPO | 11.0 ± 0.0 |")
     assert "vis 1 | vis 0.5 | vis 0 |" in table and "| LPOI | 0.000 ± 0.000 | -0.750 ± 0.354 |" in table
     m = metrics_view(s)
+    assert list(m) == ["world"]  # the miniature's keys never read like the pipeline's (issue 23)
+    m = m["world"]
     assert m["base"]["CHAIR"] == 12.4 and m["lpoi"]["CHAIR"] == {"mean": 12.0, "std": pytest.approx(math.sqrt(8))}
     assert m["lpoi"]["heldout_reward"] == {"vis_1": 0.0, "vis_0.5": -0.75, "vis_0": -2.0}
 

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-__all__ = ["SheetRow", "contact_sheet", "contact_sheet_size", "listgen_metrics", "run_report"]
+__all__ = ["SheetRow", "contact_sheet", "contact_sheet_size", "listgen_metrics", "run_report", "sheet_title"]
 
 CELL_IN = 1.3  # inches per list image (figures are drawn at DPI px per inch)
 LABEL_IN = 2.4  # inches for the row labels
@@ -83,13 +83,22 @@ def _thumbnail(path: Path, px: int):
         return np.asarray(im), size
 
 
-def contact_sheet(rows: Iterable[SheetRow], out_path: str | os.PathLike, max_rows: int = 16) -> tuple[int, int]:
+def sheet_title(shown: int, total: int) -> str:
+    """The contact sheet's title, saying how many of the run's lists it shows."""
+    head = "LPOI lists: the object is hidden step by step"
+    return f"{head} ({shown} of {total} list{'s' if total != 1 else ''} shown)" if shown else head
+
+
+def contact_sheet(rows: Iterable[SheetRow], out_path: str | os.PathLike, max_rows: int = 16,
+                  total: int | None = None) -> tuple[int, int]:
     """Draw the first ``max_rows`` samples' lists as a labelled grid PNG; returns its (width, height).
 
     Rows = samples, labelled on the left with id, object phrase, phrase source and the verifier's
     verdict; columns = list positions with their visibility as headers (100 % → 0 %). The object's box
-    is drawn in green on the original (column 0); the legend says so. With no rows, a sheet saying
-    "no lists" is written (the DVC plot must exist). Deterministic bytes (no PNG timestamp), atomic.
+    is drawn in green on the original (column 0); the legend says so. The title says how many of the
+    run's ``total`` lists (default: the rows given) are shown, e.g. "12 of 24 lists shown". With no
+    rows, a sheet saying "no lists" is written (the DVC plot must exist). Deterministic bytes (no PNG
+    timestamp), atomic.
     """
     import matplotlib
 
@@ -99,12 +108,14 @@ def contact_sheet(rows: Iterable[SheetRow], out_path: str | os.PathLike, max_row
 
     from lpoi.report.figures import save_png
 
-    rows = list(rows)[: max(0, max_rows)]
+    rows = list(rows)
+    total = len(rows) if total is None else max(total, 0)
+    rows = rows[: max(0, max_rows)]
     n_cols = max((len(r.images) for r in rows), default=1)
     w_px, h_px = contact_sheet_size(len(rows), n_cols)
     fig = Figure(figsize=(w_px / DPI, h_px / DPI), dpi=DPI)
     W, H = w_px / DPI, h_px / DPI
-    fig.text(0.01, 1 - 0.08 / H, "LPOI lists: the object is hidden step by step", fontsize=11, weight="bold", va="top")
+    fig.text(0.01, 1 - 0.08 / H, sheet_title(len(rows), total), fontsize=11, weight="bold", va="top")
     fig.text(0.01, 1 - 0.32 / H, "green box: the object found by detection (on the original image)",
              fontsize=8.5, color=BOX_COLOR, va="top")
     if not rows:
@@ -247,12 +258,13 @@ def run_report(*, prepared_dir, detect_dir, segment_dir, verify_dir, lists_dir, 
     write_metrics(out_path, metrics)
 
     lists_path = Path(lists_dir) / "lists.jsonl"
-    sheet = []
+    sheet, total = [], 0
     for r in read_jsonl(lists_path):
+        total += 1
         if len(sheet) >= rows:
-            break
+            continue  # counted for "12 of 24 lists shown"
         obj = r.get("object") or {}
         sheet.append(SheetRow([lists_path.parent / p for p in r["images"]], r.get("visibility"), obj.get("box"),
                               obj.get("phrase") or "", str(r["id"]), obj.get("source"), r.get("verified")))
-    contact_sheet(sheet, sheet_path, max_rows=rows)
+    contact_sheet(sheet, sheet_path, max_rows=rows, total=total)
     return metrics

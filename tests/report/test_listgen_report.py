@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lpoi.listgen.report import (
+from lpoi.report.listgen import (
     CELL_IN,
     DPI,
     HEADER_IN,
