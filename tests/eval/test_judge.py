@@ -749,14 +749,17 @@ def test_an_interrupt_stops_the_requests_at_once_and_keeps_the_replies(server, k
             sent, replied = len(server.requests), server.replied
         proc.send_signal(getattr(signal, sig))
         try:
-            _, err = proc.communicate(timeout=10)  # a hang guard: it takes well under a second
+            _, err = proc.communicate(timeout=60)  # a hang guard: it takes well under a second when idle
         except subprocess.TimeoutExpired:
-            pytest.fail(f"score did not stop within 10 s of {sig}; {len(server.requests) - sent} requests since")
+            pytest.fail(f"score did not stop within 60 s of {sig}; {len(server.requests) - sent} requests since")
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert len(server.requests) - sent <= 2  # at most those already on their way (max_concurrency = 2)
+    # at most those already on their way (max_concurrency = 2), and on a loaded machine, where the signal
+    # handler may run a moment after the snapshot above, the 2 that replaced them (each reply takes 1 s): a
+    # queue that kept sending would have sent ~20 more by the time the stage exits
+    assert len(server.requests) - sent <= 4
     assert proc.returncode != 0
     assert err.rstrip().splitlines()[-1] == "interrupted (finished work is kept; re-run to resume)", err
     assert "Traceback" not in err

@@ -14,7 +14,7 @@ import torch
 
 from lpoi.train.data import step_sample_indices, write_synthetic_lists
 from lpoi.train.guards import ReferenceMismatchError, check_reference_at_step0, step0_tolerance
-from lpoi.train.reference import run_reference
+from lpoi.train.reference import row_seal, run_reference
 from trainkw import MAX_LENGTH, run_train
 
 LLAVA = "tiny/llava"
@@ -46,13 +46,15 @@ def test_tolerance_by_dtype_hand_values(acc):
 
 
 def _values_into(right, other, out):
-    """``right``'s rows (meta, ids, keys) carrying ``other``'s log-probs: a stale file whatever the row keys."""
+    """``right``'s rows (meta, ids, keys, token digests) carrying ``other``'s log-probs, resealed: a stale file
+    that passes every check on load, so the step-0 check is what must catch it."""
     by_id = {r["id"]: r for r in map(json.loads, other.read_text().splitlines()) if "id" in r}
     lines = []
     for line in right.read_text().splitlines():
         row = json.loads(line)
         if "id" in row:
             row["list"], row["rejected"] = by_id[row["id"]]["list"], by_id[row["id"]]["rejected"]
+            row["seal"] = row_seal(row["seqs"], row["list"], row["rejected"])
         lines.append(json.dumps(row))
     out.write_text("\n".join(lines) + "\n")
     return out

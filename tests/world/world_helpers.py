@@ -12,6 +12,10 @@ class ParamReads:
         object.__setattr__(self, "_log", log)
         object.__setattr__(self, "_prefix", prefix)
 
+    @property
+    def __class__(self):  # the library checks it was given a section (lpoi.config.section_of): it was
+        return type(self._obj)
+
     def __getattr__(self, name):
         value = getattr(self._obj, name)
         key = f"{self._prefix}{name}"
