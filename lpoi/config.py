@@ -355,6 +355,19 @@ def _check_objective(method: str, weights: WeightsParams, prefix: str, why: str 
                             "positive weight")
 
 
+class ComputeParams(_Section):
+    """How many processes the stages use. Results do not depend on it beyond float rounding (training's
+    reduction order); the stages that read it declare it, so ``dvc.lock`` records how a run was made."""
+
+    train_processes: int = Field(1, ge=1, le=1024)  # one per GPU of the machine; a typo guard
+    """Training processes on this machine. Above 1 the ``train`` stage re-launches itself through
+    ``accelerate launch --config_file conf/accelerate/<accelerate>.yaml --num_processes N`` (on a CPU-only
+    machine: gloo processes). The global batch is ``train.batch_size * train_processes * train.grad_accum``."""
+    accelerate: Literal["ddp", "fsdp"] = "ddp"
+    """The accelerate config (``conf/accelerate/``) used when ``train_processes`` > 1: ``ddp`` (every process
+    holds the base model) or ``fsdp`` (FSDP2: parameters, gradients and optimizer state sharded)."""
+
+
 class GenerateParams(_Section):
     batch_size: int = Field(8, ge=1, le=1024)  # a typo guard, as detect.batch_size
     max_new_tokens: int = Field(500, ge=1, le=16_384)  # the benchmarks' answers are a few hundred tokens
@@ -579,6 +592,7 @@ class Params(_Section):
     score: ScoreParams = ScoreParams()
     report: ReportParams = ReportParams()
     world: WorldParams = WorldParams()
+    compute: ComputeParams = ComputeParams()
 
     @model_validator(mode="after")
     def _official_lists(self):
