@@ -11,7 +11,6 @@ def main():
     ap.add_argument("--segment", required=True, help="segment's output folder")
     ap.add_argument("--out", required=True, help="output folder (verify.jsonl, rejects.jsonl)")
     ap.add_argument("--metrics", help="metrics JSON to write (timings go beside it, to <name>.timings.json)")
-    ap.add_argument("--shard", default="0/1", help="i/n: process only shard i of n (default: %(default)s)")
     ap.add_argument("--limit", type=int, help="only the first N samples")
     args = ap.parse_args()
     p = _common.load(args)
@@ -23,10 +22,10 @@ def main():
     from lpoi.listgen.verify import run_verify
     from lpoi.stage import open_stage, pick_device
 
-    with open_stage("verify", args, models=[verifier] if v.enabled else [], shard=args.shard) as st:
+    with open_stage("verify", args, models=[verifier] if v.enabled else []) as st:
         stats = run_verify(f"{args.segment}/segment.jsonl", f"{args.prepared}/prepared.jsonl", st.path / "verify.jsonl",
                            st.path / "rejects.jsonl", enabled=v.enabled, model_name=verifier, max_tries=v.max_tries,
-                           on_fail=v.on_fail, fill=p.lists.fill, batch_size=v.batch_size, shard=args.shard,
+                           on_fail=v.on_fail, fill=p.lists.fill, batch_size=v.batch_size,
                            device=pick_device(p.model.device), dtype=p.model.dtype, limit=args.limit, journal=True,
                            max_pixels=p.model.max_pixels, trust_remote_code=p.model.trust_remote_code)
         st.finish(args.metrics, stats.pop("output"), {"verifier": verifier, **stats})

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from lpoi.io import ImageRejected, load_image
-from lpoi.runner import Reject, StageOutput, Tally, parse_shard, run_file
+from lpoi.runner import Reject, StageOutput, Tally, run_file
 from lpoi.stage import pick_device
 
 __all__ = [
@@ -258,7 +258,6 @@ def run_verify(
     on_fail: str = "keep",
     fill: str = "black",
     batch_size: int = 8,
-    shard: str = "0/1",
     device: str | None = None,
     dtype: str = "float32",
     progress: bool = True,
@@ -281,10 +280,9 @@ def run_verify(
     ``decide`` replaces the VLM (see the module docstring); when it is ``None`` and ``enabled``, the VLM
     ``model_name`` is loaded. Retries are done in rounds over a block (round r asks about the r-th
     candidate of every sample still undecided), so each round is one batched call. Resume, blocks,
-    sharding, ``journal`` and the returned counts as in :func:`lpoi.listgen.detect.run_detect` (counts:
+    ``journal`` and the returned counts as in :func:`lpoi.listgen.detect.run_detect` (counts:
     ``verified_true``, ``verified_false``, ``verified_null``, ``calls`` = verifier questions of the rows).
     """
-    parse_shard(shard)
     if on_fail not in ON_FAIL:
         raise ValueError(f"verify.on_fail must be one of {ON_FAIL}, got {on_fail!r}")
     if max_tries < 1 or batch_size < 1:
@@ -299,7 +297,7 @@ def run_verify(
         decide = _load_model(model_name, dtype, device, batch_size, max_pixels, trust_remote_code)
     seg_dir = Path(segment_path).parent
     prepared = PreparedIndex(prepared_path) if enabled else None
-    out = StageOutput(out_path, rejects_path, shard, limit=limit, journal=journal)
+    out = StageOutput(out_path, rejects_path, limit=limit, journal=journal)
     opts = {"enabled": enabled, "max_tries": max_tries, "on_fail": on_fail, "seg_dir": seg_dir,
             "out_dir": out.out_path.parent}
 
@@ -309,7 +307,7 @@ def run_verify(
 
     try:
         return run_file(segment_path, out, lambda rows: _load_block(rows, seg_dir, prepared, max_tries), process,
-                        tally=verify_tally, batch_size=batch_size, shard=shard, workers=num_workers,
+                        tally=verify_tally, batch_size=batch_size, workers=num_workers,
                         progress=progress, desc="verify")
     finally:
         if prepared is not None:

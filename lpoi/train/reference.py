@@ -212,7 +212,7 @@ def run_reference(
     stored = _drop_stale(out_path, meta, samples, key)
     rows = [{"id": s.id, "sample": s} for s in samples]
     counts = {"n_truncated": 0}
-    with StageOutput(out_path, None, "0/1", header={"meta": meta}, journal=journal) as out:
+    with StageOutput(out_path, None, header={"meta": meta}, journal=journal) as out:
         model = processor = None
         if not all(out.done(s.id) for s in samples):
             device = device or ("cuda" if torch.cuda.is_available() else "cpu")
