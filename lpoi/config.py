@@ -366,6 +366,19 @@ class ComputeParams(_Section):
     accelerate: Literal["ddp", "fsdp"] = "ddp"
     """The accelerate config (``conf/accelerate/``) used when ``train_processes`` > 1: ``ddp`` (every process
     holds the base model) or ``fsdp`` (FSDP2: parameters, gradients and optimizer state sharded)."""
+    engine: Literal["local", "ray"] = "local"
+    """Who computes the per-sample stages' blocks (detect, segment, verify, lists, reference, generate):
+    ``local`` (this process) or ``ray`` (a pool of Ray actors; ``pip install -e ".[ray]"``). The stage's own
+    process keeps the bookkeeping (pending rows, journal, rejects, counts) and writes rows in input order, so
+    the outputs are byte-identical and a killed run resumes the same way."""
+    address: str | None = None
+    """``engine: ray`` only: null starts a Ray on this machine for the stage; an address (``ray://host:10001``,
+    ``host:6379`` or ``auto``) joins that cluster, whose nodes must see the repository and ``data/`` at the
+    same paths (a shared filesystem)."""
+    workers: int = Field(2, ge=1, le=4096)  # actors; a typo guard
+    """``engine: ray`` only: actors computing blocks at once (one per GPU on a GPU node)."""
+    gpus_per_worker: float | None = Field(None, ge=0, le=64)
+    """``engine: ray`` only: GPUs each actor reserves; null = 1 when the cluster has GPUs, else 0."""
 
 
 class GenerateParams(_Section):

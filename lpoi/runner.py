@@ -49,8 +49,8 @@ from typing import Any
 
 from lpoi.io import JsonlAppender, _hashable, atomic_write_bytes, atomic_write_text, read_jsonl, sha256_file
 
-__all__ = ["Reject", "Runner", "ShardError", "StageOutput", "Tally", "Write", "blocks_of", "count_rows",
-           "fault_point", "parse_shard", "prefetch_map", "run_file", "summarize"]
+__all__ = ["EngineError", "Reject", "Runner", "ShardError", "StageOutput", "Tally", "Write", "blocks_of", "count_rows",
+           "fault_point", "parse_shard", "prefetch_map", "run_file", "set_engine", "summarize"]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,34 @@ def _write_and_hash(path: Path, write: Callable[[], Any] | None) -> str:
     if write is not None:
         write()
     return sha256_file(path)
+
+
+# ---------------------------------------------------------------------------------------------- engine
+
+
+class EngineError(RuntimeError):
+    """The engine that computes the blocks failed (Ray missing, a worker dead after its retries)."""
+
+
+_ENGINE = None  # the stage's ``compute`` section (set_engine); None: every block computed in this process
+
+
+def set_engine(compute) -> None:
+    """Compute this process's per-sample blocks with ``compute.engine`` (the stage scripts of the per-sample
+    stages call this with ``params.compute``; ``None``: locally). Read when a runner runs, so only the stages
+    that run one read (and declare) ``compute.engine``."""
+    global _ENGINE
+    _ENGINE = compute
+
+
+def _computed(load, process, blocks, workers: int, desc: str):
+    """``(rows, outcomes)`` per block, in order: here (``load`` on ``workers`` prefetch threads) or on Ray."""
+    if _ENGINE is not None and _ENGINE.engine == "ray":
+        from lpoi.ray_engine import map_blocks
+
+        return map_blocks(load, process, blocks, _ENGINE, desc)
+    return ((rows, process(loaded, rows)) for rows, loaded in prefetch_map(lambda b: (b, load(b)), blocks,
+                                                                            workers=workers))
 
 
 # ---------------------------------------------------------------------------------------------- blocks
@@ -459,18 +487,20 @@ class Runner:
         with tqdm(total=total, disable=not self.progress, desc=self.desc, unit="sample") as self._bar, \
                 ThreadPoolExecutor(max_workers=max(1, self.workers)) as self._writer:
             pending: deque = deque()  # (rows, outcomes, futures) per block, in input order
-            blocks = prefetch_map(lambda b: (b, load(b)), self._blocks(rows), workers=self.workers)
-            for block_rows, loaded in blocks:
-                outcomes = process(loaded, block_rows)
-                if len(outcomes) != len(block_rows):
-                    raise RuntimeError(f"{self.desc}: {len(outcomes)} outcomes for a block of {len(block_rows)} rows")
-                fault_point("block")
-                pending.append((block_rows, outcomes, self._start_files(block_rows, outcomes)))
-                while pending and (len(pending) > 1 or all(f.done() for f in pending[0][2].values())):
-                    if self._flush(*pending.popleft()):
+            computed = _computed(load, process, self._blocks(rows), self.workers, self.desc)
+            try:
+                for block_rows, outcomes in computed:
+                    if len(outcomes) != len(block_rows):
+                        raise RuntimeError(f"{self.desc}: {len(outcomes)} outcomes for a block of {len(block_rows)} rows")
+                    fault_point("block")
+                    pending.append((block_rows, outcomes, self._start_files(block_rows, outcomes)))
+                    while pending and (len(pending) > 1 or all(f.done() for f in pending[0][2].values())):
+                        if self._flush(*pending.popleft()):
+                            break
+                    if self.out.full:
                         break
-                if self.out.full:
-                    break
+            finally:
+                computed.close()  # a Ray pool stops with it (the limit stops early)
             while pending and not self.out.full:
                 self._flush(*pending.popleft())
         secs = time.perf_counter() - t0

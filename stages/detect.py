@@ -15,6 +15,7 @@ def main():
     ap.add_argument("--limit", type=int, help="only the first N samples")
     args = ap.parse_args()
     p = _common.load(args)
+    _common.use_engine(p)
     if p.lists.source == "official":
         return _common.skipped_for_official_lists("detect", args, ("detect.jsonl", "rejects.jsonl"))
     d = p.detect

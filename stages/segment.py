@@ -17,6 +17,7 @@ def main():
     ap.add_argument("--limit", type=int, help="only the first N samples")
     args = ap.parse_args()
     p = _common.load(args)
+    _common.use_engine(p)
     if p.lists.source == "official":
         return _common.skipped_for_official_lists("segment", args, ("segment.jsonl", "rejects.jsonl"))
     s = p.segment

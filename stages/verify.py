@@ -14,6 +14,7 @@ def main():
     ap.add_argument("--limit", type=int, help="only the first N samples")
     args = ap.parse_args()
     p = _common.load(args)
+    _common.use_engine(p)
     if p.lists.source == "official":
         return _common.skipped_for_official_lists("verify", args, ("verify.jsonl", "rejects.jsonl"))
     v, base = p.verify, p.model.name  # the verifier is the run's base model unless verify.model names one
