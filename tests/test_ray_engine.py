@@ -138,5 +138,9 @@ def test_a_sigkilled_stage_resumes_on_ray_and_ends_identical(repo, local):
     done = _rows(out)
     assert 3 <= done < 24, done
     log = _finish(_detect(repo, "ray", "det_kill_driver"))
-    assert f"resumed {done}" in log or "resumed" in log, log[-2000:]
+    import re
+
+    resumed = re.search(r"detect: resumed (\d+),", log)
+    # (a row whose journal line the kill prevented is recomputed: it is not counted as resumed)
+    assert resumed and done - 1 <= int(resumed.group(1)) <= done, log[-2000:]
     _same(repo, "det_kill_driver", local)
