@@ -143,7 +143,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     port = 6391
-    head = subprocess.Popen(["ray", "start", "--head", "--block", "--port", str(port), "--num-cpus", str(workers),
+    head = subprocess.Popen(["ray", "start", "--head", "--block", "--port", str(port), "--node-ip-address", "127.0.0.1", "--num-cpus", str(workers),
                              "--num-gpus", str(args.gpus), "--include-dashboard", "false", "--disable-usage-stats"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:

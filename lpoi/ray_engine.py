@@ -66,7 +66,13 @@ def _start(ray, compute) -> bool:
         kw["address"] = compute.address
     else:
         kw["num_cpus"] = compute.workers  # one CPU per actor: a local Ray runs exactly `workers` of them
-    ray.init(**kw)
+    try:
+        ray.init(**kw)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        from lpoi.runner import EngineError
+
+        where = f"the Ray cluster at compute.address {compute.address!r}" if compute.address else "a local Ray"
+        raise EngineError(f"could not start or join {where}: {(str(e).strip().splitlines() or [''])[0]}") from None
     return True
 
 
