@@ -51,6 +51,9 @@ class _BlockWorker:
         numerics.pin()
         self.load, self.process = fns
 
+    def ready(self) -> bool:
+        return True
+
     def run(self, rows: list[dict]) -> list:
         return self.process(self.load(rows), rows)
 
@@ -82,7 +85,11 @@ def map_blocks(load: Callable, process: Callable, blocks: Iterable[list[dict]], 
     ``compute.workers`` Ray actors. Stopping the iteration early (the runner's ``limit``) stops the pool."""
     from lpoi.runner import EngineError
 
+    import sys
+    import time
+
     ray = _ray()
+    t0 = time.perf_counter()
     started = _start(ray, compute)
     try:
         gpus = compute.gpus_per_worker
@@ -92,6 +99,9 @@ def map_blocks(load: Callable, process: Callable, blocks: Iterable[list[dict]], 
                                                  max_task_retries=MAX_RETRIES)
         fns = ray.put((load, process))
         pool = [actor.remote(fns) for _ in range(compute.workers)]
+        ray.get([a.ready.remote() for a in pool])
+        print(f"[lpoi] {desc or 'stage'}: Ray ready in {time.perf_counter() - t0:.1f} s ({len(pool)} actors)",
+              file=sys.stderr, flush=True)
         pending: deque = deque()  # (rows, ref), in input order; blocks go round-robin, two per actor ahead
         submitted = 0
         it = iter(blocks)
