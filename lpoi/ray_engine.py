@@ -67,8 +67,8 @@ def _start(ray, compute) -> bool:
                           "configure_logging": False}
     if compute.address:
         kw["address"] = compute.address
-    else:
-        kw["num_cpus"] = compute.workers  # one CPU per actor: a local Ray runs exactly `workers` of them
+    else:  # "local": a new Ray for this stage, never a cluster some `ray start` on this machine left running
+        kw.update(address="local", num_cpus=compute.workers)  # one CPU per actor: exactly `workers` of them
     try:
         ray.init(**kw)
     except (ConnectionError, RuntimeError, ValueError) as e:
