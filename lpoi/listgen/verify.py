@@ -164,6 +164,15 @@ class PreparedIndex:
     def close(self) -> None:
         self._f.close()
 
+    # a Ray actor (compute.engine: ray) gets the offsets and reopens the file (same path: a shared filesystem)
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "_off": self._off}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._f = open(self.path, "rb")  # noqa: SIM115 -- as in __init__
+        self._lock = threading.Lock()
+
 
 # ---------------------------------------------------------------------------------------------- the stage
 
