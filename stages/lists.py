@@ -14,7 +14,6 @@ def main():
     ap.add_argument("--metrics", help="metrics JSON to write (timings go beside it, to <name>.timings.json)")
     args = ap.parse_args()
     p = _common.load(args)
-    _common.use_engine(p)
     li, released = p.lists, p.data.lists  # (data.lists is declared for both sources: one fingerprint rule)
 
     from lpoi.listgen.lists import run_lists
