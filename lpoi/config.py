@@ -357,6 +357,32 @@ def _check_objective(method: str, weights: WeightsParams, prefix: str, why: str 
                             "positive weight")
 
 
+class ComputeParams(_Section):
+    """How many processes the stages use. Results do not depend on it beyond float rounding (training's
+    reduction order); the stages that read it declare it, so ``dvc.lock`` records how a run was made."""
+
+    train_processes: int = Field(1, ge=1, le=1024)  # one per GPU of the machine; a typo guard
+    """Training processes on this machine. Above 1 the ``train`` stage re-launches itself through
+    ``accelerate launch --config_file conf/accelerate/<accelerate>.yaml --num_processes N`` (on a CPU-only
+    machine: gloo processes). The global batch is ``train.batch_size * train_processes * train.grad_accum``."""
+    accelerate: Literal["ddp", "fsdp"] = "ddp"
+    """The accelerate config (``conf/accelerate/``) used when ``train_processes`` > 1: ``ddp`` (every process
+    holds the base model) or ``fsdp`` (FSDP2: parameters, gradients and optimizer state sharded)."""
+    engine: Literal["local", "ray"] = "local"
+    """Who computes the per-sample stages' blocks (detect, segment, verify, lists, reference, generate):
+    ``local`` (this process) or ``ray`` (a pool of Ray actors; ``pip install -e ".[ray]"``). The stage's own
+    process keeps the bookkeeping (pending rows, journal, rejects, counts) and writes rows in input order, so
+    the outputs are byte-identical and a killed run resumes the same way."""
+    address: str | None = None
+    """``engine: ray`` only: null starts a Ray on this machine for the stage; an address (``ray://host:10001``,
+    ``host:6379`` or ``auto``) joins that cluster, whose nodes must see the repository and ``data/`` at the
+    same paths (a shared filesystem)."""
+    workers: int = Field(2, ge=1, le=4096)  # actors; a typo guard
+    """``engine: ray`` only: actors computing blocks at once (one per GPU on a GPU node)."""
+    gpus_per_worker: float | None = Field(None, ge=0, le=64)
+    """``engine: ray`` only: GPUs each actor reserves; null = 1 when the cluster has GPUs, else 0."""
+
+
 class GenerateParams(_Section):
     batch_size: int = Field(8, ge=1, le=1024)  # a typo guard, as detect.batch_size
     max_new_tokens: int = Field(500, ge=1, le=16_384)  # the benchmarks' answers are a few hundred tokens
@@ -581,6 +607,7 @@ class Params(_Section):
     score: ScoreParams = ScoreParams()
     report: ReportParams = ReportParams()
     world: WorldParams = WorldParams()
+    compute: ComputeParams = ComputeParams()
 
     @model_validator(mode="after")
     def _official_lists(self):

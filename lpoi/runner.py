@@ -13,16 +13,15 @@ threads (a row is written only once its files are on disk), counting (:class:`Ta
 ``limit`` stop (a quick subset, and the tests' stand-in for a kill).
 
 **Blocks.** A block is ``batch_size`` *consecutive input rows* (a new one also wherever ``cut(row)``
-changes; block ``b`` goes to shard ``b mod n``, see :mod:`lpoi.listgen.shard`), so blocks depend only on
-the input. By default a block is computed whole even when an earlier run finished some of its rows: a
-model's output can depend on its batch mates (padding changes the shapes, hence the float rounding), so
-this is what makes a resumed or a sharded run byte-identical to an uninterrupted one. ``whole=False``
+changes), so blocks depend only on the input. By default a block is computed whole even when an earlier
+run finished some of its rows: a model's output can depend on its batch mates (padding changes the shapes,
+hence the float rounding), so this is what makes a resumed run byte-identical to an uninterrupted one. ``whole=False``
 (or a function of the block saying so) computes only the unfinished rows of such a block — for work
 that does not depend on batch mates (building one sample's list; greedy generation, tested
 batch-invariant).
 
 **Outputs** (:class:`StageOutput`): one flushed, fsynced JSONL line per sample in the result file or
-the rejects file, under their shard names. With ``journal=True`` (what the stage scripts use) every line
+the rejects file. With ``journal=True`` (what the stage scripts use) every line
 is followed by a journal line with its sha256 and the sha256 of every file the row owns; on open, the
 rows are checked against the journal and each file is cut at its first row that is not exactly what the
 stage wrote (a hand edit, a replaced or truncated image, a row whose journal line a kill prevented) — that
@@ -50,8 +49,8 @@ from typing import Any
 
 from lpoi.io import JsonlAppender, hashable_key, atomic_write_bytes, atomic_write_text, read_jsonl, sha256_file
 
-__all__ = ["Reject", "Runner", "ShardError", "StageOutput", "Tally", "Write", "blocks_of", "count_shard_rows",
-           "fault_point", "parse_shard", "prefetch_map", "run_file", "shard_path", "summarize"]
+__all__ = ["EngineError", "Reject", "Runner", "ShardError", "StageOutput", "Tally", "Write", "blocks_of", "count_rows",
+           "fault_point", "parse_shard", "prefetch_map", "run_file", "set_engine", "summarize"]
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +91,41 @@ def _write_and_hash(path: Path, write: Callable[[], Any] | None) -> str:
     return sha256_file(path)
 
 
-# ---------------------------------------------------------------------------------------------- shards and blocks
-# (the sharding scheme is described in lpoi.listgen.shard, which also merges shard outputs)
+# ---------------------------------------------------------------------------------------------- engine
+
+
+class EngineError(RuntimeError):
+    """The engine that computes the blocks failed (Ray missing, a worker dead after its retries)."""
+
+
+_ENGINE = None  # the stage's ``compute`` section (set_engine); None: every block computed in this process
+
+
+def set_engine(compute) -> None:
+    """Compute this process's per-sample blocks with ``compute.engine`` (the stage scripts of the per-sample
+    stages call this with ``params.compute``; ``None``: locally). Read when a runner runs, so only the stages
+    that run one read (and declare) ``compute.engine``."""
+    global _ENGINE
+    _ENGINE = compute
+
+
+def _computed(load, process, blocks, workers: int, desc: str):
+    """``(rows, outcomes)`` per block, in order: here (``load`` on ``workers`` prefetch threads) or on Ray."""
+    if _ENGINE is not None and _ENGINE.engine == "ray":
+        from lpoi.ray_engine import map_blocks
+
+        return map_blocks(load, process, blocks, _ENGINE, desc)
+    return ((rows, process(loaded, rows)) for rows, loaded in prefetch_map(lambda b: (b, load(b)), blocks,
+                                                                            workers=workers))
+
+
+# ---------------------------------------------------------------------------------------------- blocks
+# (ranks of one multi-process run -- the train stage under accelerate launch -- share a stage folder as
+# ``i/n`` shares of it: lpoi.stage.StageDir)
 
 
 class ShardError(ValueError):
-    """A bad shard spec, or shard files that do not fit together (duplicates, unknown ids, wrong order)."""
+    """A bad ``i/n`` share spec."""
 
 
 def parse_shard(spec: str | tuple[int, int]) -> tuple[int, int]:
@@ -127,45 +155,25 @@ def parse_shard(spec: str | tuple[int, int]) -> tuple[int, int]:
     return i, n
 
 
-def shard_path(path: str | os.PathLike, shard: str | tuple[int, int]) -> Path:
-    """Where shard ``i/n`` writes what the unsharded run writes to ``path``.
-
-    >>> shard_path("data/detect.jsonl", "2/4").as_posix()
-    'data/detect.shard-2-of-4.jsonl'
-    >>> shard_path("data/detect.jsonl", "0/1").as_posix()
-    'data/detect.jsonl'
-    """
-    i, n = parse_shard(shard)
-    path = Path(path)
-    if n == 1:
-        return path
-    return path.with_name(f"{path.stem}.shard-{i}-of-{n}{path.suffix}")
-
-
-def blocks_of(rows: Iterable[dict], shard: str | tuple[int, int], size: int,
-              cut: Callable[[dict], Any] | None = None) -> Iterator[list[dict]]:
+def blocks_of(rows: Iterable[dict], size: int, cut: Callable[[dict], Any] | None = None) -> Iterator[list[dict]]:
     """Consecutive blocks of at most ``size`` rows of ``rows`` (a new block also wherever ``cut(row)``
-    changes); block ``b`` belongs to shard ``b mod n``. The blocks depend only on the input."""
+    changes). The blocks depend only on the input."""
     if size < 1:
-        raise ShardError(f"batch size must be >= 1, got {size}")
-    i, n = parse_shard(shard)
-    b, block = 0, []
+        raise ValueError(f"batch size must be >= 1, got {size}")
+    block: list[dict] = []
     for r in rows:
         if block and (len(block) >= size or (cut is not None and cut(r) != cut(block[0]))):
-            if b % n == i:
-                yield block
-            b, block = b + 1, []
+            yield block
+            block = []
         block.append(r)
-    if block and b % n == i:
+    if block:
         yield block
 
 
-def count_shard_rows(path: str | os.PathLike, shard: str | tuple[int, int], block: int) -> int:
-    """How many rows :func:`blocks_of` yields for the JSONL ``path`` (a cheap line count, for progress bars)."""
-    i, n = parse_shard(shard)
+def count_rows(path: str | os.PathLike) -> int:
+    """The rows of the JSONL ``path`` (a cheap line count, for progress bars)."""
     with open(path, "rb") as f:
-        total = sum(1 for line in f if line.strip())
-    return sum(1 for k in range(total) if (k // block) % n == i)
+        return sum(1 for line in f if line.strip())
 
 
 def prefetch_map(fn, items, workers: int = 1, depth: int = 2) -> Iterator:
@@ -234,17 +242,17 @@ class StageOutput:
     """A stage's resumable outputs: result rows in ``out_path``, reject rows in ``rejects_path``.
 
     Both are append-only JSONL files (one flushed line per sample; a partial last line from a kill is cut
-    off on open), under their shard names (:func:`lpoi.listgen.shard.shard_path`). ``done(id)`` is true
+    off on open). ``done(id)`` is true
     for a sample found in either file, so a re-run skips it. ``limit`` stops a run after that many new
     rows. ``header``: a fixed first line of ``out_path`` (e.g. the reference stage's meta); a file that
     starts otherwise is started afresh. ``journal``: keep and check the journal described in the module
     docstring (``.<out stem>.journal.jsonl`` beside ``out_path``).
     """
 
-    def __init__(self, out_path, rejects_path, shard, *, limit: int | None = None, key: str = "id",
+    def __init__(self, out_path, rejects_path, *, limit: int | None = None, key: str = "id",
                  header: dict | None = None, journal: bool = False):
-        self.out_path = shard_path(out_path, shard)
-        self.rejects_path = shard_path(rejects_path, shard) if rejects_path is not None else None
+        self.out_path = Path(out_path)
+        self.rejects_path = Path(rejects_path) if rejects_path is not None else None
         self.key, self.limit = key, limit
         self.root = self.out_path.parent
         self.journal_path = self.root / f".{self.out_path.stem}.journal.jsonl" if journal else None
@@ -424,16 +432,16 @@ class Tally:
 
 
 def run_file(in_path, out: StageOutput, load: Callable[[list[dict]], Any], process: Callable[[Any, list[dict]], list],
-             *, tally: Callable[[], Tally], batch_size: int, shard: str = "0/1", workers: int = 1, progress: bool = True,
+             *, tally: Callable[[], Tally], batch_size: int, workers: int = 1, progress: bool = True,
              desc: str = "") -> dict[str, Any]:
-    """A :class:`Runner` over this shard's rows of the JSONL ``in_path`` into ``out`` (closed at the end).
+    """A :class:`Runner` over the rows of the JSONL ``in_path`` into ``out`` (closed at the end).
 
     Returns the invocation's counts and timings, ``"output"`` (``tally()`` over the whole output, see
     :func:`summarize`) and ``"out_path"``.
     """
     with out:
-        runner = Runner(out, batch_size, shard, workers=workers, progress=progress, desc=desc, tally=tally())
-        stats = runner.run(read_jsonl(in_path), load, process, total=count_shard_rows(in_path, shard, batch_size))
+        runner = Runner(out, batch_size, workers=workers, progress=progress, desc=desc, tally=tally())
+        stats = runner.run(read_jsonl(in_path), load, process, total=count_rows(in_path))
     stats["output"] = summarize(out.out_path, out.rejects_path, tally())
     stats["out_path"] = str(out.out_path)
     log.info("%s: %s", desc, stats)
@@ -460,7 +468,6 @@ class Runner:
 
     out: StageOutput
     batch_size: int
-    shard: str = "0/1"
     workers: int = 1
     """Prefetch threads for ``load`` (0: load in the main thread); also the file-writer threads."""
     whole: bool | Callable[[list[dict]], bool] = True
@@ -480,18 +487,20 @@ class Runner:
         with tqdm(total=total, disable=not self.progress, desc=self.desc, unit="sample") as self._bar, \
                 ThreadPoolExecutor(max_workers=max(1, self.workers)) as self._writer:
             pending: deque = deque()  # (rows, outcomes, futures) per block, in input order
-            blocks = prefetch_map(lambda b: (b, load(b)), self._blocks(rows), workers=self.workers)
-            for block_rows, loaded in blocks:
-                outcomes = process(loaded, block_rows)
-                if len(outcomes) != len(block_rows):
-                    raise RuntimeError(f"{self.desc}: {len(outcomes)} outcomes for a block of {len(block_rows)} rows")
-                fault_point("block")
-                pending.append((block_rows, outcomes, self._start_files(block_rows, outcomes)))
-                while pending and (len(pending) > 1 or all(f.done() for f in pending[0][2].values())):
-                    if self._flush(*pending.popleft()):
+            computed = _computed(load, process, self._blocks(rows), self.workers, self.desc)
+            try:
+                for block_rows, outcomes in computed:
+                    if len(outcomes) != len(block_rows):
+                        raise RuntimeError(f"{self.desc}: {len(outcomes)} outcomes for a block of {len(block_rows)} rows")
+                    fault_point("block")
+                    pending.append((block_rows, outcomes, self._start_files(block_rows, outcomes)))
+                    while pending and (len(pending) > 1 or all(f.done() for f in pending[0][2].values())):
+                        if self._flush(*pending.popleft()):
+                            break
+                    if self.out.full:
                         break
-                if self.out.full:
-                    break
+            finally:
+                computed.close()  # a Ray pool stops with it (the limit stops early)
             while pending and not self.out.full:
                 self._flush(*pending.popleft())
         secs = time.perf_counter() - t0
@@ -501,7 +510,7 @@ class Runner:
         return stats
 
     def _blocks(self, rows: Iterable[dict]) -> Iterator[list[dict]]:
-        for block in blocks_of(rows, self.shard, self.batch_size, self.cut):
+        for block in blocks_of(rows, self.batch_size, self.cut):
             todo = [r for r in block if not self.out.done(r[self.out.key])]
             if not todo:  # finished: skipped without loading anything
                 self._skip(len(block))

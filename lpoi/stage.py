@@ -16,9 +16,9 @@ one line. :class:`StageDir` also
 
 * holds an exclusive lock on the folder for the stage's whole lifetime, so a second run of the same
   stage (or one left alive after its ``dvc`` parent was killed) is refused with a one-line error;
-  ``--shard i/n`` processes of one stage share the folder (one lock per shard, plus a short lock for the
-  check-and-clear) and exclude an unsharded run;
-* removes temp files (``.*.tmp``) a killed run left inside the folder (when no other shard is running);
+  the ranks of one multi-process run (the train stage under ``accelerate launch``) share the folder as
+  shares ``i/n`` (one lock per rank, plus a short lock for the check-and-clear) and exclude a one-process run;
+* removes temp files (``.*.tmp``) a killed run left inside the folder (when no other rank is running);
 
 and the per-sample runner's journal (:class:`lpoi.runner.StageOutput`) makes sure no output is adopted
 that is not exactly what the stage wrote.

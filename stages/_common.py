@@ -34,6 +34,13 @@ def load(args):
     return params
 
 
+def use_engine(params) -> None:
+    """A per-sample stage: its blocks are computed by ``compute.engine`` (local or Ray; lpoi.runner)."""
+    from lpoi.runner import set_engine
+
+    set_engine(params.compute)
+
+
 def skipped_for_official_lists(stage: str, args, outputs: tuple[str, ...]) -> None:
     """``lists.source: official``: the authors' lists are adopted, so this list-generation stage only leaves
     empty outputs (what the report reads) and a metrics file that says why."""
@@ -54,7 +61,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     errors: list[type[BaseException]] = [FileNotFoundError, ModelNotFound, RejectRatioExceeded]
     for module, name in (("lpoi.eval.generate", "AdapterError"), ("lpoi.eval.judge", "JudgeConfigError"),
-                         ("lpoi.nltk_data", "NltkDataMissing"), ("lpoi.stage", "StageError")):
+                         ("lpoi.nltk_data", "NltkDataMissing"), ("lpoi.stage", "StageError"),
+                         ("lpoi.runner", "EngineError")):
         try:
             errors.append(getattr(__import__(module, fromlist=[name]), name))
         except (ImportError, AttributeError):

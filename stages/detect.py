@@ -1,7 +1,6 @@
 """detect: critical-object candidates (NLTK) and Grounding DINO boxes (detect.backend: groundingdino | transformers),
 one prompt per image, batched, resumable.
 
-Shard across GPUs with --shard i/n (one process per GPU), then merge with lpoi.listgen.shard.merge_shards.
 """
 
 import _common
@@ -13,10 +12,10 @@ def main():
     ap.add_argument("--prepared", required=True, help="prepare's output folder")
     ap.add_argument("--out", required=True, help="output folder (detect.jsonl, rejects.jsonl)")
     ap.add_argument("--metrics", help="metrics JSON to write (timings go beside it, to <name>.timings.json)")
-    ap.add_argument("--shard", default="0/1", help="i/n: process only shard i of n (default: %(default)s)")
     ap.add_argument("--limit", type=int, help="only the first N samples")
     args = ap.parse_args()
     p = _common.load(args)
+    _common.use_engine(p)
     if p.lists.source == "official":
         return _common.skipped_for_official_lists("detect", args, ("detect.jsonl", "rejects.jsonl"))
     d = p.detect
@@ -25,10 +24,10 @@ def main():
     from lpoi.listgen.detect import run_detect
     from lpoi.stage import open_stage, pick_device
 
-    with open_stage("detect", args, models=[d.model], shard=args.shard) as st:
+    with open_stage("detect", args, models=[d.model]) as st:
         backend = load_detector_backend(d, device=pick_device(p.model.device), dtype=p.model.dtype)
         stats = run_detect(f"{args.prepared}/prepared.jsonl", st.path / "detect.jsonl", st.path / "rejects.jsonl",
-                           d, seed=p.seed, shard=args.shard, limit=args.limit, backend=backend, journal=True)
+                           d, seed=p.seed, limit=args.limit, backend=backend, journal=True)
         st.finish(args.metrics, stats.pop("output"), stats)
 
 

@@ -21,6 +21,7 @@ def main():
     ap.add_argument("--metrics", help="metrics JSON to write (timings go beside it, to <name>.timings.json)")
     args = ap.parse_args()
     p = _common.load(args)
+    _common.use_engine(p)
     b, g, m = p.bench, p.generate, p.model
 
     from lpoi.eval.generate import generate_answers, load_for_generation

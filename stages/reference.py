@@ -15,6 +15,7 @@ def main():
     ap.add_argument("--metrics", help="metrics JSON to write (timings go beside it, to <name>.timings.json)")
     args = ap.parse_args()
     p = _common.load(args)
+    _common.use_engine(p)
     r, m = p.reference, p.model
 
     from lpoi.stage import open_stage, pick_device

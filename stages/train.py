@@ -1,6 +1,7 @@
 """train: LoRA on DPO + Plackett-Luce listwise + anchor (train.method: lpoi | mdpo | dpo), resumable.
 
-Multi-GPU: accelerate launch --config_file conf/accelerate/ddp.yaml|fsdp.yaml stages/train.py ARGS
+Multi-GPU: compute.train_processes > 1 re-launches this script under accelerate launch (compute.accelerate:
+ddp | fsdp), so dvc repro / dvc exp run record it (docs/scaling.md).
 """
 
 import _common
@@ -13,8 +14,19 @@ def main():
     ap.add_argument("--reference", required=True, help="the reference stage's folder (reference.jsonl)")
     ap.add_argument("--out", required=True, help="output folder: adapter/, checkpoints/ (and merged/)")
     ap.add_argument("--live", required=True, help="dvclive folder (metrics.json, plots/)")
+    ap.add_argument("--accelerate-config", help="accelerate config when compute.train_processes > 1 "
+                    "(default: conf/accelerate/<compute.accelerate>.yaml)")
     args = ap.parse_args()
     p = _common.load(args)
+
+    import os
+    import sys
+
+    from lpoi.train.launch import relaunch, should_launch
+
+    if should_launch(p.compute):  # this process only waits: the launched ranks take the stage folder
+        relaunch(p.compute, args.accelerate_config, __file__, sys.argv[1:])
+        return
 
     from pathlib import Path
 
@@ -28,6 +40,8 @@ def main():
     summary = train(p.train, p.model, p.reference, paths)
     ckpt.mkdir(parents=True, exist_ok=True)  # dvc.yaml declares it; the recipe removes the checkpoints when done
     # and keeps the fingerprint marker (an empty folder makes DVC warn on every run)
+    if os.environ.get("RANK", "0") != "0":
+        return
     # timings are not results: beside the metrics (metrics/train.timings.json, git-ignored), not in the curves
     write_timings(Path(args.live).with_suffix(".json"), {
         "stage": "train", "seconds": summary["seconds"], "samples_per_s": summary["samples_per_s"],

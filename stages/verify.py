@@ -11,10 +11,10 @@ def main():
     ap.add_argument("--segment", required=True, help="segment's output folder")
     ap.add_argument("--out", required=True, help="output folder (verify.jsonl, rejects.jsonl)")
     ap.add_argument("--metrics", help="metrics JSON to write (timings go beside it, to <name>.timings.json)")
-    ap.add_argument("--shard", default="0/1", help="i/n: process only shard i of n (default: %(default)s)")
     ap.add_argument("--limit", type=int, help="only the first N samples")
     args = ap.parse_args()
     p = _common.load(args)
+    _common.use_engine(p)
     if p.lists.source == "official":
         return _common.skipped_for_official_lists("verify", args, ("verify.jsonl", "rejects.jsonl"))
     v, base = p.verify, p.model.name  # the verifier is the run's base model unless verify.model names one
@@ -23,9 +23,9 @@ def main():
     from lpoi.listgen.verify import run_verify
     from lpoi.stage import open_stage, pick_device
 
-    with open_stage("verify", args, models=[verifier] if v.enabled else [], shard=args.shard) as st:
+    with open_stage("verify", args, models=[verifier] if v.enabled else []) as st:
         stats = run_verify(f"{args.segment}/segment.jsonl", f"{args.prepared}/prepared.jsonl", st.path / "verify.jsonl",
-                           st.path / "rejects.jsonl", v, model_name=base, fill=p.lists.fill, shard=args.shard,
+                           st.path / "rejects.jsonl", v, model_name=base, fill=p.lists.fill,
                            device=pick_device(p.model.device), dtype=p.model.dtype, limit=args.limit, journal=True,
                            max_pixels=p.model.max_pixels, trust_remote_code=p.model.trust_remote_code)
         st.finish(args.metrics, stats.pop("output"), {"verifier": verifier, **stats})

@@ -299,3 +299,14 @@ def test_download_stage_answers_bad_params_in_one_line(tmp_path):
                "--dest", str(tmp_path / "d"))
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.strip().splitlines()[-1] == "seed: input should be greater than or equal to 0, got -1", r.stderr
+
+
+@pytest.mark.parametrize("stage", ["detect", "segment", "verify"])
+def test_no_stage_has_a_hand_made_shard_path(stage):
+    """One way to scale (docs/scaling.md): the ``--shard i/n`` processes and their merge module are gone."""
+    import importlib.util
+
+    r = _stage(f"stages/{stage}.py", "--help")
+    assert r.returncode == 0, r.stderr
+    assert "--shard" not in r.stdout
+    assert importlib.util.find_spec("lpoi.listgen.shard") is None

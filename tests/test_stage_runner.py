@@ -39,7 +39,7 @@ class Job:
 def _run(tmp, name, n=11, batch=3, **kw):
     job = Job()
     limit = kw.pop("limit", None)
-    with StageOutput(tmp / name / "out.jsonl", tmp / name / "rej.jsonl", kw.get("shard", "0/1"), limit=limit,
+    with StageOutput(tmp / name / "out.jsonl", tmp / name / "rej.jsonl", limit=limit,
                      journal=True) as out:
         stats = Runner(out, batch, progress=False, **kw).run(_input(n), job.load, job.process)
     return job, stats
@@ -71,7 +71,7 @@ def test_blocks_cut_on_mode_and_partly_done_blocks_whole_or_not(tmp_path):
             seen.append([r["id"] for r in block])
             return [{"id": r["id"]} for r in block]
 
-        with StageOutput(tmp_path / f"{n}.jsonl", None, "0/1") as out:
+        with StageOutput(tmp_path / f"{n}.jsonl", None) as out:
             out.write({"id": 1})
             out.write({"id": 5})
             stats = Runner(out, 3, whole=whole, cut=lambda r: r["mode"], progress=False).run(rows, lambda b: b, process)
@@ -97,7 +97,7 @@ def test_files_are_on_disk_before_their_row_and_journaled(tmp_path):
             order.append(("row", row["id"]))
             super().write(row, files)
 
-    with Out(out_dir / "out.jsonl", None, "0/1", journal=True) as out:
+    with Out(out_dir / "out.jsonl", None, journal=True) as out:
         Runner(out, 2, workers=2, progress=False).run(_input(5), lambda rows: [r["x"] for r in rows], process)
     assert [x for x in order if x[0] == "row"] == [("row", f"s{k}") for k in range(5)]
     for k in range(5):
@@ -108,7 +108,7 @@ def test_files_are_on_disk_before_their_row_and_journaled(tmp_path):
 
 def _journaled(tmp_path: Path, n: int = 5) -> Path:
     d = tmp_path / "o"
-    with StageOutput(d / "out.jsonl", d / "rej.jsonl", "0/1", journal=True) as out:
+    with StageOutput(d / "out.jsonl", d / "rej.jsonl", journal=True) as out:
         for k in range(n):
             (d / f"{k}.png").write_bytes(bytes([k]) * 10)
             if k == 2:
@@ -119,7 +119,7 @@ def _journaled(tmp_path: Path, n: int = 5) -> Path:
 
 
 def _reopen(d: Path) -> StageOutput:
-    with StageOutput(d / "out.jsonl", d / "rej.jsonl", "0/1", journal=True) as out:
+    with StageOutput(d / "out.jsonl", d / "rej.jsonl", journal=True) as out:
         return out
 
 
@@ -160,12 +160,12 @@ def test_edited_outputs_are_never_adopted(tmp_path, capsys, edit, dropped, kept)
 
 def test_header_line_and_files_made_under_another_header(tmp_path):
     p = tmp_path / "ref.jsonl"
-    with StageOutput(p, None, "0/1", header={"meta": 1}, journal=True) as out:
+    with StageOutput(p, None, header={"meta": 1}, journal=True) as out:
         out.write({"id": "a"})
     assert p.read_text().splitlines() == ['{"meta": 1}', '{"id": "a"}']
-    with StageOutput(p, None, "0/1", header={"meta": 1}, journal=True) as out:
+    with StageOutput(p, None, header={"meta": 1}, journal=True) as out:
         assert out.done("a") and out.resumed == 1
-    with StageOutput(p, None, "0/1", header={"meta": 2}, journal=True) as out:
+    with StageOutput(p, None, header={"meta": 2}, journal=True) as out:
         assert not out.done("a") and out.resumed == 0
     assert p.read_text() == '{"meta": 2}\n'
 

@@ -341,7 +341,7 @@ def generate_answers(
 
     job = _AnswerJob(model, processor, gen_kwargs, _eos_ids(model, gen_kwargs.get("eos_token_id")), id_key,
                      normalize_yes_no, decoded_full)
-    with StageOutput(out_path, None, "0/1", key=id_key, journal=journal) as out:
+    with StageOutput(out_path, None, key=id_key, journal=journal) as out:
         # greedy text is batch-invariant, so a resumed block generates only its unfinished items; the
         # log-probs of yes/no items are floats that depend (in their last bits) on the batch mates, so
         # their blocks are recomputed whole and a resumed run writes the same bytes

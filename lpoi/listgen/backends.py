@@ -1,7 +1,7 @@
 """Detector and segmenter backends behind one small interface (``detect.backend``, ``segment.backend``).
 
 The stage runners (:func:`lpoi.listgen.detect.run_detect`, :func:`lpoi.listgen.segment.run_segment`) own
-batching, sharding, resume, fallback and output rows; a backend only turns a block of images into
+batching, resume, fallback and output rows; a backend only turns a block of images into
 detections or masks, in two halves so that the CPU half overlaps the accelerator half.
 
 **Detector** (``groundingdino`` = the original ``groundingdino-py``; ``transformers`` = its port)::

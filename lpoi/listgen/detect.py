@@ -48,7 +48,7 @@ from typing import Any
 
 from lpoi.config import DetectParams, section_of
 from lpoi.io import ImageRejected, load_image
-from lpoi.runner import Reject, StageOutput, Tally, parse_shard, run_file
+from lpoi.runner import Reject, StageOutput, Tally, run_file
 from lpoi.stage import pick_device
 
 __all__ = [
@@ -348,7 +348,6 @@ def run_detect(
     params: DetectParams | None = None,
     *,
     seed: int = 0,
-    shard: str = "0/1",
     device: str | None = None,
     dtype: str = "float32",
     progress: bool = True,
@@ -360,7 +359,7 @@ def run_detect(
     journal: bool = False,
     **settings: Any,
 ) -> dict[str, Any]:
-    """Stream ``prepared.jsonl`` -> ``detect.jsonl`` + ``rejects`` (resumable, shardable).
+    """Stream ``prepared.jsonl`` -> ``detect.jsonl`` + ``rejects`` (resumable).
 
     ``params``: the ``detect`` section (``model``, ``box_threshold``, ``text_threshold``, ``batch_size``,
     ``max_candidates``, ``fallback``); without it, those settings as keywords (``model_name`` for
@@ -373,7 +372,7 @@ def run_detect(
     ``object`` is the detect stage's own pick (the first detected one); verify may move on to later ones.
 
     ``prepared_path`` rows need ``id``, ``image_path``, ``prompt``, ``chosen``. Blocks of ``batch_size``
-    input rows are the unit of work, sharding (``shard="i/n"``: outputs get ``.shard-i-of-n`` names) and
+    input rows are the unit of work and of
     resume (finished ids are skipped; a partly finished block is recomputed whole so results do not
     depend on where a previous run stopped) — see :mod:`lpoi.runner`. ``num_workers`` threads prepare the
     next blocks (image decoding, candidate extraction, tokenising) while the model runs. ``model``/
@@ -387,7 +386,6 @@ def run_detect(
     """
     from lpoi.listgen.objects import COCO_CLASSES, pick_random_detection
 
-    parse_shard(shard)
     d = section_of(DetectParams, params, settings, model_name="model")
     model_name, box_threshold, text_threshold = d.model, d.box_threshold, d.text_threshold
     batch_size, max_candidates, fallback = d.batch_size, d.max_candidates, d.fallback
@@ -414,9 +412,9 @@ def run_detect(
                  for i, row in enumerate(blk["ok_rows"])}
         return [Reject(*blk["errors"][r["id"]]) if r["id"] in blk["errors"] else by_id[r["id"]] for r in rows]
 
-    out = StageOutput(out_path, rejects_path, shard, limit=limit, journal=journal)
+    out = StageOutput(out_path, rejects_path, limit=limit, journal=journal)
     stats = run_file(prepared_path, out, lambda rows: _load_block(rows, max_candidates, backend), process,
-                     tally=detect_tally, batch_size=batch_size, shard=shard, workers=num_workers,
+                     tally=detect_tally, batch_size=batch_size, workers=num_workers,
                      progress=progress, desc="detect")
     stats["output"]["backend"] = stats["backend"] = backend.name
     return stats

@@ -86,7 +86,7 @@ def run_lists(prepared_path: str | os.PathLike, verify_path: str | os.PathLike, 
     fn = list_builder(out_dir / "images", size=size, mode=mode, fill=fill, highlight=highlight, mask_kind=mask_kind,
                       reuse=not journal)
 
-    with StageOutput(out_dir / "lists.jsonl", out_dir / "rejects.jsonl", "0/1", journal=journal) as out, \
+    with StageOutput(out_dir / "lists.jsonl", out_dir / "rejects.jsonl", journal=journal) as out, \
             list_mapper(num_workers) as pmap:
 
         def process(tasks: list[dict], rows: list[dict]) -> list:

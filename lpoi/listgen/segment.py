@@ -35,7 +35,7 @@ import numpy as np
 from lpoi.config import SegmentParams, section_of
 from lpoi.io import ImageRejected, load_image
 from lpoi.models.sam import select_best_masks
-from lpoi.runner import Reject, StageOutput, Tally, Write, parse_shard, run_file
+from lpoi.runner import Reject, StageOutput, Tally, Write, run_file
 from lpoi.stage import pick_device
 
 __all__ = [
@@ -201,7 +201,6 @@ def run_segment(
     *,
     max_masks_per_sample: int = 3,
     mask_kind: str = "sam",
-    shard: str = "0/1",
     device: str | None = None,
     dtype: str = "float32",
     progress: bool = True,
@@ -214,7 +213,7 @@ def run_segment(
     journal: bool = False,
     **settings: Any,
 ) -> dict[str, Any]:
-    """Stream ``detect.jsonl`` -> ``segment.jsonl`` + mask PNGs (resumable, shardable).
+    """Stream ``detect.jsonl`` -> ``segment.jsonl`` + mask PNGs (resumable).
 
     ``params``: the ``segment`` section (``model``, ``batch_size``); without it, those settings as
     keywords (``model_name`` for ``model``), validated the same way (:func:`lpoi.config.section_of`).
@@ -231,11 +230,10 @@ def run_segment(
     row whose mask files are missing). ``mask_kind="bbox"`` never loads SAM. The segmenter is ``backend``
     (:mod:`lpoi.listgen.backends`), else the transformers ``model``/``processor`` passed in, else
     the transformers port of ``model_name``. A sample whose image no longer loads is written to
-    ``rejects_path`` (``image_<reason>``); without a rejects file that raises. Resume, blocks, sharding,
+    ``rejects_path`` (``image_<reason>``); without a rejects file that raises. Resume, blocks,
     ``journal`` and the returned counts as in :func:`lpoi.listgen.detect.run_detect` (counts: ``masks``,
     ``sam_masks``, ``mask_fallback``; ``backend`` names the implementation that ran).
     """
-    parse_shard(shard)
     s = section_of(SegmentParams, params, settings, model_name="model")
     model_name, batch_size = s.model, s.batch_size
     if mask_kind not in MASK_KINDS:
@@ -250,7 +248,7 @@ def run_segment(
         backend = TransformersSegmenter(model, processor) if model is not None else \
             open_segmenter("transformers", model_name, device=pick_device(device), dtype=dtype)
 
-    out = StageOutput(out_path, rejects_path, shard, limit=limit, journal=journal)
+    out = StageOutput(out_path, rejects_path, limit=limit, journal=journal)
     base = out.out_path.parent
 
     def process(blk: dict, rows: list[dict]) -> list:
@@ -260,7 +258,7 @@ def run_segment(
                 for r in rows]
 
     stats = run_file(detect_path, out, lambda rows: _load_block(rows, max_masks_per_sample, backend if use_sam else None),
-                     process, tally=segment_tally, batch_size=batch_size, shard=shard, workers=num_workers,
+                     process, tally=segment_tally, batch_size=batch_size, workers=num_workers,
                      progress=progress, desc="segment")
     stats["output"]["backend"] = stats["backend"] = backend.name if use_sam else None
     return stats

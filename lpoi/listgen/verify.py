@@ -39,7 +39,7 @@ from typing import Any
 
 from lpoi.config import VerifyParams, section_of
 from lpoi.io import ImageRejected, load_image
-from lpoi.runner import Reject, StageOutput, Tally, parse_shard, run_file
+from lpoi.runner import Reject, StageOutput, Tally, run_file
 from lpoi.stage import pick_device
 
 __all__ = [
@@ -165,6 +165,15 @@ class PreparedIndex:
     def close(self) -> None:
         self._f.close()
 
+    # a Ray actor (compute.engine: ray) gets the offsets and reopens the file (same path: a shared filesystem)
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "_off": self._off}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._f = open(self.path, "rb")  # noqa: SIM115 -- as in __init__
+        self._lock = threading.Lock()
+
 
 # ---------------------------------------------------------------------------------------------- the stage
 
@@ -256,7 +265,6 @@ def run_verify(
     *,
     model_name: str | None = None,
     fill: str = "black",
-    shard: str = "0/1",
     device: str | None = None,
     dtype: str = "float32",
     progress: bool = True,
@@ -284,10 +292,9 @@ def run_verify(
     ``decide`` replaces the VLM (see the module docstring); when it is ``None`` and ``enabled``, the VLM
     ``model_name`` is loaded. Retries are done in rounds over a block (round r asks about the r-th
     candidate of every sample still undecided), so each round is one batched call. Resume, blocks,
-    sharding, ``journal`` and the returned counts as in :func:`lpoi.listgen.detect.run_detect` (counts:
+    ``journal`` and the returned counts as in :func:`lpoi.listgen.detect.run_detect` (counts:
     ``verified_true``, ``verified_false``, ``verified_null``, ``calls`` = verifier questions of the rows).
     """
-    parse_shard(shard)
     v = section_of(VerifyParams, params, settings)
     enabled, max_tries, on_fail, batch_size = v.enabled, v.max_tries, v.on_fail, v.batch_size
     model_name = v.model or model_name
@@ -305,7 +312,7 @@ def run_verify(
         decide = _load_model(model_name, dtype, device, batch_size, max_pixels, trust_remote_code)
     seg_dir = Path(segment_path).parent
     prepared = PreparedIndex(prepared_path) if enabled else None
-    out = StageOutput(out_path, rejects_path, shard, limit=limit, journal=journal)
+    out = StageOutput(out_path, rejects_path, limit=limit, journal=journal)
     opts = {"enabled": enabled, "max_tries": max_tries, "on_fail": on_fail, "seg_dir": seg_dir,
             "out_dir": out.out_path.parent}
 
@@ -315,7 +322,7 @@ def run_verify(
 
     try:
         return run_file(segment_path, out, lambda rows: _load_block(rows, seg_dir, prepared, max_tries), process,
-                        tally=verify_tally, batch_size=batch_size, shard=shard, workers=num_workers,
+                        tally=verify_tally, batch_size=batch_size, workers=num_workers,
                         progress=progress, desc="verify")
     finally:
         if prepared is not None:

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from lpoi.io import atomic_write_text, parse_jsonl_line, sha256_file
-from lpoi.runner import Runner, StageOutput
+from lpoi.runner import Runner, StageOutput, Write
 from lpoi.train.collate import CROP, SequenceBatch, Tokenization, collate_samples
 from lpoi.train.data import ListSample, load_lists
 from lpoi.train.logprobs import sequence_logps
@@ -219,13 +219,15 @@ def run_reference(
 
     stored = _drop_stale(out_path, meta, samples, key)
     rows = [{"id": s.id, "sample": s} for s in samples]
-    counts = {"n_truncated": 0}
-    with StageOutput(out_path, None, "0/1", header={"meta": meta}, journal=journal) as out:
+    with StageOutput(out_path, None, header={"meta": meta}, journal=journal) as out:
         model = processor = None
         if not all(out.done(s.id) for s in samples):
             device = device or ("cuda" if torch.cuda.is_available() else "cpu")
             model, processor = load_vlm(model_name, dtype=dtype, device=device, max_pixels=max_pixels,
                                         trust_remote_code=trust_remote_code)
+        # rows an earlier run finished (the only ones `stored` holds); a set, not `out`: process may run on a
+        # Ray actor (compute.engine), which gets copies of what it uses
+        resumed = {s.id for s in samples if out.done(s.id)}
 
         def load(block: list[dict]):
             chunk = [r["sample"] for r in block]
@@ -237,21 +239,23 @@ def run_reference(
         def process(loaded, block: list[dict]) -> list:
             batch, keys, seqs = loaded
             for r, t in zip(block, seqs):
-                old = stored.get(r["id"]) if out.done(r["id"]) else None
+                old = stored.get(r["id"]) if r["id"] in resumed else None
                 if old is not None and old.get("seqs") != t:
                     raise ReferenceError(f"{out_path}: the stored row of sample {r['id']!r} was computed from other "
                                          "token ids than its key promises; delete the file and re-run the stage")
             with torch.no_grad():
                 logps = sequence_logps(model, batch.to(device), micro_batch_sequences=micro_batch_sequences)
-            counts["n_truncated"] += batch.n_truncated
             logps = logps.view(len(block), k + 1).cpu().tolist()
-            return [{"id": r["id"], "digest": r["sample"].digest, "key": kk, "seqs": t, "list": v[:k],
-                     "rejected": v[k], "seal": row_seal(t, v[:k], v[k])} for r, kk, t, v in zip(block, keys, seqs, logps)]
+            # the block's truncations travel with its first row (counted by the runner, wherever this ran)
+            return [Write({"id": r["id"], "digest": r["sample"].digest, "key": kk, "seqs": t, "list": v[:k],
+                           "rejected": v[k], "seal": row_seal(t, v[:k], v[k])},
+                          counts={"n_truncated": batch.n_truncated if i == 0 else 0})
+                    for i, (r, kk, t, v) in enumerate(zip(block, keys, seqs, logps))]
 
         runner = Runner(out, batch_size, workers=1, progress=progress, desc="reference")
         stats = runner.run(rows, load, process, total=len(rows))
     return {"n_samples": len(samples), "n_computed": stats["written"], "n_resumed": stats["resumed"], "k": k,
-            **counts, **stats, "output": {"n_samples": len(samples), "k": k}}
+            "n_truncated": 0, **stats, "output": {"n_samples": len(samples), "k": k}}
 
 
 def load_reference(

@@ -1,6 +1,6 @@
 """Grounding DINO detection: prompt/token spans, the phrase->box assignment on hand-made tensors, the tiny
 real model (shapes, thresholds, boxes inside the image, agreement with transformers' own post-processing),
-and the resumable, shardable stage runner (fallback, rejects, resume after a kill, shard + merge)."""
+and the resumable stage runner (fallback, rejects, resume after a kill)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from lpoi.listgen.detect import (
     run_detect,
 )
 from lpoi.listgen.objects import COCO_CLASSES, extract_candidates
-from lpoi.listgen.shard import merge_shards, shard_path
 from lpoi.models import load_detector
 
 
@@ -266,14 +265,3 @@ def test_run_detect_resume_is_byte_identical(det, prepared, tmp_path):
     assert s2["skipped"] == 3 and s2["written"] == 3
     assert (part / "detect.jsonl").read_bytes() == (tmp_path / "full" / "detect.jsonl").read_bytes()
     assert _run(det, prepared, part)["samples"] == 0  # a finished run does nothing
-
-
-def test_run_detect_shards_merge_to_unsharded(det, prepared, tmp_path):
-    _run(det, prepared, tmp_path / "full", box_threshold=0.35)
-    sh = tmp_path / "sh"
-    for i in range(2):
-        _run(det, prepared, sh, shard=f"{i}/2")
-    parts = [shard_path(sh / "detect.jsonl", f"{i}/2") for i in range(2)]
-    assert all(p.exists() for p in parts) and not (sh / "detect.jsonl").exists()
-    merge_shards(parts, prepared, sh / "detect.jsonl")
-    assert (sh / "detect.jsonl").read_bytes() == (tmp_path / "full" / "detect.jsonl").read_bytes()

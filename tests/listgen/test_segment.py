@@ -1,6 +1,6 @@
 """SAM segmentation: best-of-multimask selection on hand-made tensors, one image embedding per image
 (spied), agreement with transformers' plain per-image SAM call, bbox mode without SAM, empty-mask
-fallback, and the stage runner's resume and shard + merge."""
+fallback, and the stage runner's resume."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from PIL import Image, ImageDraw
 from lpoi.listgen.interpolate import box_mask, load_mask
 from lpoi.listgen.segment import mask_file, run_segment, segment_batch, segment_boxes
 from lpoi.models.sam import select_best_masks
-from lpoi.listgen.shard import merge_shards, shard_path
 from lpoi.models import load_segmenter
 
 
@@ -229,13 +228,3 @@ def test_run_segment_image_reject_and_resume_identical(sam, tmp_path):
     assert [(r["id"], r["reason"]) for r in _rows(tmp_path / "r" / "rej.jsonl")] == [("s4", "image_missing")]
     with pytest.raises(RuntimeError, match="no rejects file"):
         _run(sam, det_path, tmp_path / "r2")
-
-
-def test_run_segment_shards_merge_to_unsharded(sam, tmp_path):
-    det_path = _detect_rows(tmp_path, 5)
-    _run(sam, det_path, tmp_path / "full")
-    sh = tmp_path / "sh"
-    for i in range(3):
-        _run(sam, det_path, sh, shard=f"{i}/3")
-    merge_shards([shard_path(sh / "segment.jsonl", f"{i}/3") for i in range(3)], det_path, sh / "segment.jsonl")
-    assert (sh / "segment.jsonl").read_bytes() == (tmp_path / "full" / "segment.jsonl").read_bytes()

@@ -1,5 +1,5 @@
 """Verify: the prompt, the fully hidden image, log-probs of "Yes"/"No" from the tiny real VLM (batched ==
-one by one), the retry path with an injected verifier, on_fail keep/drop, enabled=false, resume and shards."""
+one by one), the retry path with an injected verifier, on_fail keep/drop, enabled=false and resume."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import torch
 from PIL import Image, ImageDraw
 
 from lpoi.listgen.interpolate import box_mask, save_mask
-from lpoi.listgen.shard import merge_shards, shard_path
 from lpoi.listgen.verify import VerifyItem, hidden_image, run_verify, verify_prompt, verify_scores
 from lpoi.models import load_vlm
 from lpoi.models.chat import encode_prompts, prompt_text, yes_no_token_ids
@@ -211,7 +210,7 @@ def test_bad_params():
         run_verify("a", "b", "c", "d", fill="pink", decide=lambda x: [])
 
 
-# ---------------------------------------------------------------------------------------------- resume, shards
+# ---------------------------------------------------------------------------------------------- resume
 
 
 def test_resume_byte_identical_with_real_vlm(vlm, tmp_path):
@@ -226,13 +225,3 @@ def test_resume_byte_identical_with_real_vlm(vlm, tmp_path):
     stats, _, _ = _run(tmp_path, "part", decide=decide)
     assert stats["skipped"] == 3 and stats["written"] == 3  # s0-s2 done before; s3-s5 now
     assert (tmp_path / "part" / "verify.jsonl").read_bytes() == (tmp_path / "full" / "verify.jsonl").read_bytes()
-
-
-def test_shards_merge_to_unsharded(tmp_path):
-    decide = _scripted({0})
-    _run(tmp_path, "full", decide=decide, on_fail="drop")
-    for i in range(2):
-        _run(tmp_path, "sh", decide=decide, shard=f"{i}/2", on_fail="drop")
-    out = tmp_path / "sh" / "verify.jsonl"
-    merge_shards([shard_path(out, f"{i}/2") for i in range(2)], tmp_path / "prepared.jsonl", out)
-    assert out.read_bytes() == (tmp_path / "full" / "verify.jsonl").read_bytes()
