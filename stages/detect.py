@@ -1,6 +1,5 @@
 """detect: critical-object candidates (NLTK) and Grounding DINO boxes (detect.backend: groundingdino | transformers),
 one prompt per image, batched, resumable.
-
 """
 
 import _common
