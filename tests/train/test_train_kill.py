@@ -40,7 +40,7 @@ def _params() -> dict:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     dst = tmp_path_factory.mktemp("train_kill") / "repo"
-    for sub in ("stages", "lpoi"):
+    for sub in ("stages", "lpoi", "conf/accelerate"):  # train declares its accelerate config as a dep
         shutil.copytree(REPO / sub, dst / sub, ignore=shutil.ignore_patterns("__pycache__"))
     dag = yaml.safe_load((REPO / "dvc.yaml").read_text())
     stages = {name: dag["stages"][name] for name in ("check_params", "train")}  # train depends on check_params' stamp
@@ -68,7 +68,8 @@ def _start(repo: Path, how: str, seed: int) -> subprocess.Popen:
         cmd = ["dvc", "repro", "train"]
     else:
         cmd = [sys.executable, "stages/train.py", "--lists", "data/lists", "--reference", "data/reference",
-               "--out", "models/lpoi", "--live", "metrics/train"]
+               "--out", "models/lpoi", "--live", "metrics/train",
+               "--accelerate-config", "conf/accelerate/ddp.yaml"]  # dvc.yaml's cmd: the same fingerprint
     return subprocess.Popen(cmd, cwd=repo, env=_env(seed), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
