@@ -254,8 +254,11 @@ def test_cross_key_messages_name_keys_by_their_full_path_without_the_section_dum
                                             "(8)")
 
 
-def test_an_unknown_profile_is_named_with_the_profiles():
+def test_an_unknown_profile_is_named_with_the_profiles(monkeypatch):
     """Hydra composition in-process (tests, notebooks) goes through the same plugin as `dvc exp run -S`."""
+    # the plugin lives at the repository root (not in the installed package): importable from there, as DVC
+    # imports it when it composes in the repository; `pytest` (unlike `python -m pytest`) does not put it on the path
+    monkeypatch.syspath_prepend(str(REPO))
     import hydra_plugins.lpoi_params  # noqa: F401 - installs the check (Hydra's plugin scan does this under dvc)
     from hydra.errors import HydraException
 

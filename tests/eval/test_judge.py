@@ -739,7 +739,10 @@ def test_an_interrupt_stops_the_requests_at_once_and_keeps_the_replies(server, k
     cmd = _score_cmd(tmp_path, server, answers, template, max_concurrency=2)
     server.delay = 1.0
     env = {**os.environ, "LPOI_DEBUG": ""}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT as a terminal delivers it: a pytest started in the background (`pytest &`) inherits an *ignored*
+    # SIGINT, and Python then installs no KeyboardInterrupt handler in the child
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         t_end = time.monotonic() + 120  # the start-up (imports) on a loaded machine
         while server.replied < 3 and proc.poll() is None and time.monotonic() < t_end:
