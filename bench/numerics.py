@@ -63,7 +63,6 @@ def worker(reps: int) -> None:
     import torch
     from PIL import Image
 
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "0")) or torch.get_num_threads())
     from lpoi.listgen.backends import open_detector, open_segmenter
     from lpoi.models import load_vlm
     from lpoi.models.chat import encode_batch, prompt_text

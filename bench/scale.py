@@ -108,7 +108,7 @@ def main() -> None:
     _run([sys.executable, "stages/prepare.py", "--pairs", "data/sample/pairs.json", "--images", "data/sample/images",
           "--out", "data/prepared", "--metrics", "out_prepare.json"], repo, env)
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    print(f"{n} pairs; local: 1 process; ray: {workers} actors" + (f" x 1 GPU" if args.gpus else " x 1 CPU"))
+    print(f"{n} pairs; local: 1 process; ray: {workers} actors" + (" x 1 GPU" if args.gpus else " x 1 CPU"))
 
     local_s, samples, _ = _side(repo, "local", {**params, "compute": {**params["compute"], "engine": "local"}}, env)
     ray_compute = {**params["compute"], "engine": "ray", "workers": workers, "gpus_per_worker": 1 if args.gpus else 0}

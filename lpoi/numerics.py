@@ -29,7 +29,6 @@ library versions), and other versions of torch, transformers or MKL.
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 
 __all__ = ["ENV", "PROFILE", "THREADS", "check", "is_pinned", "pin", "pin_environment", "signature"]
@@ -86,6 +85,6 @@ def check() -> None:
         return
     _checked = True
     sig = signature()
-    if sig != PROFILE and sys.platform.startswith("linux"):
+    if sig != PROFILE:
         warnings.warn(f"CPU numerics are not the pinned profile ({sig} instead of {PROFILE}): results may "
                       "differ from other machines in the last bits", RuntimeWarning, stacklevel=2)

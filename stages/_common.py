@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -94,7 +95,6 @@ def _disk_full(exc: BaseException) -> str | None:
     (``torch.save``) reports a full disk as a RuntimeError without errno: then the stage's outputs are checked
     for free space."""
     import errno
-    import shutil
 
     torch_write = False
     for e in _causes(exc):
@@ -104,7 +104,7 @@ def _disk_full(exc: BaseException) -> str | None:
         torch_write |= isinstance(e, RuntimeError) and any(
             s in str(e) for s in ("inline_container.cc", "PytorchStreamWriter", "iostream error"))
     if torch_write:
-        full = [p for p in _outputs() if _free(p, shutil) < 1 << 20]
+        full = [p for p in _outputs() if _free(p) < 1 << 20]
         if full:
             return f"disk full (ENOSPC: torch could not write its file) writing {_outputs_free(full)}"
     return None
@@ -115,7 +115,7 @@ def _outputs() -> list[str]:
     return [v for flag, v in zip(argv, argv[1:]) if flag in _OUTPUT_FLAGS]
 
 
-def _free(path: str, shutil) -> int:
+def _free(path: str) -> int:
     p = Path(path).absolute()
     while not p.exists() and p != p.parent:  # the output may not exist yet: its filesystem is its parent's
         p = p.parent
@@ -123,12 +123,11 @@ def _free(path: str, shutil) -> int:
 
 
 def _outputs_free(paths: list[str] | None = None) -> str:
-    import shutil
 
     paths = _outputs() if paths is None else paths
     if not paths:
         return "the stage's outputs"
-    return ", ".join(f"{p} ({_free(p, shutil) // 1024} KiB free)" for p in paths)
+    return ", ".join(f"{p} ({_free(p) // 1024} KiB free)" for p in paths)
 
 
 def run(main) -> None:

@@ -353,8 +353,8 @@ def _unavailable_message(spec: DatasetSpec, dest: Path, missing: list[dict], off
             out.append(f"      or fill the hub cache ({hub_cache_dir()}) while online: hf download {h['repo_id']} "
                        f"{h['filename']} --repo-type {h['repo_type']} --revision {h['revision']}")
         if m["gdrive"]:
-            out.append(f"      (a Google Drive file: open the link in a browser to download it by hand; "
-                       f"online, `pip install 'lpoi[official]'` lets this command fetch it)")
+            out.append("      (a Google Drive file: open the link in a browser to download it by hand; "
+                       "online, `pip install 'lpoi[official]'` lets this command fetch it)")
         if m["manual"]:
             out.append(f"      or: {m['manual']}")
     out.append(f"expected layout of {dest}:")

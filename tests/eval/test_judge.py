@@ -234,7 +234,7 @@ def test_retry_after_is_capped(server, key):
     t0 = time.monotonic()
     [r] = judge.complete_many(["SCRIPT:r429big"])
     assert r.ok and r.attempts == 2
-    assert time.monotonic() - t0 < 5  # Retry-After: 100 capped at 0.2 s
+    assert time.monotonic() - t0 < 60  # a hang guard: uncapped, Retry-After: 100 would wait 100 s
     t1, t2 = (q["t"] for q in server.requests)
     assert t2 - t1 >= 0.19
 
@@ -250,7 +250,10 @@ def test_hang_past_timeout_then_success(server, key):
     t0 = time.monotonic()
     [r] = judge.complete_many(["SCRIPT:hang"])
     assert r.ok and r.text == "ok after 2 attempts" and r.attempts == 2
-    assert 0.5 <= time.monotonic() - t0 < 1.5  # gave up on the hung request, did not wait for it
+    # the text proves the late reply was not used; the server's clock, that the client waited out its timeout
+    t1, t2 = (q["t"] for q in server.requests)
+    assert t2 - t1 >= 0.5
+    assert time.monotonic() - t0 < 30  # a hang guard (the retry, not the 1.5 s hang, ends it), not a timing
 
 
 def test_retries_exhausted_is_an_error_not_an_endless_loop(server, key):
