@@ -519,17 +519,124 @@ class PretrainParams(_Section):
     """Weight init and example order."""
 
 
-class WorldGridParams(_Section):
-    methods: list[Literal["dpo", "mdpo", "lpoi"]] = ["dpo", "mdpo", "lpoi"]
-    seeds: list[Seed] = [0, 1, 2]
-    """Each (method, seed) trains from the same base with ``world.train`` (its ``method``/``seed`` replaced)."""
+class WorldListsParams(_Section):
+    """How the world hides the critical object in the training and held-out lists (``lpoi/world/hide.py``)."""
 
-    @field_validator("methods", "seeds")
+    k: int = Field(5, ge=2, le=16)
+    """Images per list, visibility 1 -> 0 in equal steps (the paper: 5)."""
+    fill: Literal["removal", "black", "scramble"] = "removal"
+    """``removal``: the scene re-drawn without the object's pixels (what was behind shows, no silhouette);
+    ``black``: the object's pixels painted black (the paper's fill on real photos: the silhouette stays);
+    ``scramble``: the object's pixels scattered inside its box (its colour stays, its shape goes)."""
+    yes_no: bool = True
+    """Add yes/no preference pairs to the description pairs: "Is there a {hidden object}" (Yes over No, the
+    list hides it) and, where the scene has one, "Is there a {absent partner}" (No over Yes, the list draws
+    the partner in)."""
+
+
+class WorldMethodParams(_Section):
+    """One method or ablation of the study: an objective of the project's trainer."""
+
+    method: Literal["lpoi", "mdpo", "dpo"]
+    weights: WeightsParams = WeightsParams()
+    mdpo_corruption: Literal["hidden", "crop"] = "hidden"
+    k: int | None = Field(None, ge=2, le=16)
+    """List images used (evenly spaced from visibility 1 to 0, ends included); None: all ``world.lists.k``."""
+
+    @model_validator(mode="after")
+    def _trains_something(self):
+        _check_objective(self.method, self.weights, "{s}")
+        return self
+
+
+def _default_methods() -> dict[str, WorldMethodParams]:
+    w = WeightsParams
+    return {
+        "dpo": WorldMethodParams(method="dpo", weights=w(dpo=1, list=0, anchor=0)),
+        "dpo_anchor": WorldMethodParams(method="mdpo", weights=w(dpo=1, list=0, anchor=1)),
+        "mdpo": WorldMethodParams(method="mdpo"),
+        "mdpo_crop": WorldMethodParams(method="mdpo", mdpo_corruption="crop"),
+        "lpoi": WorldMethodParams(method="lpoi"),
+        "lpoi_k3": WorldMethodParams(method="lpoi", k=3),
+        "lpoi_no_anchor": WorldMethodParams(method="lpoi", weights=w(dpo=1, list=1, anchor=0)),
+        "list_only": WorldMethodParams(method="lpoi", weights=w(dpo=0, list=1, anchor=0)),
+    }
+
+
+class WorldTuneParams(_Section):
+    """The tuning grid every method gets (the same grid, the same budget), trained on the ``pairs`` split and
+    scored on the ``val`` split, from base ``base`` with training seed ``seed`` (no test seed)."""
+
+    lr: list[Annotated[float, Field(gt=0, le=1)]] = [1e-4, 3e-4, 1e-3]
+    epochs: list[Annotated[int, Field(ge=1, le=100)]] = [1, 3]
+    beta: list[Annotated[float, Field(gt=0, le=100)]] = [0.1]
+    seed: Seed = 1000
+    base: int = Field(0, ge=0)
+
+    @field_validator("lr", "epochs", "beta")
     @classmethod
     def _non_empty_unique(cls, v: list) -> list:
         if not v or len(set(v)) != len(v):
             raise ValueError(f"must be a non-empty list without repeats, got {v}")
         return v
+
+
+class WorldSelectParams(_Section):
+    """The selection rule, fixed before any test number is seen: on the validation split, the configuration
+    with the lowest ``minimize`` among those whose ``keep`` is at least the base model's minus ``max_drop``
+    points; when none is, the one with the highest ``keep``. Ties go to the earlier configuration of the grid."""
+
+    minimize: Literal["Cog", "CHAIR", "Hal"] = "Cog"
+    keep: Literal["Cover"] = "Cover"
+    max_drop: float = Field(5.0, ge=0, le=100)
+
+
+class WorldStudyParams(_Section):
+    """The study ``world_grid`` runs: every method tuned alike on validation, then its selected configuration
+    trained from every base with every seed and scored on the test split, with paired bootstrap intervals."""
+
+    methods: dict[str, WorldMethodParams] = Field(default_factory=_default_methods)
+    bases: int = Field(3, ge=1, le=64)
+    """Pretrained bases: ``world.pretrain`` with seeds ``pretrain.seed + 0 .. bases - 1``."""
+    seeds: list[Seed] = [0, 1, 2, 3]
+    """Training seeds per base on the test split (cells = bases x seeds per method)."""
+    rejection: Literal["substitute", "insert"] = "substitute"
+    """The description pairs' rejected answer for tuning and the main table: ``substitute`` (an absent partner
+    in place of a present object: as long as the chosen answer) or ``insert`` (the chosen answer plus one)."""
+    also: list[str] = ["dpo", "mdpo", "lpoi"]
+    """Methods also trained and tested with the other rejection (at their selected configuration): both are reported."""
+    reference_method: str = "lpoi"
+    """Every difference is reported against this method, with a paired interval."""
+    select: WorldSelectParams = WorldSelectParams()
+    tune: WorldTuneParams = WorldTuneParams()
+    bootstrap: int = Field(1000, ge=100, le=100_000)
+    """Paired bootstrap resamples (over test scenes and over (base, seed) cells)."""
+    workers: int = Field(2, ge=1, le=256)
+    """Cells trained at once, each in its own process with ``world.threads`` threads: the results do not depend
+    on it (every cell is a pure function of its inputs)."""
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_unique(cls, v: list) -> list:
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"must be a non-empty list without repeats, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _known(self):
+        if not self.methods:
+            raise _SectionError("{s}methods is empty: the study needs at least one method")
+        for key in ("also",):
+            unknown = [m for m in getattr(self, key) if m not in self.methods]
+            if unknown:
+                raise _SectionError(f"{{s}}{key} names {unknown}, not in {{s}}methods ({', '.join(self.methods)})")
+        if self.reference_method not in self.methods:
+            raise _SectionError(f"{{s}}reference_method {self.reference_method!r} is not in {{s}}methods")
+        if self.tune.base >= self.bases:
+            raise _SectionError(f"{{s}}tune.base ({self.tune.base}) must be below {{s}}bases ({self.bases})")
+        if self.tune.seed in self.seeds:
+            raise _SectionError(f"{{s}}tune.seed ({self.tune.seed}) is one of {{s}}seeds: tuning must not use a test seed")
+        return self
 
 
 class WorldEvalParams(_Section):
@@ -556,12 +663,13 @@ class WorldParams(_Section):
     min_visible: float = Field(0.6, gt=0, le=1)
     """Every object keeps at least this share of its pixels under occlusion."""
     n_pretrain: int = Field(3000, ge=1)
-    n_pairs: int = Field(800, ge=1)
-    n_test: int = Field(200, ge=1, le=1004)
-    """Held-out scenes: AMBER generative ids 1..n_test (AMBER reserves 1..1004 for generative items)."""
-    detector: Literal["oracle", "pipeline"] = "oracle"
-    """How world_lists finds and segments the critical object: ``oracle`` (the generator's boxes and masks) or
-    ``pipeline`` (the ``detect``/``segment`` sections' models and settings, as the embedded default runs them)."""
+    n_pairs: int = Field(400, ge=1)
+    """Scenes that give the preference pairs (a description pair each, and yes/no pairs: ``lists.yes_no``)."""
+    n_val: int = Field(300, ge=1, le=1004)
+    """Validation scenes (their own AMBER-format benchmark): the only numbers tuning and selection see."""
+    n_test: int = Field(1000, ge=1, le=1004)
+    """Held-out test scenes: AMBER generative ids 1..n_test (AMBER reserves 1..1004 for generative items)."""
+    lists: WorldListsParams = WorldListsParams()
     threads: int = Field(1, ge=1, le=1024)  # a typo guard
     """torch intra-op threads of the world's stages. Results are bit-reproducible only for a fixed value (the
     order of float reductions follows it); more than one thread gains little on a model this small and, on a
@@ -569,8 +677,9 @@ class WorldParams(_Section):
     model: WorldModelParams = WorldModelParams()
     pretrain: PretrainParams = PretrainParams()
     train: TrainParams = TrainParams()
-    """Preference training shared by every method of the grid (``method`` and ``seed`` come from ``grid``)."""
-    grid: WorldGridParams = WorldGridParams()
+    """Preference training shared by every cell of the study; each cell replaces the objective (``method``,
+    ``weights``, ``mdpo_corruption``), ``lr``, ``epochs``, ``beta`` and ``seed``."""
+    study: WorldStudyParams = WorldStudyParams()
     eval: WorldEvalParams = WorldEvalParams()
 
     @model_validator(mode="after")
@@ -581,10 +690,10 @@ class WorldParams(_Section):
         return self
 
     @model_validator(mode="after")
-    def _grid_trains_something(self):
-        # the grid replaces world.train.method by each of its methods: each must train something
-        for method in self.grid.methods:
-            _check_objective(method, self.train.weights, "{s}train.", why=" (in {s}grid.methods)")
+    def _list_lengths(self):
+        for name, m in self.study.methods.items():
+            if m.k is not None and m.k > self.lists.k:
+                raise _SectionError(f"{{s}}study.methods.{name}.k ({m.k}) exceeds {{s}}lists.k ({self.lists.k})")
         return self
 
 
