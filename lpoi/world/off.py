@@ -18,7 +18,8 @@ MESSAGE = "world: none -- the shapes world is off (dvc exp run -S world=shapes t
 
 
 def record_off(folder: str | os.PathLike | None = None, *, metrics: str | os.PathLike | None = None,
-               text: str | os.PathLike | None = None, png: str | os.PathLike | None = None) -> None:
+               text: str | os.PathLike | None = None,
+               png: str | os.PathLike | list[str | os.PathLike] | None = None) -> None:
     if folder is not None:
         Path(folder).mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(folder) / "NONE", MESSAGE + "\n")
@@ -26,14 +27,14 @@ def record_off(folder: str | os.PathLike | None = None, *, metrics: str | os.Pat
         atomic_write_json(metrics, {})  # no numbers (a metrics file holds numbers only)
     if text is not None:
         atomic_write_text(text, MESSAGE + "\n")
-    if png is not None:
+    for path in [png] if isinstance(png, (str, os.PathLike)) else png or []:
         from PIL import Image, ImageDraw
 
         im = Image.new("RGB", (420, 40), (255, 255, 255))
         ImageDraw.Draw(im).text((8, 14), "world: none (dvc exp run -S world=shapes)", fill=(0, 0, 0))
         buf = io.BytesIO()
         im.save(buf, format="PNG")
-        atomic_write_bytes(png, buf.getvalue())
+        atomic_write_bytes(path, buf.getvalue())
     print(MESSAGE)
 
 

@@ -40,7 +40,7 @@ from lpoi.world.dataset import DESCRIBE, existence_question
 from lpoi.world.model import BACKGROUND_TOKEN, build_untrained
 from lpoi.world.scenes import CLASSES, rle_decode
 
-__all__ = ["Example", "patch_labels", "pretrain_examples", "run_pretrain"]
+__all__ = ["Example", "base_seed", "patch_labels", "pretrain_bases", "pretrain_examples", "run_pretrain"]
 
 
 @dataclass(frozen=True)
@@ -109,15 +109,20 @@ def _losses(model, batch, patches: torch.Tensor, image_token_id: int) -> tuple[t
     return answer, dense
 
 
+def base_seed(world: WorldParams, base: int) -> int:
+    """Base ``base`` of the study is ``world.pretrain`` with this seed (weight init and example order)."""
+    return world.pretrain.seed + base
+
+
 def run_pretrain(world: WorldParams, data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
-                 progress: bool = True) -> dict:
-    """Train the base model on ``data_dir/pretrain`` and save it (safetensors + processor, and the per-step
-    losses as ``pretrain_history.json``) to ``out_dir``; returns the run's numbers (its history too)."""
+                 progress: bool = True, base: int = 0) -> dict:
+    """Train base ``base`` (:func:`base_seed`) on ``data_dir/pretrain`` and save it (safetensors + processor, and
+    the per-step losses as ``pretrain_history.json``) to ``out_dir``; returns the run's numbers (history too)."""
     from transformers import get_scheduler
 
     from lpoi.train.collate import encode_sequences
 
-    cfg = world.pretrain
+    cfg = world.pretrain.model_copy(update={"seed": base_seed(world, base)})
     t0 = time.perf_counter()
     model, processor = build_untrained(world.model, seed=cfg.seed)
     rows, images, patches = _load_split(world, Path(data_dir) / "pretrain", processor)
@@ -176,3 +181,25 @@ def _save(model, processor, out_dir: Path, meta: dict, history: list[dict]) -> N
     atomic_write_json(tmp / "pretrain_history.json", history)
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
+
+
+def _pretrain_task(world: WorldParams, data_dir: str, out_dir: str, base: int) -> dict:
+    stats = run_pretrain(world, data_dir, out_dir, progress=False, base=base)
+    stats.pop("history")  # in the model folder (pretrain_history.json)
+    stats.pop("seconds")  # not a function of the inputs
+    return stats
+
+
+def pretrain_bases(world: WorldParams, data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, workers: int,
+                   log=print) -> dict:
+    """``out_dir/base-<i>`` for every base of ``world.study.bases``, ``workers`` at a time (each in its own process
+    with ``world.threads`` threads: the bases do not depend on it); returns ``{"base-<i>": numbers}``."""
+    from lpoi.world.pool import Progress, Task, run_tasks
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = [Task(f"base-{i}", _pretrain_task, (world, str(data_dir), str(out / f"base-{i}"), i))
+             for i in range(world.study.bases)]
+    done = run_tasks(tasks, workers=workers, threads=world.threads,
+                     progress=Progress(total=len(tasks), label="pretrain", log=log), phase="bases")
+    return {name: done[name] for name in sorted(done)}

@@ -1,124 +1,132 @@
-"""The grid's results as reported: mean +- std over seeds per method, a Markdown table, the rewards plot.
+"""The study's results as reported: ``metrics/world.json``, the Markdown table, the rewards and Pareto plots.
 
-Nothing here decides anything: the table lists every method with the same columns, in a fixed order
-(base, DPO, mDPO, LPOI), and the std is the sample standard deviation over seeds (ddof = 1). The base is
-one deterministic model, so it has no std.
+Nothing here decides anything. Every method gets the same columns in the order of ``world.study.methods``;
+every interval is a paired bootstrap over test scenes and (base, seed) cells (:mod:`lpoi.world.stats`); the
+base model is one deterministic model per base, so its cells repeat each base's answers for every seed (the
+pairing with the trained cells stays exact: same base, same scenes).
 """
 
 from __future__ import annotations
 
 import io
-import statistics
 from pathlib import Path
 
+import numpy as np
+
+from lpoi.config import Params
 from lpoi.io import atomic_write_bytes
 
-__all__ = ["COLUMNS", "METHOD_LABELS", "metrics_view", "plot_rewards", "summarize", "table_markdown"]
+__all__ = ["METRICS", "contributions", "plot_rewards", "summarize", "world_metrics"]
 
-COLUMNS = (  # (key, label with the direction of "better")
-    ("CHAIR", "CHAIR ↓"), ("Cover", "Cover ↑"), ("Hal", "Hal ↓"), ("Cog", "Cog ↓"),
-    ("Accuracy", "yes/no Acc ↑"), ("F1", "yes/no F1 ↑"),
-)
-METHOD_LABELS = {"base": "base (pretrained)", "dpo": "DPO", "mdpo": "mDPO", "lpoi": "LPOI"}
+METRICS = ("CHAIR", "Cover", "Hal", "Cog", "Accuracy", "partner_no", "present_yes")
 
 
-def _metrics(amber: dict) -> dict[str, float]:
-    out = dict(amber["generative"])
-    out.update({k: amber["discriminative"]["overall"][k] for k in ("Accuracy", "F1")})
-    return {k: float(out[k]) for k, _ in COLUMNS}
+def _order(cells: list[dict]) -> list[dict]:
+    return sorted(cells, key=lambda r: (r["cell"]["base"], r["cell"]["seed"]))
 
 
-def _stat(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n": len(values), "values": values}
+def contributions(study: dict, p: Params, phase: str = "test") -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """``{method: {metric: (num, den)}}`` with arrays of shape (cells, scenes), cells in (base, seed) order and the
+    same for every method (the base's answers repeated for each seed of its base)."""
+    s = p.world.study
+    cells = study[phase]
+    methods = list(s.methods) if phase == "test" else list(s.also)
+    base_by = {r["base"]: r["eval"]["contrib"] for r in study["bases"]["test"]}
+    out: dict[str, dict] = {}
+    keys = [(b, seed) for b in range(s.bases) for seed in s.seeds]
+    out["base"] = {k: (np.array([base_by[b][k][0] for b, _ in keys]), np.array([base_by[b][k][1] for b, _ in keys]))
+                   for k in METRICS}
+    for m in methods:
+        mine = _order([r for r in cells if r["cell"]["method"] == m])
+        if [(r["cell"]["base"], r["cell"]["seed"]) for r in mine] != keys:
+            raise RuntimeError(f"study: {phase} cells of {m} are not one per (base, seed)")
+        out[m] = {k: (np.array([r["eval"]["contrib"][k][0] for r in mine]),
+                      np.array([r["eval"]["contrib"][k][1] for r in mine])) for k in METRICS}
+    return out
 
 
-def summarize(grid: dict) -> dict:
-    """``{"methods": {name: {metric: {"mean", "std", "n", "values"}}}, "rewards": {name: {...}},
-    "training": {name: {"loss_first10", "loss_last10"}}}`` from :func:`lpoi.world.grid.run_grid`'s result."""
-    methods: dict[str, dict] = {"base": {k: _stat([v]) for k, v in _metrics(grid["base"]["amber"]).items()}}
-    rewards, training = {}, {}
-    order = list(dict.fromkeys(c["method"] for c in grid["cells"]))
-    for m in order:
-        cells = sorted((c for c in grid["cells"] if c["method"] == m), key=lambda c: c["seed"])
-        per = [_metrics(c["amber"]) for c in cells]
-        methods[m] = {k: _stat([p[k] for p in per]) for k, _ in COLUMNS}
-        k = len(cells[0]["rewards"]["reward"])
-        rewards[m] = {
-            "visibility": cells[0]["rewards"]["visibility"],
-            "reward": [_stat([c["rewards"]["reward"][j] for c in cells]) for j in range(k)],
-            "rejected": _stat([c["rewards"]["rejected"] for c in cells]),
-            "ranking_accuracy": _stat([c["rewards"]["ranking_accuracy"] for c in cells]),
-            "reward_accuracy": _stat([c["rewards"]["reward_accuracy"] for c in cells]),
-        }
-        training[m] = {"loss_first10": _stat([c["train"]["loss_first10"] for c in cells]),
-                       "loss_last10": _stat([c["train"]["loss_last10"] for c in cells])}
-    return {"methods": methods, "rewards": rewards, "training": training,
-            "seeds": sorted({c["seed"] for c in grid["cells"]})}
+def _ranking(study: dict, m: str, n_boot: int, seed: int) -> dict:
+    from lpoi.world.stats import bootstrap_ci
+
+    vals = [r["rewards"]["ranking_accuracy"] for r in _order(study["test"]) if r["cell"]["method"] == m]
+    return bootstrap_ci(np.array(vals), n_boot=n_boot, seed=seed)
 
 
-def metrics_view(summary: dict) -> dict:
-    """The numbers of the table for ``metrics/world.json``: means and stds only, under ``world`` so that no key
-    can be mistaken for the pipeline's own (``world.lpoi.CHAIR.mean``); the report copies the means into
-    ``metrics/summary.json`` when the world ran."""
-    out: dict = {}
-    for m, stats in summary["methods"].items():
-        out[m] = {k: (s["mean"] if s["n"] == 1 else {"mean": s["mean"], "std": s["std"]}) for k, s in stats.items()}
-    for m, r in summary["rewards"].items():
-        out[m]["heldout_reward"] = {f"vis_{v:g}": s["mean"] for v, s in zip(r["visibility"], r["reward"])}
-        out[m]["heldout_ranking_accuracy"] = r["ranking_accuracy"]["mean"]
-    return {"world": out}
+def world_metrics(p: Params, study: dict) -> dict:
+    """``{"world": ...}``: the schema of ``metrics/world.json`` (numbers only; see docs/miniature.md)."""
+    from lpoi.world.stats import paired_bootstrap
+
+    s = p.world.study
+    ref = s.reference_method
+    seed = p.world.seed
+    boot = paired_bootstrap(contributions(study, p), ref, n_boot=s.bootstrap, seed=seed)
+    n = {"cells": s.bases * len(s.seeds), "bases": s.bases, "seeds": len(s.seeds), "scenes": p.world.n_test}
+    base_val = next(r for r in study["bases"]["val"] if r["base"] == s.tune.base)["eval"]["metrics"]
+    world: dict = {
+        "design": {"bases": s.bases, "seeds_per_base": len(s.seeds), "cells": n["cells"], "test_scenes": p.world.n_test,
+                   "val_scenes": p.world.n_val, "train_pairs": study["manifests"][f"pairs-{s.rejection}"],
+                   "n_boot": s.bootstrap,
+                   "configs_per_method": len(s.tune.lr) * len(s.tune.beta) * len(s.tune.epochs),
+                   "max_drop": s.select.max_drop},
+        "base": {"validation": {k: base_val[k] for k in METRICS}, "test": boot["base"], "vs_" + ref: boot["diff"]["base"],
+                 "n": n},
+    }
+    for m in s.methods:
+        sel = study["selected"][m]
+        rewards = [r["rewards"] for r in study["test"] if r["cell"]["method"] == m]
+        world[m] = {"selected": sel["config"], "validation": {k: sel["validation"][k] for k in METRICS},
+                    "test": boot[m], "vs_" + ref: boot["diff"][m],
+                    "heldout_ranking_accuracy": _ranking(study, m, s.bootstrap, seed),
+                    "heldout_log_ratio": {f"vis_{v:g}": float(np.mean([r["log_ratio"][j] for r in rewards]))
+                                          for j, v in enumerate(rewards[0]["visibility"])},
+                    "n": n}
+    if study["also"]:
+        other = paired_bootstrap(contributions(study, p, "also"), ref if ref in s.also else "base",
+                                 n_boot=s.bootstrap, seed=seed)
+        world["insert" if s.rejection == "substitute" else "substitute"] = {
+            m: {"test": other[m], "vs_" + (ref if ref in s.also else "base"): other["diff"][m]} for m in s.also}
+    return {"world": world}
 
 
-def _fmt(s: dict) -> str:
-    return f"{s['mean']:.1f}" if s["n"] == 1 else f"{s['mean']:.1f} ± {s['std']:.1f}"
+def summarize(p: Params, study: dict) -> dict:
+    """What the stage keeps besides the metrics: per-cell numbers (no per-scene arrays) and the selections."""
+    def slim(r: dict) -> dict:
+        out = {k: v for k, v in r.items() if k != "eval"}
+        out["metrics"] = r["eval"]["metrics"]
+        return out
+
+    return {"plan": study["plan"], "selected": study["selected"],
+            "bases": {split: [{"base": r["base"], "metrics": r["eval"]["metrics"]} for r in rows]
+                      for split, rows in study["bases"].items()},
+            "tune": [slim(r) for r in study["tune"]], "test": [slim(r) for r in study["test"]],
+            "also": [slim(r) for r in study["also"]]}
 
 
-def table_markdown(summary: dict) -> str:
-    """The comparison table (values in percent, as AMBER prints them) and the held-out list rewards."""
-    seeds = summary["seeds"]
-    head = "| model | " + " | ".join(label for _, label in COLUMNS) + " |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
-    for m, stats in summary["methods"].items():
-        lines.append(f"| {METHOD_LABELS.get(m, m)} | " + " | ".join(_fmt(stats[k]) for k, _ in COLUMNS) + " |")
-    lines.append("")
-    lines.append(f"Mean ± sample std over seeds {seeds} (base: one model). AMBER-format benchmark of the world, "
-                 "scored by the project's AMBER scorer (exact word matching).")
-    if summary["rewards"]:
-        vis = next(iter(summary["rewards"].values()))["visibility"]
-        lines += ["", "Held-out list rewards β·(log π − log π_ref) of the chosen answer by visibility of the hidden "
-                  "object, and the share of adjacent list pairs ranked by visibility:", "",
-                  "| model | " + " | ".join(f"vis {v:g}" for v in vis) + " | rejected | ranking acc |",
-                  "|" + "---|" * (len(vis) + 3)]
-        for m, r in summary["rewards"].items():
-            cells = [f"{s['mean']:.3f} ± {s['std']:.3f}" for s in r["reward"]]
-            ra = r["ranking_accuracy"]
-            lines.append(f"| {METHOD_LABELS.get(m, m)} | " + " | ".join(cells)
-                         + f" | {r['rejected']['mean']:.3f} ± {r['rejected']['std']:.3f} | "
-                           f"{ra['mean']:.2f} ± {ra['std']:.2f} |")
-    return "\n".join(lines) + "\n"
-
-
-def plot_rewards(summary: dict, path: str | Path) -> None:
-    """Mean held-out reward per list position (visibility 1 -> 0) per method, error bars = std over seeds."""
+def plot_rewards(p: Params, study: dict, path: str | Path) -> None:
+    """Mean held-out log-ratio per list position (visibility 1 -> 0) per method, with the min-max over cells."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    styles = {"dpo": ("tab:blue", "o"), "mdpo": ("tab:orange", "s"), "lpoi": ("tab:green", "^")}
-    for m, r in summary["rewards"].items():
-        colour, marker = styles.get(m, (None, "x"))
-        ax.errorbar(r["visibility"], [s["mean"] for s in r["reward"]], yerr=[s["std"] for s in r["reward"]],
-                    label=f"{METHOD_LABELS.get(m, m)} (ranking acc {r['ranking_accuracy']['mean']:.2f})",
-                    color=colour, marker=marker, capsize=3)
+    from lpoi.world.readme import LABELS
+
+    fig, ax = plt.subplots(figsize=(7.2, 4.6), dpi=110)
+    for i, m in enumerate(p.world.study.methods):
+        rows = [r["rewards"] for r in study["test"] if r["cell"]["method"] == m]
+        vis = rows[0]["visibility"]
+        a = np.array([r["log_ratio"] for r in rows])
+        acc = np.mean([r["ranking_accuracy"] for r in rows])
+        ax.errorbar(np.array(vis) + (i - 3.5) * 0.006, a.mean(0), yerr=[a.mean(0) - a.min(0), a.max(0) - a.mean(0)],
+                    label=f"{LABELS.get(m, m)} (ranking acc {acc:.2f})", marker="o", ms=3, capsize=2, lw=1)
     ax.axhline(0.0, color="grey", lw=0.8, ls="--")
     ax.invert_xaxis()
     ax.set_xlabel("visibility of the hidden object in list image k")
-    ax.set_ylabel("held-out reward  β·(log π − log π_ref)")
-    ax.set_title(f"Shapes world: list-position rewards (mean ± std over seeds {summary['seeds']})", fontsize=9)
-    ax.legend(fontsize=8)
+    ax.set_ylabel("held-out  log π − log π_ref  (chosen answer)")
+    s = p.world.study
+    ax.set_title(f"Shapes world, test split: mean over {s.bases} bases x {len(s.seeds)} seeds (bars: min-max over cells)",
+                 fontsize=9)
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
