@@ -308,7 +308,7 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, flo
 
 def _get_stat(stats: Mapping, key: str, method: str) -> Mapping:
     if not isinstance(stats, Mapping) or not isinstance(stats.get(key), Mapping):
-        raise ValueError(f"plot_pareto: selected[{method!r}] has no {key!r} interval")
+        raise ValueError(f"plot_pareto: selected[{method!r}] has no {key!r} interval")  # noqa: TRY004 - bad input
     return stats[key]
 
 
