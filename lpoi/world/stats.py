@@ -39,6 +39,7 @@ GENERATIVE_METRICS = ("CHAIR", "Cover", "Hal", "Cog")
 METRICS = GENERATIVE_METRICS + ("Accuracy", "partner_no", "present_yes")
 QUESTION_KINDS = ("present", "absent_partner", "absent_other")
 LEVEL = 0.95
+_CHUNK = 1000  # resamples drawn at once: part of the random stream's definition, do not change
 
 
 # ============================================================================ per-scene contributions
@@ -222,13 +223,16 @@ def paired_bootstrap(contrib: Mapping[str, Mapping[str, tuple]], reference: str,
             arrays[m][k] = (num, den)
     cells, scenes = shape
     rng = np.random.default_rng(seed)
-    wc = rng.multinomial(cells, np.full(cells, 1.0 / cells), size=n_boot).astype(np.float64)  # (B, cells)
-    ws = rng.multinomial(scenes, np.full(scenes, 1.0 / scenes), size=n_boot).T.astype(np.float64)  # (scenes, B)
-    point: dict[str, dict[str, float]] = {}
-    boot: dict[str, dict[str, np.ndarray]] = {}
-    for m, per in arrays.items():
-        point[m] = {k: float(_cell_mean(n, d, None, None)[0]) for k, (n, d) in per.items()}
-        boot[m] = {k: _cell_mean(n, d, wc, ws) for k, (n, d) in per.items()}
+    point = {m: {k: float(_cell_mean(n, d, None, None)[0]) for k, (n, d) in per.items()} for m, per in arrays.items()}
+    parts: dict[str, dict[str, list[np.ndarray]]] = {m: {k: [] for k in metrics} for m in arrays}
+    for start in range(0, n_boot, _CHUNK):  # bounded memory at any n_boot; the chunk size is fixed, so is the stream
+        b = min(_CHUNK, n_boot - start)
+        wc = rng.multinomial(cells, np.full(cells, 1.0 / cells), size=b).astype(np.float64)  # (b, cells)
+        ws = rng.multinomial(scenes, np.full(scenes, 1.0 / scenes), size=b).T.astype(np.float64)  # (scenes, b)
+        for m, per in arrays.items():
+            for k, (n, d) in per.items():
+                parts[m][k].append(_cell_mean(n, d, wc, ws))
+    boot = {m: {k: np.concatenate(v) for k, v in per.items()} for m, per in parts.items()}
     out: dict = {m: {k: _interval(point[m][k], boot[m][k]) for k in metrics} for m in arrays}
     out["diff"] = {m: {k: _interval(point[m][k] - point[reference][k], boot[m][k] - boot[reference][k])
                        for k in metrics} for m in arrays if m != reference}

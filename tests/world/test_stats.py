@@ -9,6 +9,7 @@ from PIL import Image
 
 from lpoi.config import WorldSelectParams
 from lpoi.eval.benchmarks import amber
+from lpoi.io import read_jsonl, write_jsonl
 from lpoi.world.stats import (
     METRICS,
     bootstrap_ci,
@@ -70,9 +71,10 @@ def bench(tmp_path_factory):
     (d / "annotations.json").write_text(json.dumps(ann))
     (d / "relation.json").write_text(json.dumps({c: [] for c in CLASSES}))
     (d / "safe_words.txt").write_text("shape\n")
-    details = []
-    metrics = amber.score(answers, d, similarity="exact", download_nltk=False, details=details)
-    return {"dir": d, "details": details, "metrics": metrics, "questions": questions}
+    write_jsonl(d / "answers.jsonl", answers)
+    metrics = amber.score_file(d / "answers.jsonl", d, d / "metrics.json", details_path=d / "details.jsonl",
+                               similarity="exact", download_nltk=False)
+    return {"dir": d, "details": list(read_jsonl(d / "details.jsonl")), "metrics": metrics, "questions": questions}
 
 
 def test_contributions_reproduce_the_scorer(bench):
@@ -179,6 +181,14 @@ def test_identical_methods_pair_exactly_and_seed_is_deterministic():
         assert out["lpoi"][k]["mean"] == pytest.approx(np.mean(100 * n.sum(1) / d.sum(1)), abs=1e-12)
     assert paired_bootstrap(contrib, "lpoi", n_boot=300, seed=7) == out
     assert paired_bootstrap(contrib, "lpoi", n_boot=300, seed=8)["lpoi"]["Cog"] != out["lpoi"]["Cog"]
+
+
+def test_bootstrap_many_resamples_in_chunks():
+    rng = np.random.default_rng(4)
+    x = {"lpoi": {"m": _draw(rng, 4, 50, rng.uniform(0.2, 0.6, size=50))}}
+    small, big = paired_bootstrap(x, "lpoi", 1000, 3)["lpoi"]["m"], paired_bootstrap(x, "lpoi", 2500, 3)["lpoi"]["m"]
+    assert small["mean"] == big["mean"] and abs(small["lo"] - big["lo"]) < 1.0 and abs(small["hi"] - big["hi"]) < 1.0
+    assert paired_bootstrap(x, "lpoi", 2500, 3)["lpoi"]["m"] == big
 
 
 def test_bootstrap_rejects_unpaired_input():
