@@ -603,7 +603,7 @@ class WorldStudyParams(_Section):
     rejection: Literal["substitute", "insert"] = "substitute"
     """The description pairs' rejected answer for tuning and the main table: ``substitute`` (an absent partner
     in place of a present object: as long as the chosen answer) or ``insert`` (the chosen answer plus one)."""
-    also: list[str] = ["dpo", "mdpo", "lpoi"]
+    also: list[str] = ["dpo", "lpoi"]
     """Methods also trained and tested with the other rejection (at their selected configuration): both are reported."""
     reference_method: str = "lpoi"
     """Every difference is reported against this method, with a paired interval."""

@@ -174,8 +174,8 @@ def test_every_seed_names_its_key(key, value):
 
 
 def test_grid_seeds_name_the_bad_one():
-    with pytest.raises(ParamsError, match=r"world\.grid\.seeds\.1: input should be greater than or equal to 0, got -1"):
-        validate(_set(_committed(), "world.grid.seeds", [0, -1]))
+    with pytest.raises(ParamsError, match=r"world\.study\.seeds\.1: input should be greater than or equal to 0, got -1"):
+        validate(_set(_committed(), "world.study.seeds", [0, -1]))
 
 
 @pytest.mark.parametrize("weights,method,keys", [
@@ -196,12 +196,12 @@ def test_an_objective_with_one_active_term_passes(weights, method):
     validate(_set(_set(_committed(), "train.weights", weights), "train.method", method))
 
 
-def test_the_world_grid_refuses_a_method_its_weights_leave_empty():
-    """world.train's lpoi objective trains, but the grid also runs dpo, which uses only weights.dpo."""
-    raw = _set(_committed(), "world.train.weights", {"dpo": 0, "list": 1, "anchor": 1})
-    with pytest.raises(ParamsError, match=r"world\.train\.weights\.dpo is 0: method 'dpo' \(in world\.grid\.methods\)"):
+def test_the_world_study_refuses_a_method_its_weights_leave_empty():
+    """Each method of the study carries its own weights: dpo uses only weights.dpo, list_only only weights.list."""
+    raw = _set(_committed(), "world.study.methods.dpo.weights", {"dpo": 0, "list": 1, "anchor": 1})
+    with pytest.raises(ParamsError, match=r"world\.study\.methods\.dpo\.weights\.dpo is 0: method 'dpo'"):
         validate(raw)
-    validate(_set(raw, "world.grid.methods", ["mdpo", "lpoi"]))
+    validate(_set(raw, "world.study.methods.dpo.weights", {"dpo": 0.5, "list": 0, "anchor": 0}))
 
 
 def test_method_terms_are_the_terms_the_loss_adds_up():

@@ -53,10 +53,10 @@ ROWS: tuple[Row, ...] = (
 )
 
 
-WORLD_METRICS = ("CHAIR", "Cover", "Hal", "Cog", "heldout_ranking_accuracy")
-"""Per method of the miniature (``world=shapes``), the means copied into the summary as
-``world.<method>.<metric>`` (≤ 20 columns); stds, F1 and the per-position rewards stay in
-``metrics/world.json`` and ``metrics/world.md``."""
+WORLD_METRICS = ("Cover", "Cog")
+"""Per method of the miniature's study (``world=shapes``), the test means copied into the summary as
+``world.<method>.<metric>`` (2 x 9 columns); the intervals, the other metrics, the selected configurations and
+the differences to LPOI stay in ``metrics/world.json`` and ``metrics/world.md``."""
 
 
 def direction(key: str) -> str:
@@ -74,21 +74,19 @@ def direction(key: str) -> str:
 
 
 def world_summary(world: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """The miniature's means by method from ``metrics/world.json`` (``{"world": {method: ...}}``); None when
-    it did not run (``world: none`` writes ``{}``), so the summary then has no ``world`` key at all."""
+    """The study's test means by method from ``metrics/world.json`` (``{"world": {method: {"test": {metric:
+    {"mean", "lo", "hi"}}}}}``); None when it did not run (``world: none`` writes ``{}``), so the summary then
+    has no ``world`` key at all. Keys that are not methods (``design``, the other rejection's block) are skipped."""
     methods = _dig(world, ("world",))
     if not isinstance(methods, Mapping) or not methods:
         return None
     out: dict[str, Any] = {}
     for method, values in methods.items():
-        row = {}
-        for name in WORLD_METRICS:
-            v = values.get(name) if isinstance(values, Mapping) else None
-            v = v.get("mean") if isinstance(v, Mapping) else v
-            if v is not None or name != "heldout_ranking_accuracy":  # the base model has no list rewards
-                row[name] = _number(v, 3)
-        out[str(method)] = row
-    return out
+        test = values.get("test") if isinstance(values, Mapping) else None
+        if not isinstance(test, Mapping) or not isinstance(test.get("Cog"), Mapping):
+            continue
+        out[str(method)] = {name: _number(_dig(test, (name, "mean")), 3) for name in WORLD_METRICS}
+    return out or None
 
 
 def _dig(d: Any, path: tuple[str, ...]) -> Any:

@@ -102,6 +102,21 @@ def summarize(p: Params, study: dict) -> dict:
             "also": [slim(r) for r in study["also"]]}
 
 
+def plot_pareto(p: Params, study: dict, metrics: dict, path: str | Path) -> None:
+    """Every validation configuration of every method (Cog and CHAIR against Cover) and the selected
+    configurations' test means with their intervals (:func:`lpoi.world.stats.plot_pareto`)."""
+    from lpoi.world.readme import METHOD_LABELS
+    from lpoi.world.stats import plot_pareto as draw
+
+    keys = ("Cover", "Cog", "CHAIR")
+    points = {m: [{k: r["eval"]["metrics"][k] for k in keys} for r in study["tune"] if r["cell"]["method"] == m]
+              for m in p.world.study.methods}
+    points["base"] = [{k: r["eval"]["metrics"][k] for k in keys} for r in study["bases"]["val"]]
+    world = metrics["world"]
+    selected = {m: {k: world[m]["test"][k] for k in keys} for m in ["base", *p.world.study.methods]}
+    draw(points, selected, path, labels=METHOD_LABELS)
+
+
 def plot_rewards(p: Params, study: dict, path: str | Path) -> None:
     """Mean held-out log-ratio per list position (visibility 1 -> 0) per method, with the min-max over cells."""
     import matplotlib
@@ -109,7 +124,7 @@ def plot_rewards(p: Params, study: dict, path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lpoi.world.readme import LABELS
+    from lpoi.world.readme import METHOD_LABELS as LABELS
 
     fig, ax = plt.subplots(figsize=(7.2, 4.6), dpi=110)
     for i, m in enumerate(p.world.study.methods):

@@ -32,7 +32,8 @@ from lpoi.config import Params, TrainParams, WorldMethodParams
 from lpoi.io import atomic_write_json, read_json, read_jsonl, write_jsonl
 from lpoi.world.pool import Progress, Task, run_tasks
 
-__all__ = ["Cell", "StudyPaths", "cell_train_config", "plan", "run_study", "train_cell"]
+__all__ = ["Cell", "StudyPaths", "cell_train_config", "columns_for", "derive_manifest", "final_cells", "plan", "run_study",
+           "train_cell", "tune_cells"]
 
 MAX_LENGTH = 512  # tokens per sequence; the world's captions and image tokens stay far below it (no truncation)
 MODES = ("substitute", "insert")
@@ -159,7 +160,9 @@ def _evaluate(model, processor, p: Params, paths: StudyPaths, split: str, out: P
                      max_new_tokens=p.world.eval.max_new_tokens, yes_no="logits", progress=False)
     scores = amber.score_file(out / "answers.jsonl", bench, out / "amber.json", similarity="exact",
                               details_path=out / "details.jsonl")
-    contrib = stats.item_contributions(list(read_jsonl(out / "details.jsonl")), bench)
+    scene_ids = [r["id"] for r in read_jsonl(paths.world_dir / split / "scenes.jsonl")]
+    contrib = stats.item_contributions(list(read_jsonl(out / "details.jsonl")), read_json(bench / "annotations.json"),
+                                       read_json(bench / "questions.json"), scene_ids=scene_ids)
     metrics = {"CHAIR": scores["generative"]["CHAIR"], "Cover": scores["generative"]["Cover"],
                "Hal": scores["generative"]["Hal"], "Cog": scores["generative"]["Cog"],
                "Accuracy": scores["discriminative"]["overall"]["Accuracy"],
@@ -278,7 +281,7 @@ def tune_cells(p: Params) -> list[Cell]:
             for m in s.methods for lr in s.tune.lr for beta in s.tune.beta for ep in s.tune.epochs]
 
 
-def test_cells(p: Params, selected: dict[str, dict]) -> list[Cell]:
+def final_cells(p: Params, selected: dict[str, dict]) -> list[Cell]:
     s = p.world.study
     other = next(x for x in MODES if x != s.rejection)
     out = []
@@ -365,7 +368,7 @@ def run_study(p: Params, paths: StudyPaths, *, log=print) -> dict:
         log(f"[world_grid] {m}: selected {configs[idx]} ({reason})")
 
     # 3. test cells, with the actual selected epochs replacing the estimate in the ETA
-    tests = test_cells(p, selected)
+    tests = final_cells(p, selected)
     test_tasks = [Task(c.name, cell_task, (p, paths, c), cost=_cost(p, c, n_pairs)) for c in tests]
     progress.add_total(sum(t.cost for t in test_tasks) - est_test)
     test_res = run_tasks(test_tasks, workers=workers, threads=threads, progress=progress, phase="test")

@@ -58,14 +58,14 @@ def test_one_direction_table_for_the_summary_and_the_miniature():
 
 
 def test_the_miniature_is_in_the_summary_only_when_it_ran():
-    world = {"world": {"base": {"CHAIR": 12.4, "Cover": 90.0, "Hal": 24.8, "Cog": 50.0, "F1": 87.4},
-                       "lpoi": {"CHAIR": {"mean": 12.0, "std": 2.8}, "Cover": {"mean": 91.0, "std": 1.0},
-                                "Hal": {"mean": 20.0, "std": 0.0}, "Cog": {"mean": 40.0, "std": 1.0},
-                                "heldout_ranking_accuracy": 0.625, "heldout_reward": {"vis_1": 0.0}}}}
+    ci = lambda m: {"mean": m, "lo": m - 1, "hi": m + 1}  # noqa: E731
+    world = {"world": {"design": {"bases": 3, "cells": 12},
+                       "base": {"test": {"CHAIR": ci(12.4), "Cover": ci(90.0), "Cog": ci(50.0)}},
+                       "lpoi": {"selected": {"lr": 1e-3}, "test": {"CHAIR": ci(12.0), "Cover": ci(91.0), "Cog": ci(40.0)},
+                                "heldout_ranking_accuracy": ci(0.6)},
+                       "insert": {"lpoi": {"test": {"Cog": ci(1.0)}}}}}
     on = flat(build_summary({"world": world}, random_model=False))
     assert {k: v for k, v in on.items() if k.startswith("world.")} == {
-        "world.base.CHAIR": 12.4, "world.base.Cover": 90.0, "world.base.Hal": 24.8, "world.base.Cog": 50.0,
-        "world.lpoi.CHAIR": 12.0, "world.lpoi.Cover": 91.0, "world.lpoi.Hal": 20.0, "world.lpoi.Cog": 40.0,
-        "world.lpoi.heldout_ranking_accuracy": 0.625}
+        "world.base.Cover": 90.0, "world.base.Cog": 50.0, "world.lpoi.Cover": 91.0, "world.lpoi.Cog": 40.0}
     for off in ({}, None):  # world: none writes {}; an older run has no file
         assert not any(k.startswith("world") for k in flat(build_summary({"world": off}, random_model=False)))

@@ -276,6 +276,8 @@ def test_the_miniature_table_is_shown_only_when_the_world_ran(tmp_path):
     assert _world_table(None) is None and _world_table(tmp_path / "missing.md") is None
     page = render(_inputs(world=table))
     assert "## The miniature (`world=shapes`)" in page and "| LPOI | 11.3 ± 0.2 |" in page
+    # the world's trained models come before the tiny-random banner of the embedded default, not under it
+    assert page.index("## The miniature") < page.index("Tiny random models") < page.index("## Results")
     assert_table_matches_summary(page, build_summary(SOURCES, True))  # the results table is still read right
     assert "miniature" not in render(_inputs())
 
