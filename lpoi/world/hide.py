@@ -9,8 +9,9 @@ nested -- and fills them per ``fill``:
   that render);
 * ``black``: (0, 0, 0), the paper's fill on real photos (the silhouette, i.e. the class here, stays);
 * ``scramble``: the pixels of the render without the object, and as many pixels of the object's colour
-  scattered at seeded positions of its drawing square (off its own pixels first): the colour mass stays,
-  the shape goes -- the fill that targets the partner shortcut (colour tells the pair, shape the member).
+  scattered uniformly at seeded positions around it (its drawing square grown by half its side, never over
+  another object): the colour mass stays, the shape goes -- the fill that targets the partner shortcut
+  (colour tells the pair, shape the member).
 
 :func:`insert_sequence` is the mirror for "No" answers: an absent class drawn in on top, revealed by the
 same kind of sweep. :func:`pixel_check` measures on the pixels what a list leaves of its object.
@@ -87,22 +88,19 @@ def hide_sequence(scene: Scene, depth: int, visibilities: Sequence[float], fill:
     order = _sweep(obj.mask, rng)
     n = len(order)
     if fill == "scramble":
-        # where the colour may go: the object's drawing square, on background or the object itself (never over
-        # another object), off the object's own pixels first so that as little of the shape survives as possible
+        # where the colour may go: uniformly anywhere in the object's drawing square grown by half its side (the
+        # square alone is mostly the shape: a circle fills 79 % of it), on background or where the object was,
+        # never over another object -- so the scattered colour says nothing of the shape
+        m = s // 2
         free = np.zeros((h, w), dtype=bool)
-        free[y:y + s, x:x + s] = True
-        others = np.zeros((h, w), dtype=bool)
+        free[max(0, y - m):y + s + m, max(0, x - m):x + s + m] = True
         for o in scene.objects:
             if o.depth != depth:
-                others |= o.mask
-        free &= ~others
+                free &= ~o.mask
         rgb = np.array(COLOURS[colour], dtype=np.uint8)
-        outside = np.flatnonzero((free & ~obj.mask).ravel())
-        # inside the mask, only where erasing changed the pixel (a same-coloured object behind shows the colour anyway)
-        same = (behind == rgb).all(-1)  # flat: erasing these pixels takes no colour away
-        inside = np.flatnonzero((free.ravel() & obj.mask.ravel() & ~same))
-        targets = np.concatenate([rng.sample(list(outside), len(outside)), rng.sample(list(inside), len(inside))])
-        targets = targets.astype(np.int64)
+        same = (behind == rgb).all(-1)  # flat: erasing these pixels takes no colour away, painting them adds none
+        pool = np.flatnonzero(free.ravel() & ~same)
+        targets = np.array(rng.sample(list(pool), len(pool)), dtype=np.int64)
     out = []
     for r in _counts(n, vis):
         img = orig.reshape(-1, 3).copy()
