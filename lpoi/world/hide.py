@@ -79,7 +79,7 @@ def hide_sequence(scene: Scene, depth: int, visibilities: Sequence[float], fill:
     if fill not in FILLS:
         raise ValueError(f"unknown fill {fill!r}; known: {', '.join(FILLS)}")
     vis = _check_visibilities(visibilities)
-    cls, colour, x, y, s = _item(scene, depth)
+    _, colour, x, y, s = _item(scene, depth)
     obj = next(o for o in scene.objects if o.depth == depth)
     orig = np.asarray(scene.image)
     h, w = orig.shape[:2]

@@ -106,8 +106,8 @@ def _split(world: WorldParams, src: Path, out: Path) -> dict:
     return _metrics(rows[REJECTIONS[0]], hide_checks, insert_checks, rejects)
 
 
-def _share(checks: list[dict], test) -> float | None:
-    return round(sum(bool(test(c)) for c in checks) / len(checks), 4) if checks else None
+def _share(checks: list[dict], test) -> float:
+    return round(sum(bool(test(c)) for c in checks) / max(1, len(checks)), 4)
 
 
 def _metrics(rows: list[dict], hide: list[dict], insert: list[dict], rejects: list[dict]) -> dict:
@@ -125,11 +125,11 @@ def _metrics(rows: list[dict], hide: list[dict], insert: list[dict], rejects: li
             "silhouette_left": round(sum(c["silhouette_pixels"] / n_pix(c) for c in hide) / max(1, len(hide)), 4),
             "colour_left": round(sum(c["colour_share"] for c in hide) / max(1, len(hide)), 4),
         },
-        "insert": {
+        "insert": {  # numbers only (a metrics file): no shares without lists
             "lists": len(insert),
-            "drawn": _share(insert, lambda c: c["class_pixels"] > 0),
-            "monotone": _share(insert, lambda c: c["monotone"]),
-            "first_is_scene": _share(insert, lambda c: c["first_is_scene"]),
+            **({"drawn": _share(insert, lambda c: c["class_pixels"] > 0),
+                "monotone": _share(insert, lambda c: c["monotone"]),
+                "first_is_scene": _share(insert, lambda c: c["first_is_scene"])} if insert else {}),
         },
     }
 

@@ -19,8 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 WORLD_STAGES = {
     "world_data": ["--out", "{t}/data/world"],
     "pretrain": ["--data", "{t}/data/world", "--out", "{t}/models/world", "--metrics", "{t}/m/p.json"],
-    "world_lists": ["--data", "{t}/data/world", "--base", "{t}/models/world", "--out", "{t}/data/lists",
-                    "--metrics", "{t}/m/l.json"],
+    "world_lists": ["--data", "{t}/data/world", "--out", "{t}/data/lists", "--metrics", "{t}/m/l.json"],
     "world_grid": ["--data", "{t}/data/world", "--lists", "{t}/data/lists", "--base", "{t}/models/world", "--out",
                    "{t}/data/grid", "--metrics", "{t}/m/w.json", "--table", "{t}/m/w.md", "--plot", "{t}/m/w.png"],
 }
