@@ -113,3 +113,21 @@ def test_data_stages_read_what_dvc_yaml_declares(world_params, tmp_path):
     for stage, keys in reads.items():
         assert covered(keys, stages[stage]["params"]) == (set(), set()), stage
     assert "models/world" not in stages["world_lists"]["deps"] and "data/world" in stages["world_lists"]["deps"]
+
+
+def test_same_world_same_list_bytes(built, tmp_path):
+    import hashlib
+
+    world, data, _, _ = built
+    out = tmp_path / "first"  # (the module's folder gains a subset manifest in another test)
+    build_world_lists(world, data, out)
+    build_world_lists(world, data, tmp_path / "again")
+
+    def digest(folder):
+        return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    assert digest(out) == digest(tmp_path / "again")
+    other = build_world_lists(world.model_copy(update={"seed": 5}), data, tmp_path / "seed5")  # another sweep
+    assert other["pairs"]["rows"] == built[3]["pairs"]["rows"]
+    assert digest(tmp_path / "seed5") != digest(out)
