@@ -12,7 +12,8 @@ a model that has learnt the shapes can say it is not there.
 Objects are drawn in a random order at random positions and sizes, so later ones occlude earlier
 ones; a layout is kept only when every object keeps at least ``min_visible`` of its own area. Each
 object's **visible** mask (its pixels minus those of objects drawn over it) and the tight box of that
-mask are ground truth for the oracle backend. Captions list the objects in the canonical class order
+mask are ground truth; the scene keeps its :class:`Layout`, so it can be re-drawn with an object removed
+or added (:mod:`lpoi.world.hide`). Captions list the objects in the canonical class order
 above ("A red circle, a blue square and a green star."), so the partner of an anchor is always the
 next word a language prior would propose.
 
