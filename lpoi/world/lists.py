@@ -1,91 +1,176 @@
-"""List generation for the world, through the pipeline's own runners, with the oracle backend.
+"""The world's lists: the critical object really erased (or an absent partner really drawn in), in K steps.
 
-For the training pairs and the held-out pairs alike, in order: :func:`lpoi.listgen.prepare.run_prepare`
-(validation), :func:`lpoi.listgen.detect.run_detect` (candidates from the chosen answer by NLTK, as in
-the paper, grounded by :class:`lpoi.world.oracle.OracleDetector`), :func:`lpoi.listgen.segment.run_segment`
-(:class:`~lpoi.world.oracle.OracleSegmenter`), :func:`lpoi.listgen.verify.run_verify` (the world's base
-model as the verifier) and :func:`lpoi.listgen.lists.run_lists` -- with the pipeline's ``prepare``,
-``detect``, ``segment``, ``verify`` and ``lists`` params. With ``world.detector: oracle`` (the default) only
-the detector and the segmenter differ from the embedded default, and the COCO-class fallback is off (it
-needs Grounding DINO, and a faithful caption always names a present object); ``pipeline`` runs the
-``detect``/``segment`` models instead, through their ``backend`` as the detect and segment stages load
-them (the embedded default's tiny random ones find nothing meaningful here, a real Grounding DINO and SAM
-would need their hub weights).
+The world knows its objects, so no detector, segmenter or verifier runs: for every scene of the ``pairs``
+split (training lists) and of the ``test`` split (held-out lists) the object to hide is chosen by
+:func:`lpoi.world.hide.critical_object` (with its reason), and :func:`lpoi.world.hide.hide_sequence`
+erases it with ``world.lists.fill`` at visibilities 1, ..., 0 (``world.lists.k`` images, image 0 the scene).
+Every list is checked on its pixels (:func:`lpoi.world.hide.pixel_check`).
+
+Per split and rejection mode, one manifest ``<split>/lists-<mode>.jsonl`` in the trainer's schema
+(:func:`lpoi.train.data.load_lists`): ``id, prompt, chosen, rejected, images`` (relative to the manifest's
+folder) plus ``visibility``, ``target`` (the class the list erases or draws), ``kind``, ``reason`` and
+``check``. The modes share every image and differ only in the description rows' ``rejected``
+(``rejected_insert`` / ``rejected_substitute`` of world_data's ``pairs.json``). Row kinds:
+
+* ``describe`` (id = the scene's): "Describe this image.", the caption over the rejected answer;
+* ``yes`` (``<id>-yes``, pairs split, ``world.lists.yes_no``): "Is there a {hidden class}", "Yes" over "No",
+  the same erasing list;
+* ``no`` (``<id>-no``, idem, where the scene has an absent partner): "Is there a {partner}", "No" over
+  "Yes", the partner drawn in by :func:`lpoi.world.hide.insert_sequence` (the one the rejected answers add).
+
+Held-out (test) manifests hold description rows only: the held-out rewards are about the description task.
+A scene whose partner finds no placement is recorded in ``<split>/rejects.jsonl`` with its reason.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+from collections import Counter
 from pathlib import Path
 
-from lpoi.config import Params
-from lpoi.world.oracle import OracleDetector, OracleSegmenter, load_annotations
+from lpoi.config import WorldParams
+from lpoi.io import read_json, read_jsonl, write_jsonl
+from lpoi.world.dataset import DESCRIBE, existence_question, load_scenes
+from lpoi.world.hide import critical_object, hide_sequence, insert_sequence, pixel_check
+from lpoi.world.scenes import REJECTIONS, caption
 
-__all__ = ["SPLITS", "build_world_lists", "list_metrics"]
+__all__ = ["SPLITS", "build_world_lists", "manifest_path", "subset_indices", "subset_manifest", "visibilities"]
 
 SPLITS = ("pairs", "test")
 
 
-def _split(p: Params, world_dir: Path, split: str, base_model: str, out: Path, progress: bool) -> dict:
-    from lpoi.listgen.detect import run_detect
-    from lpoi.listgen.lists import run_lists
-    from lpoi.listgen.prepare import run_prepare
-    from lpoi.listgen.segment import run_segment
-    from lpoi.listgen.verify import run_verify
-
-    src = world_dir / split
-    prepared, detect, segment, verify = (out / d for d in ("prepared", "detect", "segment", "verify"))
-    stats = {"prepare": run_prepare(src / "pairs.json", src, prepared / "prepared.jsonl", prepared / "rejects.jsonl",
-                                    p.prepare)}
-    d, s = p.detect, p.segment
-    if p.world.detector == "oracle":
-        annotations = load_annotations(src / "scenes.jsonl")
-        det = {"model_name": "oracle", "fallback": False, "backend": OracleDetector(annotations)}
-        seg = {"model_name": "oracle", "backend": OracleSegmenter(annotations)}
-    else:  # the embedded default's detector and segmenter (detect.backend, segment.backend, loaded as the
-        # detect and segment stages load them, on the CPU), with its thresholds and COCO fallback
-        from lpoi.listgen.backends import load_detector_backend, load_segmenter_backend
-
-        det = {"model_name": d.model, "fallback": d.fallback, "box_threshold": d.box_threshold,
-               "text_threshold": d.text_threshold,
-               "backend": load_detector_backend(d, device="cpu", dtype=p.model.dtype)}
-        seg = {"model_name": s.model,  # lists.mask = bbox: SAM is never loaded
-               "backend": load_segmenter_backend(s, device="cpu", dtype=p.model.dtype) if p.lists.mask == "sam"
-               else None}
-    stats["detect"] = run_detect(prepared / "prepared.jsonl", detect / "detect.jsonl", detect / "rejects.jsonl",
-                                 max_candidates=d.max_candidates, batch_size=d.batch_size, seed=p.seed,
-                                 progress=progress, **det)
-    stats["segment"] = run_segment(detect / "detect.jsonl", segment / "segment.jsonl", segment / "masks",
-                                   batch_size=s.batch_size, max_masks_per_sample=p.verify.max_tries,
-                                   mask_kind=p.lists.mask, rejects_path=segment / "rejects.jsonl", progress=progress,
-                                   **seg)
-    stats["verify"] = run_verify(segment / "segment.jsonl", prepared / "prepared.jsonl", verify / "verify.jsonl",
-                                 verify / "rejects.jsonl", p.verify, model_name=base_model, fill=p.lists.fill,
-                                 device="cpu", dtype=p.model.dtype, progress=progress)
-    stats["lists"] = run_lists(prepared / "prepared.jsonl", verify / "verify.jsonl", out / "lists", p.lists)
-    return stats
+def visibilities(k: int) -> list[float]:
+    """``k`` visibilities in equal steps from 1 to 0."""
+    return [round(1 - i / (k - 1), 6) for i in range(k)]
 
 
-def build_world_lists(p: Params, world_dir: str | Path, base_model: str, out_dir: str | Path, *,
-                      progress: bool = True) -> dict:
-    """``out_dir/{pairs,test}/{prepared,detect,segment,verify,lists}``; returns per-split stage stats."""
+def manifest_path(lists_dir: str | Path, split: str, mode: str) -> Path:
+    return Path(lists_dir) / split / f"lists-{mode}.jsonl"
+
+
+def _save(img, out: Path, rel: str) -> str:
+    img.save(out / rel, format="PNG")  # no metadata chunks: same list, same bytes
+    return rel
+
+
+def _split(world: WorldParams, src: Path, out: Path) -> dict:
+    split = src.name
+    pairs = {r["id"]: r for r in read_json(src / "pairs.json")}
+    vis = visibilities(world.lists.k)
+    yes_no = world.lists.yes_no and split == "pairs"
+    rows: dict[str, list[dict]] = {m: [] for m in REJECTIONS}
+    rejects, hide_checks, insert_checks = [], [], []
+    for scene in load_scenes(src):
+        pair = pairs.get(scene.id)
+        if pair is None:
+            raise ValueError(f"{src / 'pairs.json'}: no pair for scene {scene.id!r}")
+        if pair["chosen"] != caption(scene.objects):
+            raise ValueError(f"{src / 'pairs.json'}: pair {scene.id!r}: chosen answer is not the scene's caption")
+        (out / "images" / scene.id).mkdir(parents=True)
+        depth, reason = critical_object(scene, pair["hallucinated"])
+        target = scene.layout.items[depth][0]
+        hide = hide_sequence(scene, depth, vis, world.lists.fill, world.seed)
+        check = pixel_check(scene, depth, hide, fill=world.lists.fill)
+        hide_checks.append(check)
+        first = _save(hide[0], out, f"images/{scene.id}/0.png")
+        images = [first] + [_save(im, out, f"images/{scene.id}/hide-{i}.png") for i, im in enumerate(hide[1:], 1)]
+        common = {"images": images, "visibility": vis, "target": target, "reason": reason, "check": check}
+        extra = []
+        if yes_no:
+            extra.append({"id": f"{scene.id}-yes", "prompt": existence_question(target), "chosen": "Yes",
+                          "rejected": "No", **common, "kind": "yes"})
+            partners = scene.absent_partners()
+            if partners:
+                cls = pair["hallucinated"] if pair["hallucinated"] in partners else partners[0]
+                try:
+                    drawn = insert_sequence(scene, cls, vis, world.seed, sides=(world.min_side, world.max_side),
+                                            min_visible=world.min_visible)
+                except ValueError as e:
+                    rejects.append({"id": f"{scene.id}-no", "reason": "no_placement", "detail": str(e)})
+                else:
+                    icheck = pixel_check(scene, None, drawn, inserted=cls)
+                    insert_checks.append(icheck)
+                    imgs = [first] + [_save(im, out, f"images/{scene.id}/insert-{i}.png")
+                                      for i, im in enumerate(drawn[1:], 1)]
+                    extra.append({"id": f"{scene.id}-no", "prompt": existence_question(cls), "chosen": "No",
+                                  "rejected": "Yes", "images": imgs, "visibility": vis, "target": cls,
+                                  "kind": "no", "reason": "absent_partner", "check": icheck})
+        for mode in REJECTIONS:
+            rows[mode].append({"id": scene.id, "prompt": DESCRIBE, "chosen": pair["chosen"],
+                               "rejected": pair[f"rejected_{mode}"], **common, "kind": "describe"})
+            rows[mode].extend(extra)
+    for mode in REJECTIONS:
+        write_jsonl(manifest_path(out.parent, split, mode), rows[mode])
+    write_jsonl(out / "rejects.jsonl", rejects)
+    return _metrics(rows[REJECTIONS[0]], hide_checks, insert_checks, rejects)
+
+
+def _share(checks: list[dict], test) -> float:
+    return round(sum(bool(test(c)) for c in checks) / max(1, len(checks)), 4)
+
+
+def _metrics(rows: list[dict], hide: list[dict], insert: list[dict], rejects: list[dict]) -> dict:
+    n_pix = lambda c: max(1, c["object_pixels"])  # noqa: E731
+    return {
+        "rows": len(rows), "kinds": dict(Counter(r["kind"] for r in rows)),
+        "reasons": dict(Counter(r["reason"] for r in rows if r["kind"] == "describe")),
+        "rejected": len(rejects),
+        "hide": {
+            "lists": len(hide),
+            "no_object_pixels_left": _share(hide, lambda c: c["object_pixels_left"] == 0),
+            "equals_without": _share(hide, lambda c: c["equals_without"]),
+            "monotone": _share(hide, lambda c: c["monotone"]),
+            "first_is_scene": _share(hide, lambda c: c["first_is_scene"]),
+            "silhouette_left": round(sum(c["silhouette_pixels"] / n_pix(c) for c in hide) / max(1, len(hide)), 4),
+            "colour_left": round(sum(c["colour_share"] for c in hide) / max(1, len(hide)), 4),
+        },
+        "insert": {  # numbers only (a metrics file): no shares without lists
+            "lists": len(insert),
+            **({"drawn": _share(insert, lambda c: c["class_pixels"] > 0),
+                "monotone": _share(insert, lambda c: c["monotone"]),
+                "first_is_scene": _share(insert, lambda c: c["first_is_scene"])} if insert else {}),
+        },
+    }
+
+
+def build_world_lists(world: WorldParams, world_dir: str | Path, out_dir: str | Path) -> dict:
+    """``out_dir/{pairs,test}/{lists-<mode>.jsonl, images/, rejects.jsonl}``; returns the metrics per split."""
     world_dir, out_dir = Path(world_dir), Path(out_dir)
-    shutil.rmtree(out_dir, ignore_errors=True)  # not a persisted output: every run builds it whole
-    return {split: _split(p, world_dir, split, base_model, out_dir / split, progress) for split in SPLITS}
+    shutil.rmtree(out_dir, ignore_errors=True)  # every run builds it whole
+    metrics: dict = {"k": world.lists.k}
+    for split in SPLITS:
+        out = out_dir / split
+        out.mkdir(parents=True)
+        metrics[split] = _split(world, world_dir / split, out)
+    return metrics
 
 
-def list_metrics(stats: dict, detector: str) -> dict:
-    """The deterministic counts of :func:`build_world_lists`' stats (no timings), per split."""
-    out: dict = {"detector": detector}
-    for split, st in stats.items():
-        out[split] = {
-            "pairs": st["prepare"]["records_out"], "prepare_rejected": st["prepare"]["rejected"],
-            "detected": st["detect"]["output"]["written"], "detect_rejected": st["detect"]["output"]["rejected"],
-            "masks": st["segment"]["output"]["masks"], "mask_fallback": st["segment"]["output"]["mask_fallback"],
-            "verified_true": st["verify"]["output"]["verified_true"],
-            "verified_false": st["verify"]["output"]["verified_false"],
-            "verified_null": st["verify"]["output"]["verified_null"], "lists": st["lists"]["output"]["lists"],
-            "lists_rejected": st["lists"]["output"]["rejected"],
-            "mean_mask_area": st["lists"]["output"]["mean_mask_area"],
-        }
-    return out
+def subset_indices(big_k: int, k: int) -> list[int]:
+    """``k`` of ``big_k`` list positions, evenly spaced, both ends kept (5, 3 -> 0, 2, 4)."""
+    if not 2 <= k <= big_k:
+        raise ValueError(f"cannot take {k} of {big_k} list images (need 2 <= k <= {big_k})")
+    idx = [round(i * (big_k - 1) / (k - 1)) for i in range(k)]
+    assert len(set(idx)) == k  # evenly spaced with step >= 1
+    return idx
+
+
+def subset_manifest(src: str | Path, dst: str | Path, k: int) -> int:
+    """Write ``dst``: the rows of manifest ``src`` with ``k`` of their K images (:func:`subset_indices`),
+    referencing the same image files (paths re-rooted at ``dst``'s folder, which must contain them)."""
+    src, dst = Path(src), Path(dst)
+    out = []
+    for lineno, row in enumerate(read_jsonl(src), 1):
+        imgs, vis = row.get("images"), row.get("visibility")
+        if not isinstance(imgs, list) or not isinstance(vis, list) or len(imgs) != len(vis):
+            raise ValueError(f"{src}: line {lineno}: 'images' and 'visibility' must be lists of one length")
+        idx = subset_indices(len(imgs), k)
+        rels = []
+        for i in idx:
+            rel = os.path.relpath((src.parent / imgs[i]).resolve(), dst.parent.resolve())
+            if rel.startswith(".."):
+                raise ValueError(f"{dst}: its folder does not contain the images of {src} (e.g. {imgs[i]!r})")
+            rels.append(Path(rel).as_posix())
+        out.append({**row, "images": rels, "visibility": [vis[i] for i in idx]})
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    return write_jsonl(dst, out)

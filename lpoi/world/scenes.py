@@ -12,7 +12,8 @@ a model that has learnt the shapes can say it is not there.
 Objects are drawn in a random order at random positions and sizes, so later ones occlude earlier
 ones; a layout is kept only when every object keeps at least ``min_visible`` of its own area. Each
 object's **visible** mask (its pixels minus those of objects drawn over it) and the tight box of that
-mask are ground truth for the oracle backend. Captions list the objects in the canonical class order
+mask are ground truth; the scene keeps its :class:`Layout`, so it can be re-drawn with an object removed
+or added (:mod:`lpoi.world.hide`). Captions list the objects in the canonical class order
 above ("A red circle, a blue square and a green star."), so the partner of an anchor is always the
 next word a language prior would propose.
 
@@ -33,6 +34,7 @@ __all__ = [
     "COLOURS",
     "PAIRS",
     "PALETTES",
+    "REJECTIONS",
     "Layout",
     "Scene",
     "WorldObject",
@@ -42,6 +44,9 @@ __all__ = [
     "partner",
     "rle_decode",
     "rle_encode",
+    "render",
+    "scene_from_layout",
+    "shape_mask",
 ]
 
 PAIRS: tuple[tuple[str, str], ...] = (("circle", "square"), ("triangle", "star"), ("heart", "cross"),
@@ -161,6 +166,8 @@ class Scene:
     image: Image.Image
     objects: tuple[WorldObject, ...]
     """In canonical class order (the caption's order)."""
+    layout: Layout
+    """What was drawn (item ``i`` is the object of ``depth == i``): re-render it with an item removed or added."""
 
     @property
     def classes(self) -> list[str]:
@@ -245,11 +252,16 @@ def make_scene(seed: int, split: str, index: int, *, size: int = 64, sides: tupl
     """Scene ``index`` of ``split`` (deterministic in ``(seed, split, index)``; splits never share a scene)."""
     rng = random.Random(f"lpoi-world:{seed}:{split}:{index}")
     layout = sample_layout(rng, size=size, sides=sides, p_partner=p_partner, min_visible=min_visible)
+    return scene_from_layout(f"{split}-{index:05d}", layout, size)
+
+
+def scene_from_layout(scene_id: str, layout: Layout, size: int) -> Scene:
+    """The scene ``layout`` draws (what :func:`make_scene` returns for the layout it sampled)."""
     image, masks, shares = render(layout, size)
     objs = [WorldObject(c, col, _tight_box(m), m, share, depth)
             for depth, ((c, col, *_), m, share) in enumerate(zip(layout.items, masks, shares))]
     objs.sort(key=lambda o: CLASSES.index(o.cls))
-    return Scene(f"{split}-{index:05d}", image, tuple(objs))
+    return Scene(scene_id, image, tuple(objs), layout)
 
 
 # ---------------------------------------------------------------------------------------------- captions
@@ -270,16 +282,31 @@ def caption(objects) -> str:
     return _join([o.phrase for o in sorted(objects, key=lambda o: CLASSES.index(o.cls))])
 
 
-def hallucinated_caption(scene: Scene, rng: random.Random) -> tuple[str, str]:
-    """The scene's caption with one absent object added at its canonical place, and that class.
+REJECTIONS = ("insert", "substitute")
 
-    The added class is an absent partner of a present object when there is one (the co-occurrence
-    hallucination), else any absent class; its colour is drawn from its palette.
+
+def hallucinated_caption(scene: Scene, rng: random.Random, mode: str = "insert") -> tuple[str, str]:
+    """A rejected answer: the scene's caption made false by one absent class, and that class.
+
+    The class is an absent partner of a present object when there is one (the co-occurrence
+    hallucination), else any absent class; its colour is drawn from its palette. ``insert`` names it on
+    top of the caption (one object more); ``substitute`` names it *instead of* a present object, so the
+    rejected answer has as many objects and words as the chosen one and "say less" cannot win: the
+    replaced object is any present one other than the added partner's anchor (the anchor itself when it
+    is alone). Both modes draw the class and its colour first, so an rng seeded alike per scene gives
+    both modes the same hallucinated object.
     """
-    pool = scene.absent_partners() or scene.absent()
-    cls = rng.choice(pool)
-    phrases = [(o.cls, o.phrase) for o in scene.objects] + [(cls, f"{rng.choice(PALETTES[cls])} {cls}")]
-    phrases.sort(key=lambda t: CLASSES.index(t[0]))
+    if mode not in REJECTIONS:
+        raise ValueError(f"unknown rejection mode {mode!r}; known: {', '.join(REJECTIONS)}")
+    partners = scene.absent_partners()
+    cls = rng.choice(partners or scene.absent())
+    added = (cls, f"{rng.choice(PALETTES[cls])} {cls}")
+    kept = [(o.cls, o.phrase) for o in scene.objects]
+    if mode == "substitute":
+        anchor = partner(cls) if partners else None
+        others = [i for i, (c, _) in enumerate(kept) if c != anchor]
+        del kept[rng.choice(others) if others else 0]
+    phrases = sorted(kept + [added], key=lambda t: CLASSES.index(t[0]))
     return _join([p for _, p in phrases]), cls
 
 

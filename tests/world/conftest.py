@@ -7,7 +7,7 @@ from lpoi.config import WorldParams
 
 def small_world_params(**kw) -> WorldParams:
     return WorldParams(name="shapes", n_pretrain=kw.pop("n_pretrain", 24), n_pairs=kw.pop("n_pairs", 12),
-                       n_test=kw.pop("n_test", 10), **kw)
+                       n_val=kw.pop("n_val", 8), n_test=kw.pop("n_test", 10), **kw)
 
 
 @pytest.fixture(scope="session")

@@ -4,11 +4,14 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
+from lpoi.config import WorldParams
 from lpoi.eval.benchmarks import amber
 from lpoi.io import read_json, read_jsonl
-from lpoi.world.dataset import DESCRIBE, build_world, existence_question, scenes
+from lpoi.world.dataset import DESCRIBE, build_world, existence_question, load_scenes, scenes, world_scenes
 from lpoi.world.scenes import CLASSES, caption
 
 
@@ -28,13 +31,54 @@ def test_same_params_same_bytes(small_world, world_params, tmp_path):
 
 def test_splits_pairs_and_summary(small_world):
     world, out, summary = small_world
-    ids = {split: [r["id"] for r in read_jsonl(out / split / "scenes.jsonl")] for split in ("pretrain", "pairs", "test")}
-    assert [len(v) for v in ids.values()] == [world.n_pretrain, world.n_pairs, world.n_test]
-    assert not set(ids["pretrain"]) & set(ids["pairs"]) and not set(ids["pairs"]) & set(ids["test"])
-    pairs = read_json(out / "pairs" / "pairs.json")
-    for pair, s in zip(pairs, scenes(world, "pairs")):
-        assert pair["id"] == s.id and pair["prompt"] == DESCRIBE and pair["chosen"] == caption(s.objects)
-        assert (out / "pairs" / pair["img_path"]).is_file() and pair["rejected"] != pair["chosen"]
+    splits = ("pretrain", "pairs", "val", "test")
+    ids = {split: [r["id"] for r in read_jsonl(out / split / "scenes.jsonl")] for split in splits}
+    assert [len(v) for v in ids.values()] == [world.n_pretrain, world.n_pairs, world.n_val, world.n_test]
+    assert len({i for v in ids.values() for i in v}) == sum(len(v) for v in ids.values())
+    for split in ("pairs", "test"):
+        pairs = read_json(out / split / "pairs.json")
+        assert len(pairs) == len(ids[split])
+        for pair, s in zip(pairs, scenes(world, split)):
+            assert pair["id"] == s.id and pair["prompt"] == DESCRIBE and pair["chosen"] == caption(s.objects)
+            assert (out / split / pair["img_path"]).is_file()
+            assert pair["rejected"] == pair["rejected_insert"] != pair["chosen"] != pair["rejected_substitute"]
+            assert pair["hallucinated"] not in s.classes and pair["hallucinated"] in pair["rejected_substitute"]
+    for split in splits:  # the layouts on disk redraw the images on disk
+        written = load_scenes(out / split)
+        assert [s.id for s in written] == ids[split]
+        for s in written[:5]:
+            assert np.array_equal(np.asarray(s.image), np.asarray(Image.open(out / split / f"images/{s.id}.png")))
+
+
+def test_splits_never_share_a_scene():
+    # a tiny canvas with one object position: the generator repeats layouts, and later splits skip them
+    world = WorldParams(name="shapes", canvas=16, min_side=14, max_side=14, min_visible=0.01, p_partner=0,
+                        n_pretrain=300, n_pairs=60, n_val=30, n_test=30)
+    items, skipped = world_scenes(world)
+    assert sum(skipped.values()) > 0 and [len(v) for v in items.values()] == [300, 60, 30, 30]
+    keys = [{(s.layout.background, s.layout.items) for s in v} for v in items.values()]
+    assert all(not (a & b) for i, a in enumerate(keys) for b in keys[i + 1:])
+    assert [s.id for s in scenes(world, "val")] == [s.id for s in items["val"]]
+
+
+def test_questions_match_the_benchmarks(small_world):
+    world, out, summary = small_world
+    for name, split, n in (("amber", "test", world.n_test), ("amber-val", "val", world.n_val)):
+        bench = out / "bench" / name
+        truth = {a["id"]: a["truth"] for a in amber.load_annotations(bench).values() if a["type"] != "generative"}
+        queries = {q["id"]: q for q in amber.load_queries(bench)}
+        questions = read_json(bench / "questions.json")
+        by_id = {s.id: s for s in scenes(world, split)}
+        assert sorted(int(i) for i in questions) == sorted(truth) and len(by_id) == n
+        for i, q in questions.items():
+            s = by_id[q["scene"]]
+            assert queries[int(i)]["query"] == existence_question(q["class"])
+            assert queries[int(i)]["image"] == f"{s.id}.png"
+            expected = ("present" if q["class"] in s.classes else
+                        "absent_partner" if q["class"] in s.absent_partners() else "absent_other")
+            assert q["kind"] == expected and (truth[int(i)] == "yes") == (expected == "present")
+        key = "bench" if split == "test" else "bench_val"
+        assert summary[key]["generative"] == n and sum(summary[key]["kinds"].values()) == len(questions)
     assert summary == read_json(out / "world.json")
     assert summary["splits"]["test"]["scenes"] == world.n_test and summary["bench"]["generative"] == world.n_test
 

@@ -50,11 +50,12 @@ def test_shapes_world_guard(tmp_path):
 
     p = _guard_params()
     data, base, lists = tmp_path / "world", tmp_path / "base", tmp_path / "lists"
-    reads = {s: {"world.name", "world.threads"} for s in ("pretrain", "world_lists", "world_grid")}  # stage scripts
+    reads = {s: {"world.name", "world.threads"} for s in ("pretrain", "world_grid")}  # stage scripts
     reads["world_data"] = {"world.name"}
+    reads["world_lists"] = {"world.name"}
     build_world(ParamReads(p, reads["world_data"]).world, data)
     run_pretrain(ParamReads(p, reads["pretrain"]).world, data, base, progress=False)
-    build_world_lists(ParamReads(p, reads["world_lists"]), data, str(base), lists, progress=False)
+    build_world_lists(ParamReads(p, reads["world_lists"]).world, data, lists)
     grid = run_grid(ParamReads(p, reads["world_grid"]), GridPaths(data, lists, str(base), tmp_path / "grid"),
                     log=lambda *_: None)
 

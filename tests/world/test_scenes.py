@@ -97,3 +97,42 @@ def test_rle_known_runs_and_bad_input():
     assert rle_encode(np.array([[1, 1, 0], [0, 0, 1]], bool))["counts"] == [0, 2, 3, 1]
     with pytest.raises(ValueError, match="sum to 5"):
         rle_decode({"size": [2, 3], "counts": [2, 3]})
+
+
+def _named(text):
+    return [w.strip(",.") for w in text.split() if w.strip(",.") in CLASSES]
+
+
+def test_length_matched_and_inserted_rejections():
+    with_partner = 0
+    for i in range(300):
+        s = make_scene(0, "train", i)
+        chosen = caption(s.objects)
+        ins, added = hallucinated_caption(s, random.Random(f"r{i}"), "insert")
+        sub, added_sub = hallucinated_caption(s, random.Random(f"r{i}"), "substitute")
+        assert added_sub == added and added not in s.classes  # both modes hallucinate the same class
+        assert ins != chosen and sub != chosen
+        assert len(_named(ins)) == len(s.objects) + 1 and added in _named(ins)
+        assert len(_named(sub)) == len(s.objects) and len(sub.split()) == len(chosen.split())  # same length
+        assert added in _named(sub) and _named(sub) == sorted(_named(sub), key=CLASSES.index)
+        gone = set(s.classes) - set(_named(sub))
+        assert len(gone) == 1
+        if s.absent_partners():
+            with_partner += 1
+            assert added in s.absent_partners()
+            anchor = partner(added)
+            # the partner replaces another object, so its anchor stays -- unless the anchor is alone
+            assert (anchor in _named(sub)) == (len(s.objects) > 1)
+    assert with_partner > 50
+    with pytest.raises(ValueError, match="unknown rejection mode 'swap'"):
+        hallucinated_caption(make_scene(0, "train", 0), random.Random(0), "swap")
+
+
+def test_scene_keeps_a_layout_that_redraws_it():
+    from lpoi.world.scenes import render, scene_from_layout
+
+    s = make_scene(0, "train", 5)
+    assert [s.layout.items[o.depth][0] for o in s.objects] == s.classes
+    assert render(s.layout, 64)[0].tobytes() == s.image.tobytes()
+    again = scene_from_layout(s.id, s.layout, 64)
+    assert again.image.tobytes() == s.image.tobytes() and [o.box for o in again.objects] == [o.box for o in s.objects]
