@@ -18,7 +18,10 @@ folder) plus ``visibility``, ``target`` (the class the list erases or draws), ``
 * ``no`` (``<id>-no``, idem, where the scene has an absent partner): "Is there a {partner}", "No" over
   "Yes", the partner drawn in by :func:`lpoi.world.hide.insert_sequence` (the one the rejected answers add).
 
-Held-out (test) manifests hold description rows only: the held-out rewards are about the description task.
+Held-out (test) manifests hold description rows only, for the first ``world.eval.heldout_lists`` test scenes: the
+held-out rewards are about the description task. The pairs split also gets ``lists-<mode>-k<k>.jsonl`` for every
+``2 <= k < K`` (the same rows with ``k`` evenly spaced images, :func:`subset_indices`), for the study's shorter
+lists.
 A scene whose partner finds no placement is recorded in ``<split>/rejects.jsonl`` with its reason.
 """
 
@@ -35,7 +38,7 @@ from lpoi.world.dataset import DESCRIBE, existence_question, load_scenes
 from lpoi.world.hide import critical_object, hide_sequence, insert_sequence, pixel_check
 from lpoi.world.scenes import REJECTIONS, caption
 
-__all__ = ["SPLITS", "build_world_lists", "manifest_path", "subset_indices", "subset_manifest", "visibilities"]
+__all__ = ["SPLITS", "build_world_lists", "manifest_path", "subset_indices", "visibilities"]
 
 SPLITS = ("pairs", "test")
 
@@ -45,8 +48,16 @@ def visibilities(k: int) -> list[float]:
     return [round(1 - i / (k - 1), 6) for i in range(k)]
 
 
-def manifest_path(lists_dir: str | Path, split: str, mode: str) -> Path:
-    return Path(lists_dir) / split / f"lists-{mode}.jsonl"
+def manifest_path(lists_dir: str | Path, split: str, mode: str, k: int | None = None) -> Path:
+    """``<split>/lists-<mode>.jsonl`` (all K images), or ``lists-<mode>-k<k>.jsonl``: the same rows with ``k`` of
+    them (:func:`subset_indices`), beside it because a manifest's images must lie under its folder."""
+    return Path(lists_dir) / split / (f"lists-{mode}.jsonl" if k is None else f"lists-{mode}-k{k}.jsonl")
+
+
+def _subset(rows: list[dict], k: int) -> list[dict]:
+    idx = subset_indices(len(rows[0]["images"]), k) if rows else []
+    return [{**r, "images": [r["images"][i] for i in idx], "visibility": [r["visibility"][i] for i in idx]}
+            for r in rows]
 
 
 def _save(img, out: Path, rel: str) -> str:
@@ -61,7 +72,10 @@ def _split(world: WorldParams, src: Path, out: Path) -> dict:
     yes_no = world.lists.yes_no and split == "pairs"
     rows: dict[str, list[dict]] = {m: [] for m in REJECTIONS}
     rejects, hide_checks, insert_checks = [], [], []
-    for scene in load_scenes(src):
+    scenes = load_scenes(src)
+    if split == "test":  # held-out lists: only the first world.eval.heldout_lists are ever scored
+        scenes = scenes[:world.eval.heldout_lists]
+    for scene in scenes:
         pair = pairs.get(scene.id)
         if pair is None:
             raise ValueError(f"{src / 'pairs.json'}: no pair for scene {scene.id!r}")
@@ -102,6 +116,8 @@ def _split(world: WorldParams, src: Path, out: Path) -> dict:
             rows[mode].extend(extra)
     for mode in REJECTIONS:
         write_jsonl(manifest_path(out.parent, split, mode), rows[mode])
+        for k in range(2, world.lists.k) if split == "pairs" else ():  # the study's shorter lists (K 3, ...)
+            write_jsonl(manifest_path(out.parent, split, mode, k), _subset(rows[mode], k))
     write_jsonl(out / "rejects.jsonl", rejects)
     return _metrics(rows[REJECTIONS[0]], hide_checks, insert_checks, rejects)
 
@@ -153,24 +169,3 @@ def subset_indices(big_k: int, k: int) -> list[int]:
     idx = [round(i * (big_k - 1) / (k - 1)) for i in range(k)]
     assert len(set(idx)) == k  # evenly spaced with step >= 1
     return idx
-
-
-def subset_manifest(src: str | Path, dst: str | Path, k: int) -> int:
-    """Write ``dst``: the rows of manifest ``src`` with ``k`` of their K images (:func:`subset_indices`),
-    referencing the same image files (paths re-rooted at ``dst``'s folder, which must contain them)."""
-    src, dst = Path(src), Path(dst)
-    out = []
-    for lineno, row in enumerate(read_jsonl(src), 1):
-        imgs, vis = row.get("images"), row.get("visibility")
-        if not isinstance(imgs, list) or not isinstance(vis, list) or len(imgs) != len(vis):
-            raise ValueError(f"{src}: line {lineno}: 'images' and 'visibility' must be lists of one length")
-        idx = subset_indices(len(imgs), k)
-        rels = []
-        for i in idx:
-            rel = os.path.relpath((src.parent / imgs[i]).resolve(), dst.parent.resolve())
-            if rel.startswith(".."):
-                raise ValueError(f"{dst}: its folder does not contain the images of {src} (e.g. {imgs[i]!r})")
-            rels.append(Path(rel).as_posix())
-        out.append({**row, "images": rels, "visibility": [vis[i] for i in idx]})
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    return write_jsonl(dst, out)

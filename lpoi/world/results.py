@@ -60,11 +60,12 @@ def world_metrics(p: Params, study: dict) -> dict:
     ref = s.reference_method
     seed = p.world.seed
     boot = paired_bootstrap(contributions(study, p), ref, n_boot=s.bootstrap, seed=seed)
+    boot["diff"][ref] = {k: {"mean": 0.0, "lo": 0.0, "hi": 0.0} for k in METRICS}  # itself, for a uniform schema
     n = {"cells": s.bases * len(s.seeds), "bases": s.bases, "seeds": len(s.seeds), "scenes": p.world.n_test}
     base_val = next(r for r in study["bases"]["val"] if r["base"] == s.tune.base)["eval"]["metrics"]
     world: dict = {
         "design": {"bases": s.bases, "seeds_per_base": len(s.seeds), "cells": n["cells"], "test_scenes": p.world.n_test,
-                   "val_scenes": p.world.n_val, "train_pairs": study["manifests"][f"pairs-{s.rejection}"],
+                   "val_scenes": p.world.n_val, "train_pairs": study["manifests"][f"pairs/{s.rejection}"],
                    "n_boot": s.bootstrap,
                    "configs_per_method": len(s.tune.lr) * len(s.tune.beta) * len(s.tune.epochs),
                    "max_drop": s.select.max_drop},

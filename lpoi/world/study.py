@@ -30,9 +30,10 @@ from pathlib import Path
 
 from lpoi.config import Params, TrainParams, WorldMethodParams
 from lpoi.io import atomic_write_json, read_json, read_jsonl, write_jsonl
+from lpoi.world.lists import manifest_path
 from lpoi.world.pool import Progress, Task, run_tasks
 
-__all__ = ["Cell", "StudyPaths", "cell_train_config", "columns_for", "derive_manifest", "final_cells", "plan", "run_study",
+__all__ = ["Cell", "StudyPaths", "cell_train_config", "final_cells", "plan", "run_study",
            "train_cell", "tune_cells"]
 
 MAX_LENGTH = 512  # tokens per sequence; the world's captions and image tokens stay far below it (no truncation)
@@ -59,15 +60,14 @@ class StudyPaths:
     def base(self, i: int) -> str:
         return str(self.models_dir / f"base-{i}")
 
-    def lists(self, split: str, mode: str) -> Path:
-        return self.lists_dir / split / f"lists-{mode}.jsonl"
-
     def manifest(self, name: str) -> Path:
-        """A manifest derived from world_lists' (a subset of columns or rows), in the study's folder."""
-        return self.out_dir / "manifests" / f"{name}.jsonl"
+        """world_lists' manifest ``name`` (:func:`manifest_name`)."""
+        split, rest = name.split("/")
+        mode, _, k = rest.partition("-k")
+        return manifest_path(self.lists_dir, split, mode, int(k) if k else None)
 
     def reference(self, base: int, manifest: str) -> Path:
-        return self.out_dir / "reference" / f"base-{base}" / f"{manifest}.jsonl"
+        return self.out_dir / "reference" / f"base-{base}" / f"{manifest.replace('/', '-')}.jsonl"
 
 
 @dataclass(frozen=True)
@@ -96,34 +96,10 @@ class Cell:
         return {"lr": self.lr, "beta": self.beta, "epochs": self.epochs}
 
 
-def train_manifest_name(mode: str, k: int | None, K: int) -> str:
-    return f"pairs-{mode}" if k is None or k == K else f"pairs-{mode}-k{k}"
-
-
-HELDOUT = "heldout"
-
-
-def columns_for(k: int, K: int) -> list[int]:
-    """``k`` of ``K`` list images, evenly spaced with both ends kept (K 5, k 3 -> 0, 2, 4: visibility 1, 0.5, 0)."""
-    if not 2 <= k <= K:
-        raise ValueError(f"a list of {k} images cannot be taken from lists of {K}")
-    return sorted({round(i * (K - 1) / (k - 1)) for i in range(k)})
-
-
-def derive_manifest(src: Path, dst: Path, *, columns: list[int] | None = None, limit: int | None = None) -> int:
-    """Write ``dst``: the rows of ``src`` (the first ``limit``) with only list images ``columns``; image paths are
-    re-written relative to ``dst``'s folder (the images stay where world_lists wrote them). Returns the row count."""
-    rows = []
-    for row in itertools.islice(read_jsonl(src), limit):
-        cols = columns if columns is not None else list(range(len(row["images"])))
-        row = dict(row)
-        row["images"] = [os.path.relpath(src.parent / row["images"][c], dst.parent) for c in cols]
-        if "visibility" in row:
-            row["visibility"] = [row["visibility"][c] for c in cols]
-        rows.append(row)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    write_jsonl(dst, rows)
-    return len(rows)
+def manifest_name(split: str, mode: str, k: int | None = None, K: int | None = None) -> str:
+    """``pairs/substitute``, ``pairs/substitute-k3``, ``test/substitute``: a manifest of world_lists and the name
+    of its reference file."""
+    return f"{split}/{mode}" if k is None or k == K else f"{split}/{mode}-k{k}"
 
 
 def cell_train_config(train: TrainParams, m: WorldMethodParams, cell: Cell) -> TrainParams:
@@ -242,7 +218,7 @@ def cell_task(p: Params, paths: StudyPaths, cell: Cell) -> dict:
     out.mkdir(parents=True)
     m = p.world.study.methods[cell.method]
     cfg = cell_train_config(p.world.train, m, cell)
-    manifest = train_manifest_name(cell.mode, m.k, p.world.lists.k)
+    manifest = manifest_name("pairs", cell.mode, m.k, p.world.lists.k)
     summary = train_cell(cfg, paths.base(cell.base), paths.manifest(manifest), paths.reference(cell.base, manifest), out)
     hist = summary["history"]
     model, processor = load_for_generation(paths.base(cell.base), adapter_dir=out / "adapter", device="cpu")
@@ -251,7 +227,9 @@ def cell_task(p: Params, paths: StudyPaths, cell: Cell) -> dict:
                         "loss_last10": _mean(h["loss"] for h in hist[-10:])},
               "eval": _evaluate(model, processor, p, paths, cell.split, out)}
     if cell.phase == "test":
-        held = load_heldout(processor, paths.manifest(HELDOUT), paths.reference(cell.base, HELDOUT), paths.base(cell.base))
+        held_name = manifest_name("test", p.world.study.rejection)
+        held = load_heldout(processor, paths.manifest(held_name), paths.reference(cell.base, held_name),
+                            paths.base(cell.base))
         result["rewards"] = heldout_rewards(model, held)
     shutil.rmtree(out / "adapter", ignore_errors=True)  # ~0.2 MB a cell; the cell is reproducible from its inputs
     atomic_write_json(out / "done.json", result)
@@ -283,7 +261,7 @@ def tune_cells(p: Params) -> list[Cell]:
 
 def final_cells(p: Params, selected: dict[str, dict]) -> list[Cell]:
     s = p.world.study
-    other = next(x for x in MODES if x != s.rejection)
+    other = _other(s.rejection)
     out = []
     for phase, methods, mode in (("test", list(s.methods), s.rejection), ("also", s.also, other)):
         for m in methods:
@@ -313,17 +291,19 @@ def _cost(p: Params, cell: Cell, n_pairs: int) -> float:
     return n_pairs * _seqs(p.world.study.methods[cell.method], p.world.lists.k) * cell.epochs + _EVAL_COST * scenes
 
 
-def _prepare_manifests(p: Params, paths: StudyPaths) -> dict[str, int]:
-    """The training manifests each method needs (per rejection, per list length) and the held-out one."""
+def _manifests(p: Params, paths: StudyPaths) -> dict[str, int]:
+    """The manifests the study reads (per rejection, per list length, and the held-out one) and their rows."""
+    from lpoi.runner import count_rows
+
     s, K = p.world.study, p.world.lists.k
-    counts = {}
-    for mode, methods in ((s.rejection, list(s.methods)), (next(x for x in MODES if x != s.rejection), s.also)):
-        for k in sorted({s.methods[m].k or K for m in methods}):
-            name = train_manifest_name(mode, k, K)
-            counts[name] = derive_manifest(paths.lists("pairs", mode), paths.manifest(name), columns=columns_for(k, K))
-    counts[HELDOUT] = derive_manifest(paths.lists("test", s.rejection), paths.manifest(HELDOUT),
-                                      limit=p.world.eval.heldout_lists)
-    return counts
+    names = [manifest_name("pairs", mode, s.methods[m].k, K)
+             for mode, methods in ((s.rejection, list(s.methods)), (_other(s.rejection), s.also)) for m in methods]
+    names.append(manifest_name("test", s.rejection))
+    return {n: count_rows(paths.manifest(n)) for n in dict.fromkeys(names)}
+
+
+def _other(mode: str) -> str:
+    return next(x for x in MODES if x != mode)
 
 
 def run_study(p: Params, paths: StudyPaths, *, log=print) -> dict:
@@ -333,8 +313,8 @@ def run_study(p: Params, paths: StudyPaths, *, log=print) -> dict:
 
     s, K, threads, workers = p.world.study, p.world.lists.k, p.world.threads, p.world.study.workers
     paths.out_dir.mkdir(parents=True, exist_ok=True)
-    counts = _prepare_manifests(p, paths)
-    n_pairs = counts[train_manifest_name(s.rejection, K, K)]
+    counts = _manifests(p, paths)
+    n_pairs = counts[manifest_name("pairs", s.rejection)]
     pl = plan(p, n_pairs)
     log(f"[world_grid] {pl['tune_cells']} tuning cells (validation), then {pl['test_cells']} test cells; "
         f"{workers} worker process(es) x {threads} thread(s)")
@@ -368,7 +348,7 @@ def run_study(p: Params, paths: StudyPaths, *, log=print) -> dict:
         log(f"[world_grid] {m}: selected {configs[idx]} ({reason})")
 
     # 3. test cells, with the actual selected epochs replacing the estimate in the ETA
-    tests = final_cells(p, selected)
+    tests = final_cells(p, {m: v["config"] for m, v in selected.items()})
     test_tasks = [Task(c.name, cell_task, (p, paths, c), cost=_cost(p, c, n_pairs)) for c in tests]
     progress.add_total(sum(t.cost for t in test_tasks) - est_test)
     test_res = run_tasks(test_tasks, workers=workers, threads=threads, progress=progress, phase="test")

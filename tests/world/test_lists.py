@@ -13,7 +13,7 @@ from lpoi.config import Params, WorldListsParams
 from lpoi.io import read_json, read_jsonl
 from lpoi.train.data import load_lists
 from lpoi.world.dataset import DESCRIBE, build_world, existence_question, scenes
-from lpoi.world.lists import build_world_lists, manifest_path, subset_indices, subset_manifest, visibilities
+from lpoi.world.lists import build_world_lists, manifest_path, subset_indices, visibilities
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -88,21 +88,22 @@ def test_no_yes_no_and_other_fills(small_world, tmp_path):
     assert m["pairs"]["hide"]["silhouette_left"] == 1.0 and m["pairs"]["hide"]["equals_without"] == 0.0
 
 
-def test_subset_manifest(built, tmp_path):
+def test_subset_manifests(built):
+    """The pairs split's k-of-K manifests (the study's shorter lists) hold the same rows with k of the images."""
     _, _, out, _ = built
     src = manifest_path(out, "pairs", "insert")
     assert subset_indices(5, 3) == [0, 2, 4] and subset_indices(5, 2) == [0, 4] and subset_indices(5, 5) == list(range(5))
-    dst = src.with_name("lists-insert-k3.jsonl")
-    assert subset_manifest(src, dst, 3) == len(list(read_jsonl(src)))
-    full, sub = list(read_jsonl(src)), list(read_jsonl(dst))
-    for a, b in zip(full, sub):
-        assert b["visibility"] == [1.0, 0.5, 0.0] and b["images"] == [a["images"][i] for i in (0, 2, 4)]
-    assert len(load_lists(dst)) == len(full)
+    full = list(read_jsonl(src))
+    for k, idx in ((3, (0, 2, 4)), (2, (0, 4))):
+        dst = manifest_path(out, "pairs", "insert", k)
+        sub = list(read_jsonl(dst))
+        assert [r["id"] for r in sub] == [r["id"] for r in full]
+        for a, b in zip(full, sub):
+            assert b["visibility"] == [a["visibility"][i] for i in idx] and b["images"] == [a["images"][i] for i in idx]
+        assert len(load_lists(dst)) == len(full)
+    assert not manifest_path(out, "test", "insert", 3).exists()
     with pytest.raises(ValueError, match="cannot take 6 of 5"):
-        subset_manifest(src, tmp_path / "x.jsonl", 6)
-    with pytest.raises(ValueError, match="does not contain the images"):
-        subset_manifest(src, tmp_path / "x.jsonl", 3)
-
+        subset_indices(5, 6)
 
 def test_data_stages_read_what_dvc_yaml_declares(world_params, tmp_path):
     p = Params(world=world_params())

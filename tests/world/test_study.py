@@ -1,4 +1,4 @@
-"""The study's plumbing: list subsets, derived manifests, the cells each phase trains, the cell's training config,
+"""The study's plumbing: the cells each phase trains, the cell's training config,
 and the process pool (same results with one or two workers, progress to 100 %, a failing task's error)."""
 
 import json
@@ -7,34 +7,7 @@ import pytest
 
 from lpoi.config import Params, WorldParams
 from lpoi.world.pool import Progress, Task, run_tasks
-from lpoi.world.study import Cell, cell_train_config, columns_for, derive_manifest, final_cells, plan, tune_cells
-
-
-@pytest.mark.parametrize("k,K,cols", [(5, 5, [0, 1, 2, 3, 4]), (3, 5, [0, 2, 4]), (2, 5, [0, 4]), (3, 4, [0, 2, 3]),
-                                      (2, 2, [0, 1])])
-def test_columns_keep_both_ends_evenly(k, K, cols):
-    assert columns_for(k, K) == cols
-
-
-def test_columns_refuse_impossible_lengths():
-    for k, K in ((1, 5), (6, 5)):
-        with pytest.raises(ValueError, match="cannot be taken"):
-            columns_for(k, K)
-
-
-def test_derived_manifest_points_at_the_same_images(tmp_path):
-    src = tmp_path / "lists" / "pairs" / "lists-substitute.jsonl"
-    (src.parent / "images").mkdir(parents=True)
-    rows = [{"id": f"s{i}", "prompt": "p", "chosen": "c", "rejected": "r",
-             "images": [f"images/s{i}-{j}.png" for j in range(5)], "visibility": [1, 0.75, 0.5, 0.25, 0]}
-            for i in range(3)]
-    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    dst = tmp_path / "study" / "manifests" / "pairs-substitute-k3.jsonl"
-    assert derive_manifest(src, dst, columns=[0, 2, 4], limit=2) == 2
-    out = [json.loads(line) for line in dst.read_text().splitlines()]
-    assert [r["id"] for r in out] == ["s0", "s1"] and out[0]["visibility"] == [1, 0.5, 0]
-    assert [(dst.parent / p).resolve() for p in out[1]["images"]] == [
-        (src.parent / f"images/s1-{j}.png").resolve() for j in (0, 2, 4)]
+from lpoi.world.study import Cell, cell_train_config, final_cells, plan, tune_cells
 
 
 def _params(**study) -> Params:
