@@ -567,9 +567,9 @@ class WorldTuneParams(_Section):
     """The tuning grid every method gets (the same grid, the same budget), trained on the ``pairs`` split and
     scored on the ``val`` split, from base ``base`` with training seed ``seed`` (no test seed)."""
 
-    lr: list[Annotated[float, Field(gt=0, le=1)]] = [1e-4, 3e-4, 1e-3]
-    epochs: list[Annotated[int, Field(ge=1, le=100)]] = [1, 3]
-    beta: list[Annotated[float, Field(gt=0, le=100)]] = [0.1]
+    lr: list[Annotated[float, Field(gt=0, le=1)]] = [1e-3, 3e-3, 1e-2]
+    epochs: list[Annotated[int, Field(ge=1, le=100)]] = [1]
+    beta: list[Annotated[float, Field(gt=0, le=100)]] = [0.1, 0.5]
     seed: Seed = 1000
     base: int = Field(0, ge=0)
 
@@ -605,6 +605,8 @@ class WorldStudyParams(_Section):
     in place of a present object: as long as the chosen answer) or ``insert`` (the chosen answer plus one)."""
     also: list[str] = ["dpo", "lpoi"]
     """Methods also trained and tested with the other rejection (at their selected configuration): both are reported."""
+    also_seeds: list[Seed] = [0, 1]
+    """Training seeds per base of those cells (a subset of ``seeds``: fewer cells, the same pairing)."""
     reference_method: str = "lpoi"
     """Every difference is reported against this method, with a paired interval."""
     select: WorldSelectParams = WorldSelectParams()
@@ -615,7 +617,7 @@ class WorldStudyParams(_Section):
     """Cells trained at once, each in its own process with ``world.threads`` threads: the results do not depend
     on it (every cell is a pure function of its inputs)."""
 
-    @field_validator("seeds")
+    @field_validator("seeds", "also_seeds")
     @classmethod
     def _seeds_unique(cls, v: list) -> list:
         if not v or len(set(v)) != len(v):
@@ -634,6 +636,8 @@ class WorldStudyParams(_Section):
             raise _SectionError(f"{{s}}reference_method {self.reference_method!r} is not in {{s}}methods")
         if self.tune.base >= self.bases:
             raise _SectionError(f"{{s}}tune.base ({self.tune.base}) must be below {{s}}bases ({self.bases})")
+        if not set(self.also_seeds) <= set(self.seeds):
+            raise _SectionError(f"{{s}}also_seeds {self.also_seeds} must be among {{s}}seeds {self.seeds}")
         if self.tune.seed in self.seeds:
             raise _SectionError(f"{{s}}tune.seed ({self.tune.seed}) is one of {{s}}seeds: tuning must not use a test seed")
         return self
@@ -663,9 +667,9 @@ class WorldParams(_Section):
     min_visible: float = Field(0.6, gt=0, le=1)
     """Every object keeps at least this share of its pixels under occlusion."""
     n_pretrain: int = Field(3000, ge=1)
-    n_pairs: int = Field(400, ge=1)
+    n_pairs: int = Field(120, ge=1)
     """Scenes that give the preference pairs (a description pair each, and yes/no pairs: ``lists.yes_no``)."""
-    n_val: int = Field(300, ge=1, le=1004)
+    n_val: int = Field(200, ge=1, le=1004)
     """Validation scenes (their own AMBER-format benchmark): the only numbers tuning and selection see."""
     n_test: int = Field(1000, ge=1, le=1004)
     """Held-out test scenes: AMBER generative ids 1..n_test (AMBER reserves 1..1004 for generative items)."""

@@ -27,8 +27,8 @@ co-occurrence hallucination), otherwise any absent class (:func:`hallucinated_ca
 **The benchmark** follows AMBER's official files (so the project's AMBER scorer reads it unchanged):
 generative items ``1..n_test`` ("Describe this image.", ``truth`` = the classes present, ``hallu`` = the
 absent partners, i.e. the objects a co-occurrence prior names), then discriminative existence items
-from id 1005 ("Is there a {class}", type ``discriminative-hallucination``): per scene up to
-two present classes (truth "yes") and as many absent ones (truth "no"), absent partners first. Unlike
+from id 1005 ("Is there a {class}", type ``discriminative-hallucination``): per scene one present class
+(truth "yes") and one absent one (truth "no"), an absent partner when the scene has one. Unlike
 AMBER's own existence set, which asks only about absent objects, ours is balanced, so yes/no F1 and
 accuracy have a 50 % chance level. ``questions.json`` (not an AMBER file) maps each yes/no id to
 ``{"scene", "class", "kind": "present" | "absent_partner" | "absent_other"}``, so the accuracy on absent
@@ -183,7 +183,7 @@ def amber_files(items: list[Scene], seed: int, name: str = "amber") -> tuple[lis
         queries.append({"id": i, "image": f"{s.id}.png", "query": DESCRIBE})
     next_id = N_GENERATIVE + 1  # AMBER: ids 1..1004 are generative, 1005.. discriminative
     for s in items:
-        yes = rng.sample(s.classes, min(2, len(s.classes)))
+        yes = rng.sample(s.classes, 1)  # one "yes" and one "no" per scene: half the answering time of two each
         partners = s.absent_partners()
         others = [c for c in s.absent() if c not in partners]
         rng.shuffle(partners)

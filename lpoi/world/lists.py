@@ -27,13 +27,12 @@ A scene whose partner finds no placement is recorded in ``<split>/rejects.jsonl`
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections import Counter
 from pathlib import Path
 
 from lpoi.config import WorldParams
-from lpoi.io import read_json, read_jsonl, write_jsonl
+from lpoi.io import read_json, write_jsonl
 from lpoi.world.dataset import DESCRIBE, existence_question, load_scenes
 from lpoi.world.hide import critical_object, hide_sequence, insert_sequence, pixel_check
 from lpoi.world.scenes import REJECTIONS, caption

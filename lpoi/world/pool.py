@@ -12,6 +12,7 @@ answered), and the remaining time is the elapsed time scaled by the remaining sh
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import time
 from collections.abc import Callable, Sequence
@@ -53,9 +54,9 @@ class Progress:
 
 
 def _clock(seconds: float) -> str:
-    if seconds != seconds:  # nan
+    if math.isnan(seconds):
         return "?"
-    m, s = divmod(int(round(seconds)), 60)
+    m, s = divmod(round(seconds), 60)
     return f"{m}m{s:02d}s" if m < 60 else f"{m // 60}h{m % 60:02d}m"
 
 

@@ -192,14 +192,16 @@ def _pretrain_task(world: WorldParams, data_dir: str, out_dir: str, base: int) -
 
 def pretrain_bases(world: WorldParams, data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, workers: int,
                    log=print) -> dict:
-    """``out_dir/base-<i>`` for every base of ``world.study.bases``, ``workers`` at a time (each in its own process
-    with ``world.threads`` threads: the bases do not depend on it); returns ``{"base-<i>": numbers}``."""
+    """``out_dir/base-<i>`` for every base of ``world.study.bases``, each in its own process with ``world.threads``
+    threads (the bases do not depend on it); returns ``{"base-<i>": numbers}``. All bases start at once even when
+    there are more than ``workers``: they take equally long, so 3 processes on 2 cores end together after ~1.5
+    base-times, where 2 + 1 would take 2."""
     from lpoi.world.pool import Progress, Task, run_tasks
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tasks = [Task(f"base-{i}", _pretrain_task, (world, str(data_dir), str(out / f"base-{i}"), i))
              for i in range(world.study.bases)]
-    done = run_tasks(tasks, workers=workers, threads=world.threads,
+    done = run_tasks(tasks, workers=max(workers, len(tasks)), threads=world.threads,
                      progress=Progress(total=len(tasks), label="pretrain", log=log), phase="bases")
     return {name: done[name] for name in sorted(done)}

@@ -33,7 +33,7 @@ def contributions(study: dict, p: Params, phase: str = "test") -> dict[str, dict
     methods = list(s.methods) if phase == "test" else list(s.also)
     base_by = {r["base"]: r["eval"]["contrib"] for r in study["bases"]["test"]}
     out: dict[str, dict] = {}
-    keys = [(b, seed) for b in range(s.bases) for seed in s.seeds]
+    keys = [(b, seed) for b in range(s.bases) for seed in (s.seeds if phase == "test" else s.also_seeds)]
     out["base"] = {k: (np.array([base_by[b][k][0] for b, _ in keys]), np.array([base_by[b][k][1] for b, _ in keys]))
                    for k in METRICS}
     for m in methods:
@@ -82,10 +82,11 @@ def world_metrics(p: Params, study: dict) -> dict:
                                           for j, v in enumerate(rewards[0]["visibility"])},
                     "n": n}
     if study["also"]:
-        other = paired_bootstrap(contributions(study, p, "also"), ref if ref in s.also else "base",
-                                 n_boot=s.bootstrap, seed=seed)
+        other_ref = ref if ref in s.also else "base"
+        other = paired_bootstrap(contributions(study, p, "also"), other_ref, n_boot=s.bootstrap, seed=seed)
+        other["diff"][other_ref] = {k: {"mean": 0.0, "lo": 0.0, "hi": 0.0} for k in METRICS}
         world["insert" if s.rejection == "substitute" else "substitute"] = {
-            m: {"test": other[m], "vs_" + (ref if ref in s.also else "base"): other["diff"][m]} for m in s.also}
+            m: {"test": other[m], "vs_" + other_ref: other["diff"][m]} for m in s.also}
     return {"world": world}
 
 

@@ -22,14 +22,13 @@ study resumes with the finished cells kept. Cells run in ``world.study.workers``
 
 from __future__ import annotations
 
-import itertools
 import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lpoi.config import Params, TrainParams, WorldMethodParams
-from lpoi.io import atomic_write_json, read_json, read_jsonl, write_jsonl
+from lpoi.io import atomic_write_json, read_json, read_jsonl
 from lpoi.world.lists import manifest_path
 from lpoi.world.pool import Progress, Task, run_tasks
 
@@ -263,11 +262,12 @@ def final_cells(p: Params, selected: dict[str, dict]) -> list[Cell]:
     s = p.world.study
     other = _other(s.rejection)
     out = []
-    for phase, methods, mode in (("test", list(s.methods), s.rejection), ("also", s.also, other)):
+    for phase, methods, mode, seeds in (("test", list(s.methods), s.rejection, s.seeds),
+                                        ("also", s.also, other, s.also_seeds)):
         for m in methods:
             c = selected[m]
             out += [Cell(phase, m, b, seed, c["lr"], c["beta"], c["epochs"], mode)
-                    for b in range(s.bases) for seed in s.seeds]
+                    for b in range(s.bases) for seed in seeds]
     return out
 
 
@@ -281,8 +281,9 @@ def plan(p: Params, n_pairs: int) -> dict:
 
     tune = sum(cost(c.method, c.epochs, p.world.n_val) for c in tune_cells(p))
     per_test = {m: cost(m, mean_epochs, p.world.n_test) for m in s.methods}
-    test = len(s.seeds) * s.bases * (sum(per_test.values()) + sum(per_test[m] for m in s.also))
-    return {"tune_cells": len(tune_cells(p)), "test_cells": s.bases * len(s.seeds) * (len(s.methods) + len(s.also)),
+    test = s.bases * (len(s.seeds) * sum(per_test.values()) + len(s.also_seeds) * sum(per_test[m] for m in s.also))
+    return {"tune_cells": len(tune_cells(p)),
+            "test_cells": s.bases * (len(s.seeds) * len(s.methods) + len(s.also_seeds) * len(s.also)),
             "cost": {"tune": tune, "test": test}}
 
 
