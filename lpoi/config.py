@@ -567,7 +567,7 @@ class WorldTuneParams(_Section):
     """The tuning grid every method gets (the same grid, the same budget), trained on the ``pairs`` split and
     scored on the ``val`` split, from base ``base`` with training seed ``seed`` (no test seed)."""
 
-    lr: list[Annotated[float, Field(gt=0, le=1)]] = [1e-3, 3e-3, 1e-2]
+    lr: list[Annotated[float, Field(gt=0, le=1)]] = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
     epochs: list[Annotated[int, Field(ge=1, le=100)]] = [1]
     beta: list[Annotated[float, Field(gt=0, le=100)]] = [0.1, 0.5]
     seed: Seed = 1000

@@ -139,7 +139,7 @@ def _copy(tmp_path: Path) -> Path:
     ("lpoi/listgen/verify.py", "    from lpoi.world import scenes", "may not import world lpoi.world"),
     ("lpoi/runner.py", "from lpoi.listgen import prepare", "engine lpoi.runner may not import capability lpoi.listgen"),
     ("lpoi/world/results.py", "from lpoi.report.figures import save_png", "world lpoi.world may not import capability lpoi.report"),
-    ("lpoi/world/grid.py", "from lpoi.train.recipe import _check", "_check is internal to lpoi.train"),
+    ("lpoi/world/study.py", "from lpoi.train.recipe import _check", "_check is internal to lpoi.train"),
     ("lpoi/report/build.py", "from ..listgen.detect import run_detect", "may not import capability lpoi.listgen"),
     ("stages/detect.py", "import lpoi.world.scenes", "the pipeline never imports the miniature"),
 ])

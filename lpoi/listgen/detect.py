@@ -394,7 +394,7 @@ def run_detect(
 
         backend = TransformersDetector(model, processor) if model is not None else \
             open_detector("transformers", model_name, device=pick_device(device), dtype=dtype)
-    if fallback and not hasattr(backend, "prompt_chunks"):  # e.g. the world's oracle: no text prompts at all
+    if fallback and not hasattr(backend, "prompt_chunks"):  # e.g. a backend that reads known boxes: no text prompts
         raise ValueError(f"detect.fallback prompts the detector with the COCO classes, which the "
                          f"{getattr(backend, 'name', 'custom')} detection backend cannot do; turn it off")
     coco_chunks = backend.prompt_chunks(list(COCO_CLASSES)) if fallback else []

@@ -309,7 +309,7 @@ def reward_stats(
     """The detached reward diagnostics of :func:`preference_loss` (same arguments, same shapes, unchecked):
     ``"rewards"`` ``(B, K)``, ``"rewards_rejected"`` ``(B,)``, ``"margin"``, ``"reward_accuracy"`` and, when
     K >= 2, ``"ranking_accuracy"`` (see :func:`preference_loss`). Also the held-out rewards of the shapes
-    world (:func:`lpoi.world.grid.heldout_rewards`)."""
+    world (:func:`lpoi.world.study.heldout_rewards`)."""
     with torch.no_grad():
         rewards = (beta * (policy_list_logps - reference_list_logps)).detach()
         rewards_rejected = (beta * (policy_rejected_logps - reference_rejected_logps)).detach()

@@ -2,6 +2,7 @@
 
 ``scenes`` draws the world (objects, occlusion, boxes, masks, co-occurrence), ``dataset`` writes its
 splits and AMBER-format benchmarks, ``model`` builds and pretrains the base VLM, ``hide`` erases an
-object from a scene (or draws one in) step by step, ``lists`` builds the lists from it, ``grid`` trains and scores
-DPO, mDPO and LPOI from the same base over several seeds, ``results`` tabulates and plots them.
+object from a scene (or draws one in) step by step, ``lists`` builds the lists from it, ``study`` tunes every
+method alike on validation scenes and tests the selected configurations over bases and seeds (on ``pool``'s
+worker processes), ``stats`` holds the bootstrap and the selection rule, ``results`` and ``readme`` report.
 """
