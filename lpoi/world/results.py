@@ -52,15 +52,22 @@ def _ranking(study: dict, m: str, n_boot: int, seed: int) -> dict:
     return bootstrap_ci(np.array(vals), n_boot=n_boot, seed=seed)
 
 
-def world_metrics(p: Params, study: dict) -> dict:
-    """``{"world": ...}``: the schema of ``metrics/world.json`` (numbers only; see docs/miniature.md)."""
+def _bootstrap(contrib: dict, ref: str, n_boot: int, seed: int) -> dict:
+    """:func:`lpoi.world.stats.paired_bootstrap`, with the reference's difference to itself (exactly 0) kept too,
+    so every method's block has the same keys."""
     from lpoi.world.stats import paired_bootstrap
 
+    boot = paired_bootstrap(contrib, ref, n_boot=n_boot, seed=seed)
+    boot["diff"][ref] = {k: {"mean": 0.0, "lo": 0.0, "hi": 0.0} for k in METRICS}
+    return boot
+
+
+def world_metrics(p: Params, study: dict) -> dict:
+    """``{"world": ...}``: the schema of ``metrics/world.json`` (numbers only; see docs/miniature.md)."""
     s = p.world.study
     ref = s.reference_method
     seed = p.world.seed
-    boot = paired_bootstrap(contributions(study, p), ref, n_boot=s.bootstrap, seed=seed)
-    boot["diff"][ref] = {k: {"mean": 0.0, "lo": 0.0, "hi": 0.0} for k in METRICS}  # itself, for a uniform schema
+    boot = _bootstrap(contributions(study, p), ref, s.bootstrap, seed)
     n = {"cells": s.bases * len(s.seeds), "bases": s.bases, "seeds": len(s.seeds), "scenes": p.world.n_test}
     base_val = next(r for r in study["bases"]["val"] if r["base"] == s.tune.base)["eval"]["metrics"]
     world: dict = {
@@ -83,8 +90,7 @@ def world_metrics(p: Params, study: dict) -> dict:
                     "n": n}
     if study["also"]:
         other_ref = ref if ref in s.also else "base"
-        other = paired_bootstrap(contributions(study, p, "also"), other_ref, n_boot=s.bootstrap, seed=seed)
-        other["diff"][other_ref] = {k: {"mean": 0.0, "lo": 0.0, "hi": 0.0} for k in METRICS}
+        other = _bootstrap(contributions(study, p, "also"), other_ref, s.bootstrap, seed)
         world["insert" if s.rejection == "substitute" else "substitute"] = {
             m: {"test": other[m], "vs_" + other_ref: other["diff"][m]} for m in s.also}
     return {"world": world}

@@ -22,7 +22,6 @@ study resumes with the finished cells kept. Cells run in ``world.study.workers``
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -152,11 +151,9 @@ def _evaluate(model, processor, p: Params, paths: StudyPaths, split: str, out: P
 def reference_task(p: Params, manifest: Path, out: Path, base_model: str) -> str:
     from lpoi.train.reference import run_reference
 
-    if not out.exists():  # written under a temporary name and renamed: a killed run leaves no half file here
-        tmp = out.parent / f".{out.name}.tmp"
-        run_reference(manifest, tmp, model_name=base_model, micro_batch_sequences=p.world.train.micro_batch_sequences,
-                      max_length=MAX_LENGTH, device="cpu", progress=False)
-        os.replace(tmp, out)
+    # run_reference keeps a finished file with the same meta and resumes a killed one
+    run_reference(manifest, out, model_name=base_model, micro_batch_sequences=p.world.train.micro_batch_sequences,
+                  max_length=MAX_LENGTH, device="cpu", progress=False)
     return str(out)
 
 
@@ -273,18 +270,14 @@ def final_cells(p: Params, selected: dict[str, dict]) -> list[Cell]:
 
 def plan(p: Params, n_pairs: int) -> dict:
     """The study's size before it runs (for the ETA and the log): cells per phase and their relative cost."""
-    s, K = p.world.study, p.world.lists.k
+    s = p.world.study
+    tunes = tune_cells(p)
+    # before selection the test cells' epochs are unknown: the grid's mean stands in for them
     mean_epochs = sum(s.tune.epochs) / len(s.tune.epochs)
-
-    def cost(method: str, epochs: float, scenes: int) -> float:
-        return n_pairs * _seqs(s.methods[method], K) * epochs + _EVAL_COST * scenes
-
-    tune = sum(cost(c.method, c.epochs, p.world.n_val) for c in tune_cells(p))
-    per_test = {m: cost(m, mean_epochs, p.world.n_test) for m in s.methods}
-    test = s.bases * (len(s.seeds) * sum(per_test.values()) + len(s.also_seeds) * sum(per_test[m] for m in s.also))
-    return {"tune_cells": len(tune_cells(p)),
-            "test_cells": s.bases * (len(s.seeds) * len(s.methods) + len(s.also_seeds) * len(s.also)),
-            "cost": {"tune": tune, "test": test}}
+    tests = final_cells(p, dict.fromkeys(s.methods, {"lr": 0.0, "beta": 0.0, "epochs": mean_epochs}))
+    return {"tune_cells": len(tunes), "test_cells": len(tests),
+            "cost": {"tune": sum(_cost(p, c, n_pairs) for c in tunes),
+                     "test": sum(_cost(p, c, n_pairs) for c in tests)}}
 
 
 def _cost(p: Params, cell: Cell, n_pairs: int) -> float:
