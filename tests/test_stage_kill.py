@@ -131,12 +131,12 @@ def test_killed_then_rerun_equals_uninterrupted(ws, stage, faults):
     assert timings["resumed"] > 0  # it resumed, it did not start over
 
 
+@pytest.mark.timeout(600)  # a hang guard for the wait below, not a timing
 def test_a_second_run_is_refused_while_one_holds_the_folder(ws):
     p = spawn(ws, "lists", "full/lists.c", "journal:1:stop")  # stops itself holding the lock, one row written
     try:
-        deadline = time.time() + 300
         while Path(f"/proc/{p.pid}/stat").read_text().split()[2] != "T":
-            assert p.poll() is None and time.time() < deadline, "the stage did not reach its stop point"
+            assert p.poll() is None, "the stage ended before reaching its stop point"
             time.sleep(0.1)
         err = run_here(ws, "lists", "full/lists.c")
         assert err is not None and "in use by another run of this stage" in err and f"pid {p.pid}" in err

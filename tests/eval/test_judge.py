@@ -229,12 +229,11 @@ def test_429_retry_after_is_honoured(server, key):
     assert t2 - t1 >= 0.95  # Retry-After: 1, while the exponential backoff alone would wait <= 0.05 s
 
 
+@pytest.mark.timeout(60)  # a hang guard, not a timing: uncapped, Retry-After: 100 would wait 100 s
 def test_retry_after_is_capped(server, key):
     judge = make_judge(server, retry_after_max=0.2)
-    t0 = time.monotonic()
     [r] = judge.complete_many(["SCRIPT:r429big"])
     assert r.ok and r.attempts == 2
-    assert time.monotonic() - t0 < 60  # a hang guard: uncapped, Retry-After: 100 would wait 100 s
     t1, t2 = (q["t"] for q in server.requests)
     assert t2 - t1 >= 0.19
 
@@ -245,15 +244,14 @@ def test_500_then_success(server, key):
     assert len(server.requests) == 2
 
 
+@pytest.mark.timeout(30)  # a hang guard (the retry, not the 1.5 s hang, ends it), not a timing
 def test_hang_past_timeout_then_success(server, key):
     judge = make_judge(server, timeout=0.5)
-    t0 = time.monotonic()
     [r] = judge.complete_many(["SCRIPT:hang"])
     assert r.ok and r.text == "ok after 2 attempts" and r.attempts == 2
     # the text proves the late reply was not used; the server's clock, that the client waited out its timeout
     t1, t2 = (q["t"] for q in server.requests)
     assert t2 - t1 >= 0.5
-    assert time.monotonic() - t0 < 30  # a hang guard (the retry, not the 1.5 s hang, ends it), not a timing
 
 
 def test_retries_exhausted_is_an_error_not_an_endless_loop(server, key):
